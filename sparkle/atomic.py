@@ -1,0 +1,70 @@
+"""Crash-safe file writes: a reader sees the old file or the new one, never half of either.
+
+JSON goes through a temp file in the same folder, flush, fsync, ``os.replace`` and an fsync
+of the folder. Media files are produced under a temporary name (``temp_path_for``) and
+renamed into place only when complete, so a half-written file never looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entry table so a rename inside it survives a power loss."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, value: BaseModel | dict[str, Any] | list[Any]) -> None:
+    """Write a model or plain JSON value to ``path`` atomically (indented, UTF-8)."""
+    if isinstance(value, BaseModel):
+        text = value.model_dump_json(indent=2)
+    else:
+        text = json.dumps(value, indent=2, sort_keys=True)
+    write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+@contextlib.contextmanager
+def temp_path_for(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write to; rename it onto ``path`` on success.
+
+    The temp name keeps the suffix (``.clip.mp4.tmp-123.mp4``) so tools such as ffmpeg that
+    pick a format from the extension still work. On error the temp file is removed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

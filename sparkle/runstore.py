@@ -1,0 +1,390 @@
+"""The run folder: plan, asset references, checkpoints, manifest and derived status.
+
+Layout of ``runs/<run_id>/``::
+
+    movie_plan.json            the validated plan (source of truth for the run)
+    asset_refs.json            AssetRefs, replaced atomically after each stage
+    manifest.json              {"run_id", "events": [StageEvent]}: the history
+    checkpoints/<stage>.json   Checkpoint: the state
+    cancelled                  present while the run is cancelled
+
+Checkpoints are the state; the manifest is the history. Every JSON file is written
+atomically (:mod:`sparkle.atomic`). Appends to the manifest take an ``flock`` on the run's
+lock file, so a worker, the watcher and the CLI may all append without losing events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sparkle import atomic
+from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
+from sparkle.schemas import (
+    ID_RE,
+    STAGES,
+    AssetRefs,
+    Checkpoint,
+    MoviePlan,
+    RunManifest,
+    StageEvent,
+)
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "movie_plan.json"
+ASSET_REFS_FILE = "asset_refs.json"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINTS_DIR = "checkpoints"
+CANCELLED_FILE = "cancelled"
+LOCK_FILE = ".lock"
+
+#: Length of the title slug in a derived run id.
+SLUG_CHARS = 40
+
+#: Hex digits of the plan hash in a derived run id.
+HASH_CHARS = 10
+
+
+class RunStatus(str, enum.Enum):
+    """A run's status, derived from its checkpoints."""
+
+    #: No stage has started.
+    queued = "queued"
+    #: Some stage started or finished and the run is not at its end.
+    running = "running"
+    #: A stage failed permanently; ``sparkle resume`` continues it.
+    failed = "failed"
+    #: Every stage succeeded.
+    succeeded = "succeeded"
+    #: Stopped by ``sparkle cancel``; only ``sparkle resume`` continues it.
+    cancelled = "cancelled"
+
+
+def canonical_plan_json(plan: MoviePlan) -> str:
+    """The plan as JSON with sorted keys and no whitespace: equal plans give equal text."""
+    return json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def plan_digest(plan: MoviePlan) -> str:
+    """SHA-256 (hex) of the canonical plan JSON."""
+    return hashlib.sha256(canonical_plan_json(plan).encode("utf-8")).hexdigest()
+
+
+def slugify(title: str) -> str:
+    """A path-safe, lower-case slug of ``title`` (``"run"`` when nothing is left)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:SLUG_CHARS].strip("-")
+    return slug or "run"
+
+
+def run_id_for(plan: MoviePlan) -> str:
+    """``metadata.run_id`` when given, else ``<slug of title>-<10 hex of the plan hash>``."""
+    if "run_id" in plan.metadata:
+        return plan.metadata["run_id"]
+    return f"{slugify(plan.title)}-{plan_digest(plan)[:HASH_CHARS]}"
+
+
+@dataclass(frozen=True)
+class StageView:
+    """What the run folder says about one stage, for status displays."""
+
+    stage: str
+    status: str
+    attempt: int
+    duration_sec: float | None
+    error: str | None
+
+
+class Run:
+    """One run folder. Cheap to create; reads the disk on every call, caches nothing."""
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        if not ID_RE.fullmatch(run_id) or ".." in run_id:
+            raise UnsafePathError(f"run id {run_id!r} is not a path-safe id")
+        self.run_id = run_id
+        self.dir = root / run_id
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> Path:
+        """Resolve ``parts`` under the run folder; refuse anything that lands outside it."""
+        base = self.dir.resolve()
+        candidate = base.joinpath(*parts).resolve()
+        if candidate != base and base not in candidate.parents:
+            raise UnsafePathError(
+                f"{'/'.join(parts)!r} resolves outside run folder {str(self.dir)!r}"
+            )
+        return candidate
+
+    def exists(self) -> bool:
+        return (self.dir / PLAN_FILE).is_file()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run folder's file lock (exclusive, across processes on this host)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- plan and asset refs -------------------------------------------------------------
+
+    def plan(self) -> MoviePlan:
+        """The run's plan. Raises RunNotFoundError when the folder holds none."""
+        try:
+            return MoviePlan.model_validate_json((self.dir / PLAN_FILE).read_bytes())
+        except FileNotFoundError:
+            raise RunNotFoundError(f"no run {self.run_id!r} in {self.dir.parent}") from None
+
+    def asset_refs(self) -> AssetRefs:
+        """The asset references so far (empty before the first stage)."""
+        try:
+            return AssetRefs.model_validate_json((self.dir / ASSET_REFS_FILE).read_bytes())
+        except FileNotFoundError:
+            return AssetRefs()
+
+    def save_asset_refs(self, refs: AssetRefs) -> None:
+        atomic.write_json(self.dir / ASSET_REFS_FILE, refs)
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def checkpoint_path(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return self.dir / CHECKPOINTS_DIR / f"{stage}.json"
+
+    def checkpoint(self, stage: str) -> Checkpoint | None:
+        """The stage's checkpoint, or None when missing or unreadable.
+
+        A missing, empty, truncated or invalid checkpoint means "not done": the stage runs
+        again. An unreadable one is reported in the log, never raised.
+        """
+        path = self.checkpoint_path(stage)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("run %s: checkpoint %s unreadable (%s); treating as not done",
+                        self.run_id, path, exc.strerror)
+            return None
+        try:
+            return Checkpoint.model_validate_json(data)
+        except ValidationError as exc:
+            log.warning("run %s: checkpoint %s is invalid (%d problem(s): %s); "
+                        "treating as not done", self.run_id, path, exc.error_count(),
+                        exc.errors(include_url=False)[0]["msg"])
+            return None
+
+    def write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        atomic.write_json(self.checkpoint_path(checkpoint.stage), checkpoint)
+
+    def remove_checkpoint(self, stage: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.checkpoint_path(stage).unlink()
+
+    # -- manifest ------------------------------------------------------------------------
+
+    def manifest(self) -> RunManifest:
+        """The run's history. An unreadable manifest is reported and read as empty."""
+        path = self.dir / MANIFEST_FILE
+        try:
+            return RunManifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return RunManifest(run_id=self.run_id)
+        except (OSError, ValidationError) as exc:
+            log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
+                        self.run_id, path, type(exc).__name__)
+            return RunManifest(run_id=self.run_id)
+
+    def events(self) -> list[StageEvent]:
+        return self.manifest().events
+
+    def append_event(
+        self,
+        stage: str,
+        status: str,
+        attempt: int,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> StageEvent:
+        """Append one event to the manifest (atomically, under the run's file lock)."""
+        event = StageEvent.model_validate(
+            {
+                "run_id": self.run_id,
+                "stage": stage,
+                "status": status,
+                "timestamp": time.time(),
+                "attempt": attempt,
+                "error": error,
+                "metadata": metadata or {},
+            }
+        )
+        with self.locked():
+            manifest = self.manifest()
+            manifest.events.append(event)
+            atomic.write_json(self.dir / MANIFEST_FILE, manifest)
+        return event
+
+    # -- derived state -------------------------------------------------------------------
+
+    def last_event(self, stage: str) -> StageEvent | None:
+        for event in reversed(self.events()):
+            if event.stage == stage:
+                return event
+        return None
+
+    def stage_done(self, stage: str) -> bool:
+        """A stage is done when its checkpoint says success, or the manifest's last
+        event for it is a success (the seed contract's resume rule)."""
+        checkpoint = self.checkpoint(stage)
+        if checkpoint is not None:
+            return checkpoint.status == "success"
+        last = self.last_event(stage)
+        return last is not None and last.status == "success"
+
+    def next_stage(self) -> str | None:
+        """The first stage that is not done, or None when every stage is."""
+        for stage in STAGES:
+            if not self.stage_done(stage):
+                return stage
+        return None
+
+    def attempts(self, stage: str) -> int:
+        """Attempts started for ``stage`` so far (the highest attempt number recorded)."""
+        highest = 0
+        checkpoint = self.checkpoint(stage)
+        if checkpoint is not None:
+            highest = checkpoint.attempt
+        for event in self.events():
+            if event.stage == stage and event.status in ("begin", "success", "fail"):
+                highest = max(highest, event.attempt)
+        return highest
+
+    @property
+    def cancelled(self) -> bool:
+        return (self.dir / CANCELLED_FILE).exists()
+
+    def set_cancelled(self, cancelled: bool) -> None:
+        marker = self.dir / CANCELLED_FILE
+        if cancelled:
+            atomic.write_bytes(marker, b"")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+
+    def status(self) -> RunStatus:
+        """Derive the run's status from its checkpoints (and the cancel marker)."""
+        if self.cancelled:
+            return RunStatus.cancelled
+        checkpoints = [self.checkpoint(stage) for stage in STAGES]
+        if any(c is not None and c.status == "failed" for c in checkpoints):
+            return RunStatus.failed
+        if all(c is not None and c.status == "success" for c in checkpoints):
+            return RunStatus.succeeded
+        if any(c is not None for c in checkpoints):
+            return RunStatus.running
+        return RunStatus.queued
+
+    def qa_decision(self) -> str | None:
+        """The QA decision when QA has run, shown beside the status."""
+        checkpoint = self.checkpoint("qa")
+        if checkpoint is None or checkpoint.status != "success":
+            return None
+        decision = checkpoint.metadata.get("decision")
+        return str(decision) if decision is not None else None
+
+    def stage_views(self) -> list[StageView]:
+        """Per-stage status, attempts, duration and error for displays."""
+        views = []
+        for stage in STAGES:
+            checkpoint = self.checkpoint(stage)
+            if checkpoint is None:
+                views.append(StageView(stage, "pending", self.attempts(stage), None, None))
+                continue
+            duration = checkpoint.metadata.get("duration_sec")
+            views.append(
+                StageView(
+                    stage,
+                    checkpoint.status,
+                    max(checkpoint.attempt, self.attempts(stage)),
+                    float(duration) if isinstance(duration, int | float) else None,
+                    checkpoint.error,
+                )
+            )
+        return views
+
+
+class RunStore:
+    """The runs folder: creates runs and finds them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def run(self, run_id: str) -> Run:
+        """The run with ``run_id``. Raises RunNotFoundError when it does not exist."""
+        run = Run(self.root, run_id)
+        if not run.exists():
+            raise RunNotFoundError(
+                f"no run {run_id!r} in {self.root} (list them with `sparkle runs`)"
+            )
+        return run
+
+    def create(self, plan: MoviePlan, run_id: str | None = None) -> tuple[Run, bool]:
+        """Create the run for ``plan``, or find it when the same plan was submitted before.
+
+        Returns the run and whether it was created now.
+
+        Raises:
+          RunConflictError: a different plan already owns the run id.
+        """
+        run = Run(self.root, run_id or run_id_for(plan))
+        canonical = canonical_plan_json(plan)
+        with run.locked():
+            if run.exists():
+                existing = canonical_plan_json(run.plan())
+                if existing != canonical:
+                    raise RunConflictError(
+                        f"run {run.run_id!r} already exists with a different plan; "
+                        "change metadata.run_id (or the title) to start a new run, "
+                        f"or remove {run.dir} to replace it"
+                    )
+                return run, False
+            (run.dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+            run.save_asset_refs(AssetRefs())
+            if not (run.dir / MANIFEST_FILE).exists():
+                atomic.write_json(run.dir / MANIFEST_FILE, RunManifest(run_id=run.run_id))
+            # The plan is written last: its presence is what makes the run exist.
+            atomic.write_json(run.dir / PLAN_FILE, plan)
+            return run, True
+
+    def runs(self) -> list[Run]:
+        """Every run in the folder, sorted by id. Folders without a plan are skipped."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.is_dir() and ID_RE.fullmatch(entry.name) and ".." not in entry.name:
+                run = Run(self.root, entry.name)
+                if run.exists():
+                    found.append(run)
+        return found

@@ -1,0 +1,308 @@
+"""The data model: plans in, asset references and reports out, checkpoints and events between.
+
+Every model here is the wire format of something written to disk or read from a user, so
+each one forbids unknown keys: a typo in a plan is an error, not a silently ignored field.
+JSON Schemas of the public models are exported with ``sparkle schema`` into ``schemas/``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+#: The seven stages of a run, in the order they execute.
+STAGES: tuple[str, ...] = ("script", "images", "videos", "tts", "lipsync", "assemble", "qa")
+
+StageName = Literal["script", "images", "videos", "tts", "lipsync", "assemble", "qa"]
+
+#: Ids (shot, character, run) become folder and file names, so they are restricted to a
+#: portable, path-safe alphabet: 1-64 characters, first a letter or digit, never "..".
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+#: Upper bound of a shot's duration in seconds (ten minutes).
+MAX_SHOT_SECONDS = 600.0
+
+#: Bounds of ``metadata.fps``.
+FPS_RANGE = (1.0, 120.0)
+
+#: Bounds of each side of ``metadata.resolution`` in pixels; sides must be even (yuv420p).
+RESOLUTION_RANGE = (16, 7680)
+
+RESOLUTION_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
+
+
+def check_id(value: str) -> str:
+    """Return ``value`` when it is a path-safe id, else raise a ValueError saying why."""
+    if not ID_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "unsafe_id",
+            "must be 1-64 characters of letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+        )
+    if ".." in value:
+        raise PydanticCustomError("unsafe_id", "must not contain '..'")
+    return value
+
+
+SafeId = Annotated[str, AfterValidator(check_id)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class DialogueLine(_Model):
+    """One spoken line in a shot."""
+
+    character_id: SafeId
+    text: str = Field(min_length=1, max_length=2000)
+    #: Seconds from the start of the shot; unset means right after the previous line.
+    start_time_sec: float | None = Field(default=None, ge=0)
+
+
+class CharacterSpec(_Model):
+    """A character and how it sounds."""
+
+    id: SafeId
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    #: Voice settings for the TTS adapter, e.g. ``{"voice": "en-us+f3", "rate": "160"}``.
+    voice_profile: dict[str, str] = Field(default_factory=dict)
+
+
+class ShotSpec(_Model):
+    """One shot: what it shows at its start and end, how the camera moves, who speaks."""
+
+    id: SafeId
+    duration_sec: float = Field(gt=0, le=MAX_SHOT_SECONDS)
+    setting: str | None = None
+    visual_description: str = Field(min_length=1)
+    start_frame_prompt: str = Field(min_length=1)
+    end_frame_prompt: str = Field(min_length=1)
+    motion_prompt: str | None = None
+    is_talking_closeup: bool = False
+    dialogue: list[DialogueLine] = Field(default_factory=list)
+
+
+def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    if "seed" in metadata:
+        try:
+            int(metadata["seed"])
+        except ValueError:
+            raise PydanticCustomError("bad_seed", "metadata.seed must be an integer") from None
+    if "fps" in metadata:
+        try:
+            fps = float(metadata["fps"])
+        except ValueError:
+            fps = -1.0
+        if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+            raise PydanticCustomError(
+                "bad_fps", "metadata.fps must be a number from 1 to 120, e.g. '24'"
+            )
+    if "resolution" in metadata:
+        match = RESOLUTION_RE.fullmatch(metadata["resolution"])
+        lo, hi = RESOLUTION_RANGE
+        ok = bool(match) and all(
+            lo <= int(side) <= hi and int(side) % 2 == 0 for side in match.groups()  # type: ignore[union-attr]
+        )
+        if not ok:
+            raise PydanticCustomError(
+                "bad_resolution",
+                "metadata.resolution must be WIDTHxHEIGHT with even sides from 16 to 7680, "
+                "e.g. '1280x720'",
+            )
+    if "run_id" in metadata:
+        check_id(metadata["run_id"])
+    return metadata
+
+
+class MoviePlan(_Model):
+    """A whole movie: the input of a run and its source of truth."""
+
+    title: str = Field(min_length=1, max_length=300)
+    characters: list[CharacterSpec] = Field(default_factory=list)
+    shots: list[ShotSpec] = Field(min_length=1)
+    #: Free-form string settings; known keys: ``seed``, ``fps``, ``resolution``, ``run_id``.
+    metadata: Annotated[dict[str, str], AfterValidator(_check_metadata)] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _check_references(self) -> MoviePlan:
+        problems: list[list[str]] = []
+        seen: dict[str, int] = {}
+        for i, character in enumerate(self.characters):
+            if character.id in seen:
+                problems.append(
+                    [
+                        f"characters[{i}].id",
+                        f"duplicate character id {character.id!r} "
+                        f"(also characters[{seen[character.id]}].id)",
+                    ]
+                )
+            seen.setdefault(character.id, i)
+        known = set(seen)
+        shots_seen: dict[str, int] = {}
+        for i, shot in enumerate(self.shots):
+            if shot.id in shots_seen:
+                problems.append(
+                    [
+                        f"shots[{i}].id",
+                        f"duplicate shot id {shot.id!r} (also shots[{shots_seen[shot.id]}].id)",
+                    ]
+                )
+            shots_seen.setdefault(shot.id, i)
+            for j, line in enumerate(shot.dialogue):
+                if line.character_id not in known:
+                    problems.append(
+                        [
+                            f"shots[{i}].dialogue[{j}].character_id",
+                            f"{line.character_id!r} names no character; "
+                            f"known ids: {sorted(known) or 'none'}",
+                        ]
+                    )
+        if problems:
+            raise PydanticCustomError(
+                "plan_references",
+                "{summary}",
+                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
+            )
+        return self
+
+    def shot(self, shot_id: str) -> ShotSpec:
+        """Return the shot with ``shot_id``; raises KeyError when there is none."""
+        for shot in self.shots:
+            if shot.id == shot_id:
+                return shot
+        raise KeyError(shot_id)
+
+    def character(self, character_id: str) -> CharacterSpec:
+        """Return the character with ``character_id``; raises KeyError when there is none."""
+        for character in self.characters:
+            if character.id == character_id:
+                return character
+        raise KeyError(character_id)
+
+    @property
+    def seed(self) -> int:
+        """The plan's seed (``metadata.seed``), 0 when unset."""
+        return int(self.metadata.get("seed", "0"))
+
+    @property
+    def fps(self) -> float:
+        """Frames per second (``metadata.fps``), 24 when unset."""
+        return float(self.metadata.get("fps", "24"))
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """Width and height in pixels (``metadata.resolution``), 1280x720 when unset."""
+        width, height = self.metadata.get("resolution", "1280x720").split("x")
+        return int(width), int(height)
+
+
+class AssetRefsShot(_Model):
+    """Files produced for one shot, as paths relative to the run directory."""
+
+    start_frame: str | None = None
+    end_frame: str | None = None
+    raw_clip: str | None = None
+    dialogue_audio: list[str] = Field(default_factory=list)
+    final_video_clip: str | None = None
+
+
+class AssetRefs(_Model):
+    """Everything a run has produced so far; each stage adds to it."""
+
+    shots: dict[str, AssetRefsShot] = Field(default_factory=dict)
+    extras: dict[str, str] = Field(default_factory=dict)
+
+    def shot(self, shot_id: str) -> AssetRefsShot:
+        """Return the entry for ``shot_id``, creating an empty one when missing."""
+        return self.shots.setdefault(shot_id, AssetRefsShot())
+
+
+QADecision = Literal["approve", "regenerate", "escalate"]
+
+
+class QAShotReport(_Model):
+    """Measurements and findings for one shot."""
+
+    shot_id: str
+    decodes: bool = True
+    expected_duration_sec: float | None = None
+    duration_sec: float | None = None
+    extended: bool = False
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    black_ratio: float | None = None
+    mean_volume_db: float | None = None
+    has_dialogue: bool = False
+    findings: list[str] = Field(default_factory=list)
+
+
+class QAReport(_Model):
+    """The QA stage's verdict on a finished movie."""
+
+    movie_title: str | None = None
+    per_shot: list[QAShotReport] = Field(default_factory=list)
+    summary: str | None = None
+    decision: QADecision
+    #: The stages a ``regenerate`` decision asks to re-run, earliest first.
+    regenerate_stages: list[str] = Field(default_factory=list)
+    #: The policy rule that decided, by name.
+    rule: str | None = None
+    issues_found: int = Field(ge=0)
+    movie: dict[str, Any] = Field(default_factory=dict)
+
+
+CheckpointStatus = Literal["begin", "success", "failed"]
+
+
+class Checkpoint(_Model):
+    """The state of one stage of one run: ``runs/<run_id>/checkpoints/<stage>.json``."""
+
+    stage: StageName
+    status: CheckpointStatus
+    #: Seconds since the epoch.
+    timestamp: float
+    attempt: int = Field(ge=1)
+    error: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+#: ``reset`` marks a forced re-run, ``redrive`` a re-enqueue by the reaper or an operator,
+#: ``cancel`` a cancellation request.
+EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel"]
+
+
+class StageEvent(_Model):
+    """One entry of a run's history (``manifest.json``)."""
+
+    run_id: SafeId
+    stage: StageName
+    status: EventStatus
+    timestamp: float
+    attempt: int = Field(ge=1)
+    error: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunManifest(_Model):
+    """A run's history: every stage event in the order it happened."""
+
+    run_id: SafeId
+    events: list[StageEvent] = Field(default_factory=list)
+
+
+#: Models whose JSON Schemas are exported by ``sparkle schema``.
+EXPORTED_MODELS: dict[str, type[BaseModel]] = {
+    "MoviePlan": MoviePlan,
+    "AssetRefs": AssetRefs,
+    "QAReport": QAReport,
+    "Checkpoint": Checkpoint,
+    "StageEvent": StageEvent,
+}

@@ -1,0 +1,86 @@
+"""Settings, read from ``SPARKLE_*`` environment variables (and a ``.env`` file if present).
+
+Every setting is documented in the README's settings table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Read once with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="SPARKLE_", env_file=".env", extra="ignore")
+
+    #: Folder holding one sub-folder per run.
+    runs_dir: Path = Path("runs")
+    #: The hot folder watched for plan files.
+    inbox_dir: Path = Path("inbox")
+    #: ``redis://`` or ``rediss://`` URL; unset means the embedded in-process broker.
+    redis_url: SecretStr | None = None
+    #: Name of the adapter set (``media`` renders real movies, ``test`` is fast and tiny).
+    adapters: str = "media"
+    #: Seconds a run's lease lives without a heartbeat; a dead worker's run is free after it.
+    lease_ttl_sec: float = Field(default=15.0, gt=0)
+    #: Attempts of a stage adapter within one message (transient errors only).
+    retry_attempts: int = Field(default=3, ge=1, le=20)
+    #: First backoff between attempts, in seconds (doubles each time, with jitter).
+    retry_base_sec: float = Field(default=0.5, ge=0)
+    #: Largest backoff between attempts, in seconds.
+    retry_max_sec: float = Field(default=10.0, ge=0)
+    #: Hard time limit of one stage message, in seconds (dramatiq TimeLimit).
+    stage_time_limit_sec: float = Field(default=900.0, gt=0)
+    #: Per-stage time limits in seconds overriding the one above, as JSON:
+    #: ``SPARKLE_STAGE_TIME_LIMITS='{"videos": 1800}'``.
+    stage_time_limits: dict[str, float] = Field(default_factory=dict)
+    #: Plans larger than this many bytes are refused before parsing.
+    max_plan_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: A file in the inbox without a close event is taken after its size and mtime
+    #: have been unchanged for this many seconds.
+    stable_seconds: float = Field(default=0.5, ge=0)
+    #: Glob of files the inbox takes.
+    inbox_glob: str = "*.json"
+    #: Key prefix (dramatiq namespace and Sparkle's own keys) in Redis.
+    namespace: str = "sparkle"
+    #: dramatiq RedisBroker: milliseconds without a heartbeat before a worker is taken for
+    #: dead and its unacked messages are requeued.
+    heartbeat_timeout_ms: int = Field(default=30_000, gt=0)
+    #: dramatiq RedisBroker: per-million chance that a broker call runs maintenance.
+    maintenance_chance: int = Field(default=10_000, ge=0, le=1_000_000)
+    #: QA policy file (JSON or YAML); unset means the policy shipped with Sparkle.
+    qa_policy: Path | None = None
+    #: Re-run from the earliest stage QA names, once, when QA decides ``regenerate``.
+    qa_auto_regenerate: bool = False
+    #: Seconds between reaper passes in ``sparkle watch`` and ``sparkle serve``.
+    reaper_interval_sec: float = Field(default=10.0, gt=0)
+    #: ``begin`` checkpoints without an outcome before a stage is failed as a crash loop.
+    crash_loop_limit: int = Field(default=3, ge=1)
+
+    def redis_url_value(self) -> str | None:
+        """The Redis URL in clear text (never log it: see :func:`redacted_redis_url`)."""
+        return self.redis_url.get_secret_value() if self.redis_url else None
+
+    def redacted_redis_url(self) -> str:
+        """The Redis URL with any password replaced by ``***``, safe for logs."""
+        url = self.redis_url_value()
+        if not url:
+            return "embedded"
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:" if parts.username else ":"
+        return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings of this process, read from the environment on first use."""
+    return Settings()
