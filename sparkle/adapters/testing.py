@@ -1,0 +1,286 @@
+"""The ``test`` adapter set: fast, deterministic, tiny but real files, with fault injection.
+
+For engine, queue and chaos tests, where rendering real movies would take too long. Each
+stage genuinely consumes what the stage before it wrote, so the chain's data flow is
+exercised: PNG keyframes → animated GIF clips (blends of the two keyframes) → WAV lines →
+per-shot WAV tracks with the lines mixed in at their times → one GIF and one WAV for the
+movie → a QA report from reading those back. No ffmpeg, pure Python, a few ms per stage.
+
+Faults are injected through plan metadata, ``fault_<stage>``:
+
+- ``transient:N``: the first N attempts raise TransientStageError;
+- ``permanent``: every attempt raises PermanentStageError;
+- ``sleep:S``: sleep S seconds, then work normally;
+- ``crash``: kill the worker process (``os._exit``), every attempt;
+- ``crash:N``: kill the worker process on the first N attempts.
+
+Every call appends ``{"stage", "pid", "start", "end", "outcome"}`` to ``trace.jsonl`` in
+the run folder, so tests can count calls and check that no two stages of a run overlapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import struct
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sparkle import atomic
+from sparkle.errors import PermanentStageError, TransientStageError
+from sparkle.schemas import AssetRefs, MoviePlan, QAReport, QAShotReport
+
+#: Keyframe size in pixels.
+FRAME_SIZE = (64, 36)
+
+#: Frames per second of the GIF clips.
+CLIP_FPS = 4
+
+#: Sample rate of the WAV files, in Hz.
+SAMPLE_RATE = 8000
+
+#: Seconds of "speech" per character of dialogue.
+SECONDS_PER_CHAR = 0.02
+
+TRACE_FILE = "trace.jsonl"
+FAULT_COUNTS_DIR = "faults"
+
+Result = tuple[AssetRefs, dict[str, Any]]
+Body = Callable[[MoviePlan, AssetRefs, Path], Result]
+
+
+def _inject_fault(stage: str, plan: MoviePlan, run_dir: Path) -> None:
+    spec = plan.metadata.get(f"fault_{stage}")
+    if not spec:
+        return
+    kind, _, arg = spec.partition(":")
+    counter = run_dir / FAULT_COUNTS_DIR / f"{stage}.count"
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    calls = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if kind == "transient" and calls <= int(arg or 1):
+        raise TransientStageError(f"injected transient fault {calls}/{arg or 1} in {stage}")
+    if kind == "permanent":
+        raise PermanentStageError(f"injected permanent fault in {stage}")
+    if kind == "sleep":
+        time.sleep(float(arg))
+    if kind == "crash" and (not arg or calls <= int(arg)):
+        os._exit(137)
+
+
+def _trace(run_dir: Path, record: dict[str, Any]) -> None:
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(run_dir / TRACE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one write on O_APPEND: lines from processes never interleave
+    finally:
+        os.close(fd)
+
+
+def _traced(stage: str, body: Body) -> Callable[[MoviePlan, AssetRefs, Path], Result]:
+    def adapter(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+        start = time.time()
+        outcome = "error"
+        try:
+            _inject_fault(stage, plan, run_dir)
+            result = body(plan, refs.model_copy(deep=True), run_dir)
+            outcome = "ok"
+            return result
+        finally:
+            _trace(run_dir, {"stage": stage, "pid": os.getpid(), "start": start,
+                             "end": time.time(), "outcome": outcome})
+
+    adapter.__name__ = f"test_{stage}"
+    return adapter
+
+
+def _seeded_color(*parts: object) -> tuple[int, int, int]:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return digest[0], digest[1], digest[2]
+
+
+def _require(run_dir: Path, rel: str | None, what: str) -> Path:
+    if not rel or not (run_dir / rel).is_file():
+        raise PermanentStageError(f"missing {what}: {rel or '(no path recorded)'} in {run_dir}")
+    return run_dir / rel
+
+
+def _write_wav(path: Path, samples: list[int]) -> None:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(struct.pack(f"<{len(samples)}h", *samples))
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def _read_wav(path: Path) -> list[int]:
+    with wave.open(str(path), "rb") as src:
+        if src.getframerate() != SAMPLE_RATE or src.getsampwidth() != 2:
+            raise PermanentStageError(f"{path}: unexpected WAV format")
+        data = src.readframes(src.getnframes())
+    return list(struct.unpack(f"<{len(data) // 2}h", data))
+
+
+def _script(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    lines = [plan.title, ""]
+    for shot in plan.shots:
+        lines.append(f"SHOT {shot.id} ({shot.duration_sec:g}s): {shot.visual_description}")
+        lines += [f"  {plan.character(d.character_id).name}: {d.text}" for d in shot.dialogue]
+    atomic.write_bytes(run_dir / "script" / "screenplay.txt", "\n".join(lines).encode())
+    refs.extras["screenplay"] = "script/screenplay.txt"
+    return refs, {"shots": len(plan.shots)}
+
+
+def _images(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    for shot in plan.shots:
+        for which, prompt in (("start", shot.start_frame_prompt), ("end", shot.end_frame_prompt)):
+            image = Image.new("RGB", FRAME_SIZE, _seeded_color(plan.seed, shot.id, prompt))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            rel = f"frames/{shot.id}_{which}.png"
+            atomic.write_bytes(run_dir / rel, buffer.getvalue())
+            setattr(refs.shot(shot.id), f"{which}_frame", rel)
+    return refs, {"frames_written": 2 * len(plan.shots), "seed": plan.seed}
+
+
+def _gif_bytes(frames: list[Image.Image]) -> bytes:
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=1000 // CLIP_FPS, loop=0)
+    return buffer.getvalue()
+
+
+def _gif_frames(path: Path) -> list[Image.Image]:
+    with Image.open(path) as gif:
+        frames = []
+        for index in range(getattr(gif, "n_frames", 1)):
+            gif.seek(index)
+            frames.append(gif.convert("RGB"))
+        return frames
+
+
+def _frame_count(seconds: float) -> int:
+    return max(2, math.ceil(seconds * CLIP_FPS))
+
+
+def _videos(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    for shot in plan.shots:
+        entry = refs.shot(shot.id)
+        with Image.open(_require(run_dir, entry.start_frame, "start frame")) as a, \
+                Image.open(_require(run_dir, entry.end_frame, "end frame")) as b:
+            start, end = a.convert("RGB"), b.convert("RGB")
+        count = _frame_count(shot.duration_sec)
+        frames = [Image.blend(start, end, i / (count - 1)) for i in range(count)]
+        rel = f"clips/{shot.id}.gif"
+        atomic.write_bytes(run_dir / rel, _gif_bytes(frames))
+        entry.raw_clip = rel
+    return refs, {"clips_written": len(plan.shots), "fps": CLIP_FPS, "codec": "gif"}
+
+
+def _tts(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    lines = 0
+    for shot in plan.shots:
+        entry = refs.shot(shot.id)
+        entry.dialogue_audio = []
+        for index, line in enumerate(shot.dialogue):
+            n = max(int(SAMPLE_RATE * SECONDS_PER_CHAR * len(line.text)), SAMPLE_RATE // 10)
+            pitch = 200 + sum(line.character_id.encode()) % 200
+            samples = [int(8000 * math.sin(2 * math.pi * pitch * t / SAMPLE_RATE))
+                       for t in range(n)]
+            rel = f"audio/{shot.id}/{index:02d}_{line.character_id}.wav"
+            _write_wav(run_dir / rel, samples)
+            entry.dialogue_audio.append(rel)
+            lines += 1
+    return refs, {"lines_synthesized": lines}
+
+
+def _lipsync(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    extended = []
+    for shot in plan.shots:
+        entry = refs.shot(shot.id)
+        frames = _gif_frames(_require(run_dir, entry.raw_clip, "clip"))
+        placed: list[tuple[int, list[int]]] = []
+        cursor = 0
+        for line, rel in zip(shot.dialogue, entry.dialogue_audio, strict=True):
+            samples = _read_wav(_require(run_dir, rel, "dialogue audio"))
+            at = int(line.start_time_sec * SAMPLE_RATE) if line.start_time_sec is not None \
+                else cursor
+            placed.append((at, samples))
+            cursor = at + len(samples)
+        length = max(int(shot.duration_sec * SAMPLE_RATE), cursor)
+        if length > int(shot.duration_sec * SAMPLE_RATE):
+            extended.append(shot.id)
+            frames += [frames[-1]] * (_frame_count(length / SAMPLE_RATE) - len(frames))
+        track = [0] * length
+        for at, samples in placed:
+            for i, sample in enumerate(samples):
+                track[at + i] = max(-32768, min(32767, track[at + i] + sample))
+        _write_wav(run_dir / "lipsync" / f"{shot.id}.wav", track)
+        rel = f"lipsync/{shot.id}.gif"
+        atomic.write_bytes(run_dir / rel, _gif_bytes(frames))
+        entry.final_video_clip = rel
+        refs.extras[f"track_{shot.id}"] = f"lipsync/{shot.id}.wav"
+    return refs, {"clips_synced": len(plan.shots), "extended_shots": extended}
+
+
+def _assemble(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    frames: list[Image.Image] = []
+    audio: list[int] = []
+    for shot in plan.shots:
+        frames += _gif_frames(_require(run_dir, refs.shot(shot.id).final_video_clip, "clip"))
+        audio += _read_wav(_require(run_dir, refs.extras.get(f"track_{shot.id}"), "track"))
+    atomic.write_bytes(run_dir / "final" / "movie.gif", _gif_bytes(frames))
+    _write_wav(run_dir / "final" / "movie.wav", audio)
+    refs.extras["final_movie"] = "final/movie.gif"
+    refs.extras["final_audio"] = "final/movie.wav"
+    return refs, {"final_path": "final/movie.gif", "shots_used": len(plan.shots),
+                  "duration_sec": round(len(audio) / SAMPLE_RATE, 3)}
+
+
+def _qa(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    frames = _gif_frames(_require(run_dir, refs.extras.get("final_movie"), "movie"))
+    audio = _read_wav(_require(run_dir, refs.extras.get("final_audio"), "movie audio"))
+    per_shot = [QAShotReport(shot_id=s.id, expected_duration_sec=s.duration_sec,
+                             has_dialogue=bool(s.dialogue)) for s in plan.shots]
+    expected = sum(_frame_count(s.duration_sec) for s in plan.shots)
+    issues = 0 if len(frames) >= expected and audio else 1
+    report = QAReport(movie_title=plan.title, per_shot=per_shot, issues_found=issues,
+                      decision="approve" if issues == 0 else "escalate",
+                      summary=f"{len(frames)} frames, {len(audio) / SAMPLE_RATE:.2f}s audio",
+                      movie={"frames": len(frames)})
+    atomic.write_json(run_dir / "qa_report.json", report)
+    refs.extras["qa_report"] = "qa_report.json"
+    return refs, {"decision": report.decision, "issues_found": issues}
+
+
+#: The test set: stage → adapter.
+ADAPTERS: dict[str, Callable[[MoviePlan, AssetRefs, Path], Result]] = {
+    stage: _traced(stage, body)
+    for stage, body in {
+        "script": _script,
+        "images": _images,
+        "videos": _videos,
+        "tts": _tts,
+        "lipsync": _lipsync,
+        "assemble": _assemble,
+        "qa": _qa,
+    }.items()
+}
+
+
+def read_trace(run_dir: Path) -> list[dict[str, Any]]:
+    """The calls recorded in a run folder's ``trace.jsonl``."""
+    path = run_dir / TRACE_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,88 @@
+"""Sending stage messages, and remembering which stage of a run has a message on its way.
+
+When a stage message is sent, the run's **pending** key records the stage and the time.
+The engine clears it when the message is taken. So "is the next stage already queued?" is
+one GET instead of a scan of the queue, and a replayed or duplicate message that finds its
+stage done does not start a second chain: it re-sends the next stage only when nothing is
+pending for it. A pending record whose message was lost is the reaper's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import dramatiq
+import redis
+
+from sparkle import keys, lease
+from sparkle.runstore import Run
+
+log = logging.getLogger(__name__)
+
+_CLEAR_IF_STAGE = """
+local value = redis.call('get', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Dispatcher:
+    """Sends stage messages on a broker and tracks the pending stage of each run."""
+
+    def __init__(self, broker: dramatiq.Broker, client: redis.Redis, namespace: str) -> None:
+        self.broker = broker
+        self.client = client
+        self.namespace = namespace
+
+    def send(self, run_id: str, stage: str, delay_ms: int | None = None) -> dramatiq.Message:
+        """Enqueue ``stage`` of ``run_id`` and mark it pending.
+
+        The mark is written before the message, so a worker that takes the message at once
+        always finds a mark to clear. Raises the broker's connection errors.
+        """
+        self.client.set(keys.pending(self.namespace, run_id), f"{stage} {time.time():.3f}")
+        message: dramatiq.Message = dramatiq.Message(
+            queue_name=keys.queue_name(stage),
+            actor_name=keys.actor_name(stage),
+            args=(run_id,),
+            kwargs={},
+            options={},
+        )
+        return self.broker.enqueue(message, delay=delay_ms)
+
+    def pending(self, run_id: str) -> tuple[str, float] | None:
+        """The stage with a message on its way for ``run_id`` and when it was sent."""
+        value = self.client.get(keys.pending(self.namespace, run_id))
+        if value is None:
+            return None
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        stage, _, sent = text.partition(" ")
+        return stage, float(sent or 0)
+
+    def taken(self, run_id: str, stage: str) -> None:
+        """A worker took ``stage``'s message: clear the mark if it names that stage."""
+        self.client.eval(_CLEAR_IF_STAGE, 1, keys.pending(self.namespace, run_id), stage)
+
+    def kick(self, run: Run) -> str | None:
+        """Make sure the run's first unfinished stage is queued. Returns the stage sent.
+
+        Sends nothing when the run is done or cancelled, or when that stage already has a
+        message on its way. Used by ``submit``, the inbox, ``resume`` and the reaper.
+        """
+        if run.cancelled:
+            return None
+        stage = run.next_stage()
+        if stage is None:
+            return None
+        pending = self.pending(run.run_id)
+        if pending is not None and pending[0] == stage:
+            log.debug("run %s: %s already queued", run.run_id, stage)
+            return None
+        if lease.holder(self.client, self.namespace, run.run_id) is not None:
+            log.debug("run %s: a worker holds it; it will continue the chain", run.run_id)
+            return None
+        self.send(run.run_id, stage)
+        return stage
