@@ -237,7 +237,7 @@ class Engine:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.retry_attempts),
             wait=tenacity.wait_exponential_jitter(
-                initial=self.settings.retry_base_sec,
+                multiplier=self.settings.retry_base_sec,
                 max=self.settings.retry_max_sec,
                 jitter=self.settings.retry_base_sec,
             ),

@@ -5,8 +5,8 @@ Every setting is documented in the README's settings table; keep the two in step
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,7 +80,20 @@ class Settings(BaseSettings):
         return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
-@functools.cache
+_settings: Settings | None = None
+
+
 def get_settings() -> Settings:
     """The settings of this process, read from the environment on first use."""
-    return Settings()
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+def configure(**overrides: Any) -> Settings:
+    """Re-read the settings with ``overrides`` (CLI options) taking precedence over the
+    environment. Call before the broker and engine are built."""
+    global _settings
+    _settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return _settings

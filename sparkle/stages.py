@@ -51,7 +51,7 @@ class Adapter:
     transient: tuple[type[BaseException], ...]
 
     def is_transient(self, exc: BaseException) -> bool:
-        return isinstance(exc, TransientStageError | self.transient)
+        return isinstance(exc, (TransientStageError, *self.transient))
 
 
 def next_stage(stage: str) -> str | None:

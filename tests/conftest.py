@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import io
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +32,84 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@dataclass
+class Pipeline:
+    """An in-process pipeline on a fresh broker: engine, broker, runs folder."""
+
+    engine: Any
+    broker: Any
+    runs_dir: Path
+
+    def create(self, plan_path: Path, **metadata: str) -> Any:
+        """Create a run from a plan file, with extra metadata (e.g. faults)."""
+        from sparkle.plans import load_plan_file
+
+        plan = load_plan_file(plan_path, 1 << 20)
+        plan.metadata.update(metadata)
+        run, _ = self.engine.store.create(plan)
+        return run
+
+    def work(self, run: Any, threads: int = 2) -> Any:
+        """Queue the run's first unfinished stage and work the chain until it rests."""
+        from rich.console import Console
+
+        from sparkle.runner import work_in_foreground
+
+        return work_in_foreground(
+            run,
+            self.broker,
+            self.engine.dispatcher,
+            self.engine.settings.namespace,
+            threads,
+            Console(file=io.StringIO()),
+        )
+
+
+def make_pipeline(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broker: Any = None,
+    client: Any = None,
+    **env: str,
+) -> Pipeline:
+    from sparkle import broker as broker_module
+    from sparkle import engine as engine_module
+    from sparkle.settings import configure
+
+    settings_env = {
+        "SPARKLE_RUNS_DIR": str(tmp_path / "runs"),
+        "SPARKLE_INBOX_DIR": str(tmp_path / "inbox"),
+        "SPARKLE_ADAPTERS": "test",
+        "SPARKLE_RETRY_BASE_SEC": "0.01",
+        "SPARKLE_RETRY_MAX_SEC": "0.05",
+        **env,
+    }
+    for key, value in settings_env.items():
+        monkeypatch.setenv(key, value)
+    if broker is None:
+        monkeypatch.delenv("SPARKLE_REDIS_URL", raising=False)
+    configure()
+    broker_module.reset()
+    engine_module.set_engine(None)
+    broker_module.setup_broker(broker=broker, client=client)
+    loaded = broker_module.load_actors()
+    return Pipeline(engine_module.get_engine(), loaded, tmp_path / "runs")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    """An embedded pipeline (StubBroker, in-process fakeredis leases) with the test adapters."""
+    yield make_pipeline(tmp_path, monkeypatch)
+    _teardown_pipeline()
+
+
+def _teardown_pipeline() -> None:
+    from sparkle import broker as broker_module
+    from sparkle import engine as engine_module
+    from sparkle import settings as settings_module
+
+    broker_module.reset()
+    engine_module.set_engine(None)
+    settings_module._settings = None

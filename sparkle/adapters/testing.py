@@ -85,18 +85,29 @@ def _trace(run_dir: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _traced(stage: str, body: Body) -> Callable[[MoviePlan, AssetRefs, Path], Result]:
+def _traced(
+    stage: str, body: Body, faults: bool = True
+) -> Callable[[MoviePlan, AssetRefs, Path], Result]:
     def adapter(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
         start = time.time()
         outcome = "error"
         try:
-            _inject_fault(stage, plan, run_dir)
+            if faults:
+                _inject_fault(stage, plan, run_dir)
             result = body(plan, refs.model_copy(deep=True), run_dir)
             outcome = "ok"
             return result
         finally:
-            _trace(run_dir, {"stage": stage, "pid": os.getpid(), "start": start,
-                             "end": time.time(), "outcome": outcome})
+            _trace(
+                run_dir,
+                {
+                    "stage": stage,
+                    "pid": os.getpid(),
+                    "start": start,
+                    "end": time.time(),
+                    "outcome": outcome,
+                },
+            )
 
     adapter.__name__ = f"test_{stage}"
     return adapter
@@ -155,8 +166,14 @@ def _images(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
 
 def _gif_bytes(frames: list[Image.Image]) -> bytes:
     buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=1000 // CLIP_FPS, loop=0)
+    frames[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=1000 // CLIP_FPS,
+        loop=0,
+    )
     return buffer.getvalue()
 
 
@@ -176,8 +193,10 @@ def _frame_count(seconds: float) -> int:
 def _videos(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
     for shot in plan.shots:
         entry = refs.shot(shot.id)
-        with Image.open(_require(run_dir, entry.start_frame, "start frame")) as a, \
-                Image.open(_require(run_dir, entry.end_frame, "end frame")) as b:
+        with (
+            Image.open(_require(run_dir, entry.start_frame, "start frame")) as a,
+            Image.open(_require(run_dir, entry.end_frame, "end frame")) as b,
+        ):
             start, end = a.convert("RGB"), b.convert("RGB")
         count = _frame_count(shot.duration_sec)
         frames = [Image.blend(start, end, i / (count - 1)) for i in range(count)]
@@ -195,8 +214,9 @@ def _tts(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
         for index, line in enumerate(shot.dialogue):
             n = max(int(SAMPLE_RATE * SECONDS_PER_CHAR * len(line.text)), SAMPLE_RATE // 10)
             pitch = 200 + sum(line.character_id.encode()) % 200
-            samples = [int(8000 * math.sin(2 * math.pi * pitch * t / SAMPLE_RATE))
-                       for t in range(n)]
+            samples = [
+                int(8000 * math.sin(2 * math.pi * pitch * t / SAMPLE_RATE)) for t in range(n)
+            ]
             rel = f"audio/{shot.id}/{index:02d}_{line.character_id}.wav"
             _write_wav(run_dir / rel, samples)
             entry.dialogue_audio.append(rel)
@@ -213,8 +233,11 @@ def _lipsync(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
         cursor = 0
         for line, rel in zip(shot.dialogue, entry.dialogue_audio, strict=True):
             samples = _read_wav(_require(run_dir, rel, "dialogue audio"))
-            at = int(line.start_time_sec * SAMPLE_RATE) if line.start_time_sec is not None \
+            at = (
+                int(line.start_time_sec * SAMPLE_RATE)
+                if line.start_time_sec is not None
                 else cursor
+            )
             placed.append((at, samples))
             cursor = at + len(samples)
         length = max(int(shot.duration_sec * SAMPLE_RATE), cursor)
@@ -243,39 +266,64 @@ def _assemble(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
     _write_wav(run_dir / "final" / "movie.wav", audio)
     refs.extras["final_movie"] = "final/movie.gif"
     refs.extras["final_audio"] = "final/movie.wav"
-    return refs, {"final_path": "final/movie.gif", "shots_used": len(plan.shots),
-                  "duration_sec": round(len(audio) / SAMPLE_RATE, 3)}
+    return refs, {
+        "final_path": "final/movie.gif",
+        "shots_used": len(plan.shots),
+        "duration_sec": round(len(audio) / SAMPLE_RATE, 3),
+    }
 
 
 def _qa(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
     frames = _gif_frames(_require(run_dir, refs.extras.get("final_movie"), "movie"))
     audio = _read_wav(_require(run_dir, refs.extras.get("final_audio"), "movie audio"))
-    per_shot = [QAShotReport(shot_id=s.id, expected_duration_sec=s.duration_sec,
-                             has_dialogue=bool(s.dialogue)) for s in plan.shots]
+    per_shot = [
+        QAShotReport(
+            shot_id=s.id, expected_duration_sec=s.duration_sec, has_dialogue=bool(s.dialogue)
+        )
+        for s in plan.shots
+    ]
     expected = sum(_frame_count(s.duration_sec) for s in plan.shots)
     issues = 0 if len(frames) >= expected and audio else 1
-    report = QAReport(movie_title=plan.title, per_shot=per_shot, issues_found=issues,
-                      decision="approve" if issues == 0 else "escalate",
-                      summary=f"{len(frames)} frames, {len(audio) / SAMPLE_RATE:.2f}s audio",
-                      movie={"frames": len(frames)})
+    report = QAReport(
+        movie_title=plan.title,
+        per_shot=per_shot,
+        issues_found=issues,
+        decision="approve" if issues == 0 else "escalate",
+        summary=f"{len(frames)} frames, {len(audio) / SAMPLE_RATE:.2f}s audio",
+        movie={"frames": len(frames)},
+    )
     atomic.write_json(run_dir / "qa_report.json", report)
     refs.extras["qa_report"] = "qa_report.json"
     return refs, {"decision": report.decision, "issues_found": issues}
 
 
-#: The test set: stage → adapter.
-ADAPTERS: dict[str, Callable[[MoviePlan, AssetRefs, Path], Result]] = {
-    stage: _traced(stage, body)
-    for stage, body in {
-        "script": _script,
-        "images": _images,
-        "videos": _videos,
-        "tts": _tts,
-        "lipsync": _lipsync,
-        "assemble": _assemble,
-        "qa": _qa,
-    }.items()
+_BODIES: dict[str, Body] = {
+    "script": _script,
+    "images": _images,
+    "videos": _videos,
+    "tts": _tts,
+    "lipsync": _lipsync,
+    "assemble": _assemble,
+    "qa": _qa,
 }
+
+#: The test set: stage → adapter (honouring ``fault_<stage>`` in plan metadata).
+ADAPTERS: dict[str, Callable[[MoviePlan, AssetRefs, Path], Result]] = {
+    stage: _traced(stage, body) for stage, body in _BODIES.items()
+}
+
+#: The same adapters with fault injection off: "the fixed adapter" in tests, e.g.
+#: ``SPARKLE_ADAPTER_VIDEOS=sparkle.adapters.testing:fixed_videos``.
+FIXED: dict[str, Callable[[MoviePlan, AssetRefs, Path], Result]] = {
+    stage: _traced(stage, body, faults=False) for stage, body in _BODIES.items()
+}
+fixed_script = FIXED["script"]
+fixed_images = FIXED["images"]
+fixed_videos = FIXED["videos"]
+fixed_tts = FIXED["tts"]
+fixed_lipsync = FIXED["lipsync"]
+fixed_assemble = FIXED["assemble"]
+fixed_qa = FIXED["qa"]
 
 
 def read_trace(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,389 @@
+"""The ``sparkle`` command line.
+
+Exit codes: 0 success; 1 a stage failed (the message says how to resume); 2 bad input or
+configuration (the message names the file, the field and what to do).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from sparkle import __version__
+from sparkle.errors import ConfigError, PlanError, RunConflictError, RunNotFoundError, SparkleError
+from sparkle.schemas import EXPORTED_MODELS, STAGES
+from sparkle.settings import configure, get_settings
+
+log = logging.getLogger("sparkle")
+
+#: Exit code of a run whose stage failed.
+EXIT_FAILED = 1
+
+#: Exit code of invalid input or configuration.
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from sparkle.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sparkle")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]), help="Log line format.")
+def main(log_level: str, log_format: str) -> None:
+    """Sparkle Motion: MoviePlan JSON in, playable movie out.
+
+    Without SPARKLE_REDIS_URL everything runs embedded, in one process; with it, stages
+    are dramatiq messages on Redis worked by `sparkle worker` processes.
+    """
+    _setup_logging(log_level, log_format)
+
+
+def _settings(**overrides: Any) -> None:
+    try:
+        configure(**overrides)
+    except Exception as exc:  # pydantic's ValidationError, named for the user
+        fail(f"invalid setting: {exc}")
+
+
+def _guard(fn: Callable[[], int | None]) -> None:
+    """Run a command body, turning Sparkle's errors into messages and exit codes."""
+    try:
+        code = fn()
+    except PlanError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except (ConfigError, RunConflictError, RunNotFoundError) as exc:
+        fail(str(exc))
+    except SparkleError as exc:
+        fail(str(exc), EXIT_FAILED)
+    sys.exit(code or 0)
+
+
+# -- plans -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("plans", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(plans: tuple[Path, ...]) -> None:
+    """Check plan files; print OK or every problem per file (exit 2 if any is invalid)."""
+    from sparkle.plans import load_plan_file
+
+    max_bytes = get_settings().max_plan_bytes
+    bad = 0
+    for path in plans:
+        try:
+            load_plan_file(path, max_bytes)
+        except PlanError as exc:
+            bad += 1
+            click.echo(str(exc))
+        else:
+            click.echo(f"OK {path}")
+    sys.exit(EXIT_USAGE if bad else 0)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"),
+              show_default=True, help="Folder to write the .schema.json files to.")
+def schema(out: Path) -> None:
+    """Write the JSON Schemas of MoviePlan, AssetRefs, QAReport, Checkpoint and StageEvent."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in EXPORTED_MODELS.items():
+        path = out / f"{name}.schema.json"
+        path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
+        click.echo(f"wrote {path}")
+
+
+# -- running -----------------------------------------------------------------------------
+
+stage_choice = click.Choice(list(STAGES))
+
+
+@main.command()
+@click.argument("plan", type=click.Path(path_type=Path))
+@click.option("--run-id", help="Use this run id instead of the one derived from the plan.")
+@click.option("--from", "from_stage", type=stage_choice, help="Re-run this stage and all after it.")
+@click.option("--only", type=stage_choice, help="Re-run just this stage (earlier ones must be done).")
+@click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+@click.option("--threads", default=2, show_default=True, help="In-process worker threads.")
+def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None,
+        adapters: str | None, runs_dir: Path | None, threads: int) -> None:
+    """Render PLAN in this process, showing progress, and print where the movie is.
+
+    Uses the same actors and engine as the distributed mode, with an in-process worker
+    (against Redis too when SPARKLE_REDIS_URL is set). Exit 0 on success, 1 when a stage
+    failed (the command to resume is printed), 2 for an invalid plan.
+    """
+    _settings(adapters=adapters, runs_dir=runs_dir)
+
+    def body() -> int:
+        from sparkle.plans import load_plan_file
+
+        settings = get_settings()
+        movie_plan = load_plan_file(plan, settings.max_plan_bytes)
+        engine, broker = _engine()
+        the_run, created = engine.store.create(movie_plan, run_id)
+        click.echo(f"run {the_run.run_id} ({'created' if created else 'existing'}) "
+                   f"in {the_run.dir}", err=True)
+        return _work(the_run, from_stage, only, threads)
+
+    _guard(body)
+
+
+def _engine() -> tuple[Any, Any]:
+    from sparkle.broker import load_actors
+    from sparkle.engine import get_engine
+
+    broker = load_actors()
+    return get_engine(), broker
+
+
+def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) -> int:
+    from sparkle.runner import force_rerun, work_in_foreground
+
+    engine, broker = _engine()
+    force_rerun(the_run, from_stage, only)
+    result = work_in_foreground(the_run, broker, engine.dispatcher,
+                                engine.settings.namespace, threads)
+    refs = the_run.asset_refs()
+    if result.status.value == "succeeded":
+        movie = refs.extras.get("final_movie")
+        decision = the_run.qa_decision()
+        click.echo(f"succeeded in {result.elapsed_sec:.1f}s: {the_run.dir}")
+        if movie:
+            click.echo(f"movie: {the_run.dir / movie}")
+        if decision:
+            click.echo(f"qa: {_decision_label(decision)}")
+        return 0
+    if result.status.value == "cancelled":
+        click.echo(f"cancelled: resume with `{_resume_command(the_run.run_id)}`")
+        return EXIT_FAILED
+    for view in the_run.stage_views():
+        if view.status == "failed":
+            click.echo(f"stage {view.stage} failed (attempt {view.attempt}): {view.error}",
+                       err=True)
+    click.echo(f"fix the cause, then resume with: {_resume_command(the_run.run_id)}", err=True)
+    return EXIT_FAILED
+
+
+def _resume_command(run_id: str) -> str:
+    settings = get_settings()
+    parts = ["sparkle", "resume", run_id]
+    if settings.runs_dir != Path("runs"):
+        parts += ["--runs-dir", str(settings.runs_dir)]
+    return " ".join(parts)
+
+
+def _decision_label(decision: str) -> str:
+    return "needs_review" if decision == "escalate" else decision
+
+
+@main.command()
+@click.argument("plans", nargs=-1, required=True, type=click.Path(path_type=Path))
+def submit(plans: tuple[Path, ...]) -> None:
+    """Create runs for PLANS and queue them on Redis; print each run id.
+
+    Without SPARKLE_REDIS_URL there is no queue to submit to: the plans are copied into
+    the inbox, where a running `sparkle serve` picks them up.
+    """
+
+    def body() -> int:
+        from sparkle.plans import load_plan_file
+
+        settings = get_settings()
+        bad = 0
+        if settings.redis_url is None:
+            for path in plans:
+                try:
+                    load_plan_file(path, settings.max_plan_bytes)
+                except PlanError as exc:
+                    click.echo(str(exc), err=True)
+                    bad += 1
+                    continue
+                target = _copy_into_inbox(path, settings.inbox_dir)
+                click.echo(f"queued {target} (no SPARKLE_REDIS_URL: a running `sparkle serve` "
+                           f"takes it; or render it now with `sparkle run {path}`)")
+            return EXIT_USAGE if bad else 0
+        engine, _ = _engine()
+        for path in plans:
+            try:
+                movie_plan = load_plan_file(path, settings.max_plan_bytes)
+                the_run, created = engine.store.create(movie_plan)
+            except (PlanError, RunConflictError) as exc:
+                click.echo(str(exc), err=True)
+                bad += 1
+                continue
+            stage = engine.dispatcher.kick(the_run)
+            state = f"queued {stage}" if stage else f"nothing to queue ({the_run.status().value})"
+            click.echo(f"{the_run.run_id} {'created' if created else 'existing'}, {state}")
+        return EXIT_USAGE if bad else 0
+
+    _guard(body)
+
+
+def _copy_into_inbox(path: Path, inbox: Path) -> Path:
+    """Copy a plan into the inbox under a temporary name, then rename it into view."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    target = inbox / path.name
+    counter = 1
+    while target.exists():
+        target = inbox / f"{path.stem}-{counter}{path.suffix}"
+        counter += 1
+    partial = target.with_name(target.name + ".part")
+    shutil.copyfile(path, partial)
+    os.replace(partial, target)
+    return target
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--from", "from_stage", type=stage_choice, help="Re-run this stage and all after it.")
+@click.option("--only", type=stage_choice, help="Re-run just this stage (earlier ones must be done).")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+@click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
+@click.option("--threads", default=2, show_default=True, help="In-process worker threads (embedded).")
+def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path | None,
+           adapters: str | None, threads: int) -> None:
+    """Continue RUN_ID from its first stage without success.
+
+    With Redis the stage is queued for the workers; embedded, the run is worked here in
+    the foreground. A cancelled run continues only through this command.
+    """
+    _settings(runs_dir=runs_dir, adapters=adapters)
+
+    def body() -> int:
+        from sparkle.broker import is_embedded
+        from sparkle.runner import force_rerun
+
+        engine, _ = _engine()
+        the_run = engine.store.run(run_id)
+        if is_embedded():
+            return _work(the_run, from_stage, only, threads)
+        reset = force_rerun(the_run, from_stage, only)
+        if the_run.cancelled:
+            the_run.set_cancelled(False)
+        stage = engine.dispatcher.kick(the_run)
+        if reset:
+            click.echo(f"reset: {', '.join(reset)}")
+        click.echo(f"{run_id}: queued {stage}" if stage
+                   else f"{run_id}: nothing to queue ({the_run.status().value})")
+        return 0
+
+    _guard(body)
+
+
+# -- looking -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
+    """Per-stage status, attempts, duration and error of RUN_ID."""
+    _settings(runs_dir=runs_dir)
+
+    def body() -> int:
+        from sparkle.runstore import RunStore
+
+        the_run = RunStore(get_settings().runs_dir).run(run_id)
+        views = the_run.stage_views()
+        decision = the_run.qa_decision()
+        record = {
+            "run_id": the_run.run_id,
+            "status": the_run.status().value,
+            "qa_decision": decision,
+            "final_movie": the_run.asset_refs().extras.get("final_movie"),
+            "stages": [
+                {"stage": v.stage, "status": v.status, "attempt": v.attempt,
+                 "duration_sec": v.duration_sec, "error": v.error}
+                for v in views
+            ],
+        }
+        if as_json:
+            click.echo(json.dumps(record, indent=2))
+            return 0
+        qa = f"  qa: {_decision_label(decision)}" if decision else ""
+        click.echo(f"{the_run.run_id}  {record['status']}{qa}")
+        for v in views:
+            duration = f"{v.duration_sec:.2f}s" if v.duration_sec is not None else "-"
+            error = f"  {v.error}" if v.error else ""
+            click.echo(f"  {v.stage:<9} {v.status:<8} attempt {v.attempt:<3} {duration:>8}{error}")
+        return 0
+
+    _guard(body)
+
+
+@main.command()
+@click.option("--status", "only_status", type=click.Choice(
+    ["queued", "running", "failed", "succeeded", "cancelled"]), help="Only runs with this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
+    """One line per run: id, status, QA decision, stage reached."""
+    _settings(runs_dir=runs_dir)
+    from sparkle.runstore import RunStore
+
+    for the_run in RunStore(get_settings().runs_dir).runs():
+        state = the_run.status().value
+        if only_status and state != only_status:
+            continue
+        decision = the_run.qa_decision()
+        next_stage = the_run.next_stage()
+        if as_json:
+            click.echo(json.dumps({"run_id": the_run.run_id, "status": state,
+                                   "qa_decision": decision, "next_stage": next_stage}))
+        else:
+            qa = _decision_label(decision) if decision else "-"
+            click.echo(f"{the_run.run_id:<56} {state:<10} {qa:<13} {next_stage or 'done'}")
+
+
+# -- workers -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
+@click.option("--threads", "-t", default=4, show_default=True, help="Threads per process.")
+@click.option("--queues", "-Q", multiple=True,
+              help="Only these queues (e.g. -Q sparkle.videos); default all.")
+def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
+    """Start dramatiq workers for the stage actors, against SPARKLE_REDIS_URL."""
+    settings = get_settings()
+    if settings.redis_url is None:
+        fail("`sparkle worker` needs SPARKLE_REDIS_URL (workers share runs through Redis); "
+             "without a server use `sparkle serve` or `sparkle run PLAN`")
+    args = [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes),
+            "--threads", str(threads)]
+    if queues:
+        args += ["--queues", *queues]
+    os.execv(sys.executable, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The stage chain through the real actors, engine and an in-process dramatiq worker."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sparkle.adapters.testing import FIXED, read_trace
+from sparkle.engine import Outcome
+from sparkle.errors import ConfigError
+from sparkle.runner import force_rerun
+from sparkle.schemas import STAGES, Checkpoint
+from sparkle.stages import Adapter
+
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+
+
+def calls(run: object) -> Counter[str]:
+    """How many times each stage's adapter was called for a run."""
+    return Counter(record["stage"] for record in read_trace(run.dir))  # type: ignore[attr-defined]
+
+
+def test_chain_runs_all_seven_stages_in_order(pipeline, plans_dir):
+    """A run ends with seven success checkpoints and a manifest of begin/success pairs."""
+    # Given a new run of the lighthouse plan
+    run = pipeline.create(plans_dir / "lighthouse.json")
+    # When I work it to its end
+    result = pipeline.work(run)
+    # Then it succeeded, every stage once, in order
+    assert result.status.value == "succeeded"
+    schema = json.loads((SCHEMAS / "Checkpoint.schema.json").read_text())
+    for stage in STAGES:
+        raw = json.loads((run.dir / "checkpoints" / f"{stage}.json").read_text())
+        assert set(raw) <= set(schema["properties"]) and set(schema["required"]) <= set(raw)
+        checkpoint = Checkpoint.model_validate(raw)
+        assert (checkpoint.status, checkpoint.attempt) == ("success", 1)
+        assert checkpoint.metadata["adapter"].startswith("test:")
+        assert checkpoint.metadata["duration_sec"] >= 0
+    events = [(e.stage, e.status, e.attempt) for e in run.events()]
+    assert events == [(s, status, 1) for s in STAGES for status in ("begin", "success")]
+    assert calls(run) == Counter({stage: 1 for stage in STAGES})
+    # And the movie the test set makes exists
+    assert (run.dir / run.asset_refs().extras["final_movie"]).stat().st_size > 0
+
+
+def test_transient_failure_is_retried_with_each_attempt_recorded(pipeline, plans_dir):
+    """Two transient failures then success: attempts 1-3 recorded, next stage runs once."""
+    run = pipeline.create(plans_dir / "lighthouse.json", fault_images="transient:2")
+    result = pipeline.work(run)
+    assert result.status.value == "succeeded"
+    images = [(e.status, e.attempt) for e in run.events() if e.stage == "images"]
+    assert images == [
+        ("begin", 1),
+        ("fail", 1),
+        ("begin", 2),
+        ("fail", 2),
+        ("begin", 3),
+        ("success", 3),
+    ]
+    assert run.checkpoint("images").attempt == 3
+    assert calls(run)["images"] == 3
+    assert calls(run)["videos"] == 1
+
+
+def test_exhausted_transient_failures_fail_the_stage(pipeline, plans_dir):
+    """A stage that fails transiently more often than the attempt budget fails for good."""
+    run = pipeline.create(plans_dir / "lighthouse.json", fault_tts="transient:10")
+    result = pipeline.work(run)
+    assert result.status.value == "failed"
+    checkpoint = run.checkpoint("tts")
+    assert checkpoint.status == "failed"
+    assert "gave up after 3 attempt(s)" in checkpoint.error
+    assert calls(run)["lipsync"] == 0
+
+
+def test_permanent_failure_stops_the_run_and_dead_letters(pipeline, plans_dir):
+    """A permanent failure in videos: failed checkpoint, no tts, message dead-lettered;
+    after the adapter is fixed, resuming finishes without re-running earlier stages."""
+    run = pipeline.create(plans_dir / "lighthouse.json", fault_videos="permanent")
+    result = pipeline.work(run)
+    # Then the run failed at videos, with the adapter's error
+    assert result.status.value == "failed"
+    checkpoint = run.checkpoint("videos")
+    assert checkpoint.status == "failed"
+    assert "injected permanent fault in videos" in checkpoint.error
+    assert calls(run)["tts"] == 0
+    assert calls(run)["videos"] == 1  # permanent: no second attempt
+    dead = [m.actor_name for m in pipeline.broker.dead_letters]
+    assert dead == ["sparkle_videos"]
+    # When the adapter is fixed and the run resumed
+    pipeline.engine.adapters["videos"] = Adapter("videos", "fixed", FIXED["videos"], ())
+    result = pipeline.work(run)
+    # Then it finishes without calling script or images again
+    assert result.status.value == "succeeded"
+    assert calls(run)["script"] == 1 and calls(run)["images"] == 1
+    assert calls(run)["videos"] == 2 and calls(run)["qa"] == 1
+    assert run.checkpoint("videos").attempt == 2  # attempts keep counting across resumes
+
+
+def test_resume_from_reruns_that_stage_and_all_later(pipeline, plans_dir):
+    """--from lipsync re-runs lipsync, assemble and qa; earlier stages stay done."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    pipeline.work(run)
+    reset = force_rerun(run, from_stage="lipsync")
+    assert reset == ["lipsync", "assemble", "qa"]
+    assert [e.stage for e in run.events() if e.status == "reset"] == reset
+    assert pipeline.work(run).status.value == "succeeded"
+    counts = calls(run)
+    assert [counts[s] for s in STAGES] == [1, 1, 1, 1, 2, 2, 2]
+    assert run.checkpoint("qa").attempt == 2
+
+
+def test_resume_only_reruns_one_stage(pipeline, plans_dir):
+    """--only images re-runs images alone."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    pipeline.work(run)
+    force_rerun(run, only="images")
+    assert pipeline.work(run).status.value == "succeeded"
+    counts = calls(run)
+    assert [counts[s] for s in STAGES] == [1, 2, 1, 1, 1, 1, 1]
+
+
+def test_resume_only_refuses_when_an_earlier_stage_is_not_done(pipeline, plans_dir):
+    """--only tts is refused while videos has failed: its inputs would be missing."""
+    run = pipeline.create(plans_dir / "rooftop.json", fault_videos="permanent")
+    pipeline.work(run)
+    with pytest.raises(ConfigError, match="videos not done; use --from videos"):
+        force_rerun(run, only="tts")
+    assert not any(e.status == "reset" for e in run.events())
+
+
+def test_duplicate_message_for_done_stage_runs_nothing_and_sends_nothing(pipeline, plans_dir):
+    """A replayed message of a finished stage executes nothing and enqueues nothing."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    pipeline.work(run)
+    before = calls(run)
+    # When the images message is delivered again, directly to the engine
+    outcome = pipeline.engine.execute("images", run.run_id)
+    # Then nothing ran and no message was sent to any queue
+    assert outcome is Outcome.skipped
+    assert calls(run) == before
+    queued = {q: pipeline.broker.queues[q].qsize() for q in pipeline.broker.queues}
+    assert sum(queued.values()) == 0, queued
+
+
+def test_duplicate_message_mid_run_does_not_start_a_second_chain(pipeline, plans_dir):
+    """While the next stage has a message on its way, a replay of the previous stage does
+    not send another one, so a run never has two chains."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    # Given script ran by hand and its successor (images) is queued, not yet consumed
+    assert pipeline.engine.execute("script", run.run_id) is Outcome.succeeded
+    assert pipeline.broker.queues["sparkle.images"].qsize() == 1
+    # When the script message is replayed twice
+    pipeline.engine.execute("script", run.run_id)
+    pipeline.engine.execute("script", run.run_id)
+    # Then there is still exactly one images message
+    assert pipeline.broker.queues["sparkle.images"].qsize() == 1
+    assert calls(run)["script"] == 1
+
+
+def test_out_of_order_message_queues_the_missing_stage_instead(pipeline, plans_dir):
+    """A message for qa on a run whose script is not done runs nothing and queues script."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    assert pipeline.engine.execute("qa", run.run_id) is Outcome.out_of_order
+    assert pipeline.broker.queues["sparkle.script"].qsize() == 1
+    assert sum(calls(run).values()) == 0
+
+
+def test_busy_run_is_left_to_its_lease_holder(pipeline, plans_dir):
+    """When another worker holds the run's lease, a message for it runs nothing."""
+    from sparkle.lease import Lease
+
+    run = pipeline.create(plans_dir / "rooftop.json")
+    other = Lease(pipeline.engine.client, "sparkle", run.run_id, 30)
+    assert other.acquire()
+    assert pipeline.engine.execute("script", run.run_id) is Outcome.busy
+    assert sum(calls(run).values()) == 0
+    other.release()
+    assert pipeline.engine.execute("script", run.run_id) is Outcome.succeeded
+
+
+def test_adapter_writing_outside_the_run_folder_fails_permanently(pipeline, plans_dir):
+    """Asset paths that resolve outside the run folder are refused, not recorded."""
+
+    def escaping(plan, refs, run_dir):
+        refs.extras["evil"] = "../../etc/passwd"
+        return refs
+
+    run = pipeline.create(plans_dir / "rooftop.json")
+    pipeline.engine.adapters["script"] = Adapter("script", "evil", escaping, ())
+    assert pipeline.work(run).status.value == "failed"
+    assert "outside run folder" in run.checkpoint("script").error
+    assert "evil" not in run.asset_refs().extras
+
+
+def test_crash_loop_is_failed_instead_of_redelivered_forever(pipeline, plans_dir):
+    """Three begins without an outcome (the worker died each time) fail the stage."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    for attempt in (1, 2, 3):
+        run.append_event("script", "begin", attempt)
+    from sparkle.engine import StageFailed
+
+    with pytest.raises(StageFailed, match="crash loop"):
+        pipeline.engine.execute("script", run.run_id)
+    assert run.checkpoint("script").status == "failed"
+    assert calls(run)["script"] == 0
