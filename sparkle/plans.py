@@ -48,8 +48,9 @@ def parse_plan_bytes(data: bytes, source: str) -> MoviePlan:
             source,
             [Problem("", f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}")],
         ) from None
+    duplicates: list[str] = []
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_no_duplicate_keys(duplicates))
     except json.JSONDecodeError as exc:
         raise PlanError(
             source,
@@ -59,7 +60,27 @@ def parse_plan_bytes(data: bytes, source: str) -> MoviePlan:
         raise PlanError(
             source, [Problem("", "JSON nested too deeply; a plan needs only a few levels")]
         ) from None
+    if duplicates:
+        raise PlanError(
+            source,
+            [Problem("", f"key {key!r} appears twice in one object; keep one") for key in duplicates],
+        )
     return validate_plan(document, source)
+
+
+def _no_duplicate_keys(found: list[str]) -> Any:
+    """A json ``object_pairs_hook`` noting keys repeated in one object (JSON allows them;
+    a plan with two titles is a mistake, not a choice)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen and key not in found:
+                found.append(key)
+            seen[key] = value
+        return seen
+
+    return hook
 
 
 def validate_plan(document: Any, source: str) -> MoviePlan:
@@ -82,7 +103,7 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         ctx = error.get("ctx") or {}
-        if error["type"] == "plan_references" and "problems" in ctx:
+        if "problems" in ctx:
             problems.extend(Problem(path, message) for path, message in ctx["problems"])
             continue
         path = json_path(error["loc"])
@@ -133,6 +154,8 @@ def _read_regular_file(path: Path, max_bytes: int) -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
+    except ValueError:  # a NUL byte in the path
+        raise PlanError(source, [Problem("", "is not a usable path (NUL byte)")]) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             reason = "is a symbolic link; copy the file itself into place"

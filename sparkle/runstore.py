@@ -59,7 +59,7 @@ SLUG_CHARS = 40
 HASH_CHARS = 10
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """A run's status, derived from its checkpoints."""
 
     #: No stage has started.
@@ -361,7 +361,13 @@ class RunStore:
         canonical = canonical_plan_json(plan)
         with run.locked():
             if run.exists():
-                existing = canonical_plan_json(run.plan())
+                try:
+                    existing = canonical_plan_json(run.plan())
+                except ValidationError:
+                    raise RunConflictError(
+                        f"run {run.run_id!r} exists but its {PLAN_FILE} is damaged; "
+                        f"inspect or remove {run.dir}"
+                    ) from None
                 if existing != canonical:
                     raise RunConflictError(
                         f"run {run.run_id!r} already exists with a different plan; "

@@ -7,10 +7,11 @@ JSON Schemas of the public models are exported with ``sparkle schema`` into ``sc
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 #: The seven stages of a run, in the order they execute.
@@ -31,7 +32,11 @@ FPS_RANGE = (1.0, 120.0)
 #: Bounds of each side of ``metadata.resolution`` in pixels; sides must be even (yuv420p).
 RESOLUTION_RANGE = (16, 7680)
 
-RESOLUTION_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
+RESOLUTION_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+SEED_RE = re.compile(r"-?[0-9]{1,19}")
+
+FPS_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 
 
 def check_id(value: str) -> str:
@@ -47,15 +52,24 @@ def check_id(value: str) -> str:
     return value
 
 
-SafeId = Annotated[str, AfterValidator(check_id)]
+#: The id rule as a JSON Schema pattern (ECMA-262), for tools that validate with the schemas.
+ID_JSON_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+SafeId = Annotated[
+    str,
+    AfterValidator(check_id),
+    WithJsonSchema({"type": "string", "pattern": ID_JSON_PATTERN, "minLength": 1, "maxLength": 64}),
+]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class DialogueLine(_Model):
     """One spoken line in a shot."""
+
+    model_config = ConfigDict(strict=True)
 
     character_id: SafeId
     text: str = Field(min_length=1, max_length=2000)
@@ -66,6 +80,8 @@ class DialogueLine(_Model):
 class CharacterSpec(_Model):
     """A character and how it sounds."""
 
+    model_config = ConfigDict(strict=True)
+
     id: SafeId
     name: str = Field(min_length=1, max_length=200)
     description: str | None = None
@@ -75,6 +91,8 @@ class CharacterSpec(_Model):
 
 class ShotSpec(_Model):
     """One shot: what it shows at its start and end, how the camera moves, who speaks."""
+
+    model_config = ConfigDict(strict=True)
 
     id: SafeId
     duration_sec: float = Field(gt=0, le=MAX_SHOT_SECONDS)
@@ -88,41 +106,47 @@ class ShotSpec(_Model):
 
 
 def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    if "seed" in metadata:
-        try:
-            int(metadata["seed"])
-        except ValueError:
-            raise PydanticCustomError("bad_seed", "metadata.seed must be an integer") from None
+    problems: list[list[str]] = []
+
+    def bad(key: str, rule: str) -> None:
+        value = metadata[key]
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        problems.append([f"metadata.{key}", f"{rule} (got {shown})"])
+
+    if "seed" in metadata and not SEED_RE.fullmatch(metadata["seed"]):
+        bad("seed", "must be an integer, e.g. '42'")
     if "fps" in metadata:
-        try:
-            fps = float(metadata["fps"])
-        except ValueError:
-            fps = -1.0
-        if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
-            raise PydanticCustomError(
-                "bad_fps", "metadata.fps must be a number from 1 to 120, e.g. '24'"
-            )
+        ok = bool(FPS_RE.fullmatch(metadata["fps"]))
+        if not ok or not FPS_RANGE[0] <= float(metadata["fps"]) <= FPS_RANGE[1]:
+            bad("fps", "must be a number from 1 to 120, e.g. '24'")
     if "resolution" in metadata:
         match = RESOLUTION_RE.fullmatch(metadata["resolution"])
         lo, hi = RESOLUTION_RANGE
-        ok = bool(match) and all(
-            lo <= int(side) <= hi and int(side) % 2 == 0 for side in match.groups()  # type: ignore[union-attr]
-        )
-        if not ok:
-            raise PydanticCustomError(
-                "bad_resolution",
-                "metadata.resolution must be WIDTHxHEIGHT with even sides from 16 to 7680, "
-                "e.g. '1280x720'",
-            )
+        if not match or not all(lo <= int(side) <= hi and int(side) % 2 == 0
+                                for side in match.groups()):
+            bad("resolution", "must be WIDTHxHEIGHT with even sides from 16 to 7680, "
+                "e.g. '1280x720'")
     if "run_id" in metadata:
-        check_id(metadata["run_id"])
+        try:
+            check_id(metadata["run_id"])
+        except PydanticCustomError as exc:
+            bad("run_id", str(exc))
+    if problems:
+        raise PydanticCustomError(
+            "bad_metadata",
+            "{summary}",
+            {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
+        )
     return metadata
 
 
 class MoviePlan(_Model):
     """A whole movie: the input of a run and its source of truth."""
 
-    title: str = Field(min_length=1, max_length=300)
+    model_config = ConfigDict(strict=True)
+
+    title: str = Field(min_length=1, max_length=300, pattern=r"\S")
     characters: list[CharacterSpec] = Field(default_factory=list)
     shots: list[ShotSpec] = Field(min_length=1)
     #: Free-form string settings; known keys: ``seed``, ``fps``, ``resolution``, ``run_id``.

@@ -1,0 +1,211 @@
+"""The committed JSON Schemas in ``schemas/`` match the models, and real files match them.
+
+When a model changes, regenerate with ``sparkle schema --out schemas`` and commit the result;
+these tests fail until then, so the published schemas never drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sparkle.runstore import RunStore
+from sparkle.schemas import EXPORTED_MODELS, Checkpoint, MoviePlan, StageEvent
+
+ROOT = Path(__file__).parents[2]
+SCHEMAS = ROOT / "schemas"
+SPARKLE = Path(sys.executable).parent / "sparkle"
+PLANS = ROOT / "tests" / "data" / "plans"
+
+#: Keywords that only describe; they never make an instance invalid.
+ANNOTATIONS = {"title", "description", "default", "examples"}
+
+
+def committed(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMAS / f"{name}.schema.json").read_text("utf-8"))
+    return schema
+
+
+def schema_errors(instance: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """Check ``instance`` against the JSON Schema keywords pydantic emits for flat models.
+
+    A small stand-in for the ``jsonschema`` package (not a dependency of this project). It
+    fails loudly on any keyword it does not know, so it cannot pass a schema by ignoring it.
+    """
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    errors: list[str] = []
+    for keyword, expected in schema.items():
+        if keyword in ANNOTATIONS or keyword == "properties":
+            continue
+        if keyword == "type":
+            if expected == "integer":
+                ok = isinstance(instance, int) and not isinstance(instance, bool)
+            elif expected == "number":
+                ok = isinstance(instance, int | float) and not isinstance(instance, bool)
+            else:
+                ok = isinstance(instance, types[expected])
+            if not ok:
+                errors.append(f"{where}: {instance!r} is not of type {expected}")
+        elif keyword == "enum":
+            if instance not in expected:
+                errors.append(f"{where}: {instance!r} is not one of {expected}")
+        elif keyword == "minimum":
+            if isinstance(instance, int | float) and instance < expected:
+                errors.append(f"{where}: {instance!r} is below {expected}")
+        elif keyword in ("minLength", "maxLength"):
+            if isinstance(instance, str):
+                too_short = keyword == "minLength" and len(instance) < expected
+                if too_short or (keyword == "maxLength" and len(instance) > expected):
+                    errors.append(f"{where}: {instance!r} breaks {keyword} {expected}")
+        elif keyword == "pattern":
+            # Python's re understands the ECMA-262 subset pydantic emits (incl. lookahead).
+            if isinstance(instance, str) and not re.search(expected, instance):
+                errors.append(f"{where}: {instance!r} does not match {expected}")
+        elif keyword == "anyOf":
+            if all(schema_errors(instance, option, where) for option in expected):
+                errors.append(f"{where}: {instance!r} matches no option of anyOf")
+        elif keyword == "required":
+            if isinstance(instance, dict):
+                errors += [f"{where}: missing {key!r}" for key in expected if key not in instance]
+        elif keyword == "additionalProperties":
+            if isinstance(instance, dict):
+                known = schema.get("properties", {})
+                for key, value in instance.items():
+                    if key in known:
+                        continue
+                    if expected is False:
+                        errors.append(f"{where}: unexpected key {key!r}")
+                    elif isinstance(expected, dict):
+                        errors += schema_errors(value, expected, f"{where}.{key}")
+        else:
+            raise AssertionError(
+                f"schema keyword {keyword!r} at {where} is not understood by "
+                "this checker; extend schema_errors() to cover it"
+            )
+    if isinstance(instance, dict):
+        for key, subschema in schema.get("properties", {}).items():
+            if key in instance:
+                errors += schema_errors(instance[key], subschema, f"{where}.{key}")
+    return errors
+
+
+def test_committed_schemas_match_the_models():
+    """Each committed schema equals the schema its model produces now."""
+    for name, model in EXPORTED_MODELS.items():
+        assert committed(name) == model.model_json_schema(), (
+            f"schemas/{name}.schema.json is out of date: run `sparkle schema --out schemas`"
+        )
+
+
+def test_committed_schemas_are_exactly_the_exported_models():
+    """schemas/ holds one file per exported model and nothing stale."""
+    files = sorted(p.name for p in SCHEMAS.glob("*.schema.json"))
+    assert files == sorted(f"{name}.schema.json" for name in EXPORTED_MODELS)
+    assert set(EXPORTED_MODELS) == {
+        "MoviePlan",
+        "AssetRefs",
+        "QAReport",
+        "Checkpoint",
+        "StageEvent",
+    }
+
+
+def test_sparkle_schema_regenerates_the_committed_files_byte_for_byte(tmp_path: Path):
+    """`sparkle schema --out DIR` writes exactly the committed files (formatting included)."""
+    # When I regenerate the schemas into a fresh folder with the real command
+    result = subprocess.run(
+        [str(SPARKLE), "schema", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # Then every file is identical to the committed one
+    for name in EXPORTED_MODELS:
+        fresh = (tmp_path / "out" / f"{name}.schema.json").read_bytes()
+        assert fresh == (SCHEMAS / f"{name}.schema.json").read_bytes(), (
+            f"schemas/{name}.schema.json drifted: run `sparkle schema --out schemas`"
+        )
+
+
+def test_checkpoint_written_by_the_run_store_matches_the_committed_schema(tmp_path: Path):
+    """A real checkpoint file on disk validates against schemas/Checkpoint.schema.json."""
+    # Given a run with a failed checkpoint carrying an error and metadata
+    store = RunStore(tmp_path / "runs")
+    plan = MoviePlan.model_validate_json((PLANS / "lighthouse.json").read_bytes())
+    run, _ = store.create(plan)
+    run.write_checkpoint(
+        Checkpoint(
+            stage="videos",
+            status="failed",
+            timestamp=time.time(),
+            attempt=2,
+            error="ffmpeg exited 1",
+            metadata={"adapter": "media", "duration_sec": 1.5},
+        )
+    )
+    # When I read the file the store wrote
+    on_disk = json.loads((run.dir / "checkpoints" / "videos.json").read_text("utf-8"))
+    # Then it satisfies the committed schema, and the model reads it back
+    assert schema_errors(on_disk, committed("Checkpoint")) == []
+    assert Checkpoint.model_validate(on_disk).attempt == 2
+
+
+def test_manifest_events_written_by_the_run_store_match_the_committed_schema(tmp_path: Path):
+    """Every event in a real manifest validates against schemas/StageEvent.schema.json."""
+    store = RunStore(tmp_path / "runs")
+    plan = MoviePlan.model_validate_json((PLANS / "lighthouse.json").read_bytes())
+    run, _ = store.create(plan)
+    run.append_event("script", "begin", 1)
+    run.append_event("script", "success", 1, metadata={"adapter": "test"})
+    events = json.loads((run.dir / "manifest.json").read_text("utf-8"))["events"]
+    assert len(events) == 2
+    for event in events:
+        assert schema_errors(event, committed("StageEvent")) == []
+        StageEvent.model_validate(event)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"status": "done"},
+        {"attempt": 0},
+        {"stage": "render"},
+        {"surprise": True},
+        {"error": 5},
+    ],
+    ids=["status", "attempt-zero", "stage", "extra-key", "error-type"],
+)
+def test_committed_checkpoint_schema_refuses_what_the_model_refuses(bad: dict[str, Any]):
+    """The schema is not vacuous: instances the model refuses are refused by it too."""
+    instance = {
+        "stage": "qa",
+        "status": "success",
+        "timestamp": 1.0,
+        "attempt": 1,
+        "error": None,
+        "metadata": {},
+    } | bad
+    assert schema_errors(instance, committed("Checkpoint"))
+    with pytest.raises(ValueError):
+        Checkpoint.model_validate_json(json.dumps(instance))
+
+
+def test_movie_plan_schema_carries_the_path_safe_id_rule():
+    """A tool validating plans with the published schema also refuses unsafe ids."""
+    schema = committed("MoviePlan")
+    for model, field in [
+        ("ShotSpec", "id"),
+        ("CharacterSpec", "id"),
+        ("DialogueLine", "character_id"),
+    ]:
+        prop = schema["$defs"][model]["properties"][field]
+        assert "pattern" in prop, f"{model}.{field} in MoviePlan.schema.json has no id pattern"
