@@ -31,7 +31,6 @@ def _declare(stage: str) -> Any:
     run_stage.__name__ = run_stage.__qualname__ = actor_name(stage)
     run_stage.__doc__ = f"Execute the {stage} stage of a run."
     return dramatiq.actor(
-        run_stage,
         actor_name=actor_name(stage),
         queue_name=queue_name(stage),
         max_retries=MESSAGE_MAX_RETRIES,
@@ -39,7 +38,7 @@ def _declare(stage: str) -> Any:
         # A permanently failed stage is dead-lettered at once: its attempts were already
         # retried inside the message by the engine.
         throws=(StageFailed,),
-    )
+    )(run_stage)
 
 
 #: Stage name → its actor.

@@ -75,7 +75,7 @@ def build_broker(settings: Settings, client: redis.Redis | None = None) -> drama
     url = settings.redis_url_value()
     if url is None and client is None:
         return StubBroker(middleware=middleware())
-    return RedisBroker(
+    return RedisBroker(  # type: ignore[no-untyped-call]
         url=None if client is not None else url,
         client=client,
         namespace=settings.namespace,

@@ -127,8 +127,10 @@ stage_choice = click.Choice(list(STAGES))
 @main.command()
 @click.argument("plan", type=click.Path(path_type=Path))
 @click.option("--run-id", help="Use this run id instead of the one derived from the plan.")
-@click.option("--from", "from_stage", type=stage_choice, help="Re-run this stage and all after it.")
-@click.option("--only", type=stage_choice, help="Re-run just this stage (earlier ones must be done).")
+@click.option("--from", "from_stage", type=stage_choice,
+              help="Re-run this stage and all after it.")
+@click.option("--only", type=stage_choice,
+              help="Re-run just this stage (earlier ones must be done).")
 @click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
 @click.option("--threads", default=2, show_default=True, help="In-process worker threads.")
@@ -147,7 +149,7 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
 
         settings = get_settings()
         movie_plan = load_plan_file(plan, settings.max_plan_bytes)
-        engine, broker = _engine()
+        engine, _ = _engine()
         the_run, created = engine.store.create(movie_plan, run_id)
         click.echo(f"run {the_run.run_id} ({'created' if created else 'existing'}) "
                    f"in {the_run.dir}", err=True)
@@ -263,11 +265,14 @@ def _copy_into_inbox(path: Path, inbox: Path) -> Path:
 
 @main.command()
 @click.argument("run_id")
-@click.option("--from", "from_stage", type=stage_choice, help="Re-run this stage and all after it.")
-@click.option("--only", type=stage_choice, help="Re-run just this stage (earlier ones must be done).")
+@click.option("--from", "from_stage", type=stage_choice,
+              help="Re-run this stage and all after it.")
+@click.option("--only", type=stage_choice,
+              help="Re-run just this stage (earlier ones must be done).")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
 @click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
-@click.option("--threads", default=2, show_default=True, help="In-process worker threads (embedded).")
+@click.option("--threads", default=2, show_default=True,
+              help="In-process worker threads (embedded).")
 def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path | None,
            adapters: str | None, threads: int) -> None:
     """Continue RUN_ID from its first stage without success.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import dramatiq
 import redis
@@ -37,14 +38,16 @@ class Dispatcher:
         self.client = client
         self.namespace = namespace
 
-    def send(self, run_id: str, stage: str, delay_ms: int | None = None) -> dramatiq.Message:
+    def send(
+        self, run_id: str, stage: str, delay_ms: int | None = None
+    ) -> dramatiq.Message[Any]:
         """Enqueue ``stage`` of ``run_id`` and mark it pending.
 
         The mark is written before the message, so a worker that takes the message at once
         always finds a mark to clear. Raises the broker's connection errors.
         """
         self.client.set(keys.pending(self.namespace, run_id), f"{stage} {time.time():.3f}")
-        message: dramatiq.Message = dramatiq.Message(
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=keys.queue_name(stage),
             actor_name=keys.actor_name(stage),
             args=(run_id,),

@@ -55,7 +55,7 @@ class StageFailed(SparkleError):
     """A stage failed permanently. Raised out of the actor so the message is dead-lettered."""
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What one stage message came to."""
 
     #: The adapter ran and succeeded.
@@ -223,7 +223,7 @@ class Engine:
             log.warning("run %s: QA asks to regenerate again; already did once, stopping",
                         run.run_id)
             return None
-        named = [s for s in checkpoint.metadata.get("regenerate_stages", []) if s in STAGES]
+        named = [str(s) for s in checkpoint.metadata.get("regenerate_stages", []) if s in STAGES]
         if not named:
             return None
         earliest = min(named, key=STAGES.index)
