@@ -1,0 +1,1 @@
+"""Stage adapters: the functions that do each stage's media work."""

@@ -1,0 +1,267 @@
+"""The ``lipsync`` stage: each shot's clip with its dialogue laid onto an AAC track.
+
+Every line starts at its ``start_time_sec``, or right after the previous line when unset.
+A line that would start before the previous one has finished is pushed back to start when
+it ends (talking over each other is unintelligible); ``timing.json`` records it as
+``shifted``. Dialogue is never cut: when the last line ends after the clip, the clip is
+extended by holding its last frame (``tpad stop_mode=clone``) until ``DIALOGUE_TAIL_SEC``
+after the speech.
+
+Every output has the same layout, H.264 yuv420p video plus AAC mono 48 kHz audio (a
+silent track for shots without dialogue), so the assemble stage can concatenate the
+clips without re-encoding video. Clips that need no extension keep their video stream
+as is (``-c:v copy``).
+
+Outputs: ``lipsync/<shot>.mp4`` and ``lipsync/timing.json``, which holds per shot the
+planned, raw and final durations, whether it was extended and where each line starts.
+QA reads it to tell an extended shot from a wrong-length one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparkle.adapters.media import (
+    AUDIO_CHANNELS,
+    AUDIO_CODEC_ARGS,
+    AUDIO_SAMPLE_RATE,
+    VIDEO_CODEC_ARGS,
+    MediaInfo,
+    audio_duration,
+    ffmpeg_to_file,
+    fps_fraction,
+    frame_count,
+    os_error,
+    probe,
+    relative_to_run,
+    require_file,
+)
+from sparkle.atomic import write_json
+from sparkle.errors import PermanentStageError
+from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
+
+#: Seconds of picture kept after the last line when a shot is extended for its dialogue.
+DIALOGUE_TAIL_SEC = 0.3
+
+#: Where the per-shot timing goes, relative to the run folder (also ``extras``).
+TIMING_PATH = "lipsync/timing.json"
+
+#: Key of the timing file in ``AssetRefs.extras``.
+TIMING_EXTRA = "lipsync_timing"
+
+#: Shots muxed at the same time (one ffmpeg each).
+LIPSYNC_WORKERS = int(os.environ.get("SPARKLE_LIPSYNC_WORKERS", "2"))
+
+_LAYOUT = "mono" if AUDIO_CHANNELS == 1 else "stereo"
+
+
+@dataclass(frozen=True)
+class PlacedLine:
+    """One dialogue line on the shot's timeline, in seconds."""
+
+    audio: Path
+    wanted_start_sec: float
+    start_sec: float
+    duration_sec: float
+
+    @property
+    def end_sec(self) -> float:
+        """When the line has been spoken."""
+        return self.start_sec + self.duration_sec
+
+
+@dataclass(frozen=True)
+class ShotTiming:
+    """How a shot's clip and its dialogue fit together."""
+
+    shot_id: str
+    planned_sec: float
+    fps: float
+    clip_frames: int
+    extra_frames: int
+    lines: list[PlacedLine]
+
+    @property
+    def clip_sec(self) -> float:
+        """Duration of the video clip before any extension."""
+        return self.clip_frames / self.fps
+
+    @property
+    def final_sec(self) -> float:
+        """Duration of the lipsynced clip."""
+        return (self.clip_frames + self.extra_frames) / self.fps
+
+    @property
+    def speech_end_sec(self) -> float:
+        """When the last line ends (0 without dialogue)."""
+        return max((line.end_sec for line in self.lines), default=0.0)
+
+    def as_json(self, run_dir: Path) -> dict[str, Any]:
+        """The JSON record of ``timing.json``."""
+        return {
+            "planned_sec": self.planned_sec,
+            "clip_sec": round(self.clip_sec, 4),
+            "duration_sec": round(self.final_sec, 4),
+            "extended": self.extra_frames > 0,
+            "extended_by_sec": round(self.extra_frames / self.fps, 4),
+            "speech_end_sec": round(self.speech_end_sec, 4),
+            "lines": [
+                {
+                    "audio": relative_to_run(run_dir, line.audio),
+                    "wanted_start_sec": round(line.wanted_start_sec, 4),
+                    "start_sec": round(line.start_sec, 4),
+                    "duration_sec": round(line.duration_sec, 4),
+                    "shifted": line.start_sec > line.wanted_start_sec + 1e-6,
+                }
+                for line in self.lines
+            ],
+        }
+
+
+def place_lines(shot: ShotSpec, audio: list[Path]) -> list[PlacedLine]:
+    """Put each line on the timeline: at its start time, never over the previous line."""
+    placed: list[PlacedLine] = []
+    previous_end = 0.0
+    for line, path in zip(shot.dialogue, audio, strict=True):
+        wanted = line.start_time_sec if line.start_time_sec is not None else previous_end
+        start = max(wanted, previous_end)
+        placed.append(PlacedLine(path, wanted, start, audio_duration(path)))
+        previous_end = placed[-1].end_sec
+    return placed
+
+
+def plan_timing(shot: ShotSpec, clip: MediaInfo, fps: float, audio: list[Path]) -> ShotTiming:
+    """Work out the lines' positions and whether (and by how much) to extend the clip."""
+    clip_sec = clip.duration_sec or shot.duration_sec
+    clip_frames = frame_count(clip_sec, fps)
+    lines = place_lines(shot, audio)
+    speech_end = max((line.end_sec for line in lines), default=0.0)
+    extra = 0
+    if speech_end > clip_frames / fps:
+        extra = math.ceil((speech_end + DIALOGUE_TAIL_SEC) * fps) - clip_frames
+    return ShotTiming(shot.id, shot.duration_sec, fps, clip_frames, extra, lines)
+
+
+def _conforms(clip: MediaInfo, size: tuple[int, int], fps: float) -> bool:
+    video = clip.video
+    return bool(
+        video
+        and video.codec == "h264"
+        and video.pix_fmt == "yuv420p"
+        and (video.width, video.height) == size
+        and video.fps is not None
+        and abs(video.fps - fps) < 0.01
+    )
+
+
+def mux_shot(
+    raw: Path, timing: ShotTiming, out: Path, size: tuple[int, int], reencode: bool
+) -> None:
+    """Write the lipsynced clip of one shot (atomically)."""
+    final = f"{timing.final_sec:.6f}"
+    rate = fps_fraction(timing.fps)
+    args: list[str] = ["-i", str(raw)]
+    graph: list[str] = []
+    if timing.lines:
+        labels = []
+        for i, line in enumerate(timing.lines, start=1):
+            args += ["-i", str(line.audio)]
+            delay = round(line.start_sec * AUDIO_SAMPLE_RATE)
+            graph.append(
+                f"[{i}:a]aresample={AUDIO_SAMPLE_RATE},"
+                f"aformat=sample_fmts=fltp:channel_layouts={_LAYOUT},"
+                f"adelay=delays={delay}S:all=1[l{i}]"
+            )
+            labels.append(f"[l{i}]")
+        mixed = (
+            f"{''.join(labels)}amix=inputs={len(labels)}:duration=longest:normalize=0"
+            if len(labels) > 1
+            else f"{labels[0]}anull"
+        )
+        graph.append(f"{mixed},apad=whole_dur={final},atrim=end={final}[aout]")
+    else:
+        args += ["-f", "lavfi", "-i", f"anullsrc=r={AUDIO_SAMPLE_RATE}:cl={_LAYOUT}"]
+        graph.append(f"[1:a]atrim=end={final}[aout]")
+    if reencode or timing.extra_frames:
+        width, height = size
+        graph.append(
+            f"[0:v]scale={width}:{height}:force_original_aspect_ratio=decrease,"
+            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,fps={rate},"
+            f"tpad=stop_mode=clone:stop={timing.extra_frames},format=yuv420p[vout]"
+        )
+        video = [
+            "-map",
+            "[vout]",
+            "-frames:v",
+            str(timing.clip_frames + timing.extra_frames),
+            *VIDEO_CODEC_ARGS,
+        ]
+    else:
+        video = ["-map", "0:v:0", "-c:v", "copy"]
+    ffmpeg_to_file(
+        [
+            *args,
+            "-filter_complex",
+            ";".join(graph),
+            *video,
+            "-map",
+            "[aout]",
+            *AUDIO_CODEC_ARGS,
+            "-map_metadata",
+            "-1",
+        ],
+        out,
+        doing=f"muxing dialogue into {out}",
+    )
+
+
+def lipsync_stage(
+    plan: MoviePlan, refs: AssetRefs, run_dir: Path
+) -> tuple[AssetRefs, dict[str, Any]]:
+    """Lay each shot's dialogue onto its clip, extending clips the dialogue outlasts."""
+    refs = refs.model_copy(deep=True)
+    size, fps = plan.resolution, plan.fps
+    jobs: list[tuple[Path, ShotTiming, Path, bool]] = []
+    for shot in plan.shots:
+        entry = refs.shot(shot.id)
+        raw = require_file(run_dir, entry.raw_clip, f"raw clip of shot {shot.id}")
+        if len(entry.dialogue_audio) != len(shot.dialogue):
+            raise PermanentStageError(
+                f"shot {shot.id} has {len(shot.dialogue)} dialogue line(s) but "
+                f"{len(entry.dialogue_audio)} audio file(s) in asset refs; re-run the tts stage"
+            )
+        audio = [
+            require_file(run_dir, rel, f"dialogue audio {i} of shot {shot.id}")
+            for i, rel in enumerate(entry.dialogue_audio)
+        ]
+        clip = probe(raw)
+        timing = plan_timing(shot, clip, fps, audio)
+        jobs.append(
+            (raw, timing, run_dir / "lipsync" / f"{shot.id}.mp4", not _conforms(clip, size, fps))
+        )
+
+    def mux(job: tuple[Path, ShotTiming, Path, bool]) -> None:
+        mux_shot(job[0], job[1], job[2], size, job[3])
+
+    with ThreadPoolExecutor(max_workers=max(1, LIPSYNC_WORKERS)) as pool:
+        list(pool.map(mux, jobs))
+    record = {timing.shot_id: timing.as_json(run_dir) for _, timing, _, _ in jobs}
+    try:
+        write_json(run_dir / TIMING_PATH, {"fps": fps, "shots": record})
+    except OSError as exc:
+        raise os_error(exc, f"cannot write {run_dir / TIMING_PATH}") from exc
+    for _, timing, out, _ in jobs:
+        refs.shot(timing.shot_id).final_video_clip = relative_to_run(run_dir, out)
+    refs.extras[TIMING_EXTRA] = TIMING_PATH
+    return refs, {
+        "clips_synced": len(jobs),
+        "extended_shots": [t.shot_id for _, t, _, _ in jobs if t.extra_frames > 0],
+        "durations_sec": {t.shot_id: round(t.final_sec, 3) for _, t, _, _ in jobs},
+        "reencoded_shots": [t.shot_id for _, t, _, again in jobs if again or t.extra_frames],
+        "timing": TIMING_PATH,
+    }
