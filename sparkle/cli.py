@@ -390,5 +390,14 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
     os.execv(sys.executable, args)
 
 
+def _register_commands() -> None:
+    from sparkle.cli_ops import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
