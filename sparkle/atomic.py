@@ -27,30 +27,39 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably."""
+def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; with ``durable``, also survive a power loss.
+
+    Without ``durable`` the rename is still atomic (a crashed process leaves the old file
+    or the new one) but the OS may lose the write in a power cut; for records whose loss
+    is harmless, it saves two fsyncs.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def write_json(path: Path, value: BaseModel | dict[str, Any] | list[Any]) -> None:
+def write_json(
+    path: Path, value: BaseModel | dict[str, Any] | list[Any], durable: bool = True
+) -> None:
     """Write a model or plain JSON value to ``path`` atomically (indented, UTF-8)."""
     if isinstance(value, BaseModel):
         text = value.model_dump_json(indent=2)
     else:
         text = json.dumps(value, indent=2, sort_keys=True)
-    write_bytes(path, (text + "\n").encode("utf-8"))
+    write_bytes(path, (text + "\n").encode("utf-8"), durable)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from dramatiq.middleware import Interrupt, TimeLimitExceeded
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
-from sparkle.runstore import Run, RunStore
+from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
 from sparkle.stages import Adapter, normalize_result
@@ -101,19 +101,8 @@ def worker_id() -> str:
 
 
 def crashed_begins(run: Run, stage: str) -> int:
-    """``begin`` events of ``stage`` at the end of its history with no outcome after them.
-
-    Each is an attempt whose worker died before it could record success or failure.
-    """
-    count = 0
-    for event in reversed(run.events()):
-        if event.stage != stage:
-            continue
-        if event.status == "begin":
-            count += 1
-        elif event.status in ("success", "fail", "reset"):
-            break
-    return count
+    """Attempts of ``stage`` whose worker died before recording an outcome, in a row."""
+    return run.state().crashed_begins(stage)
 
 
 def reset_stages(run: Run, stages: list[str], reason: str) -> None:
@@ -172,15 +161,16 @@ class Engine:
         if run.cancelled:
             log.info("run %s stage %s: run is cancelled; not starting", run.run_id, stage)
             return Outcome.cancelled, None
-        if run.stage_done(stage):
+        state = run.state()
+        if state.stage_done(stage):
             log.info("run %s stage %s: already done; skipping", run.run_id, stage)
-            return Outcome.skipped, self._unqueued_next(run)
-        first = run.next_stage()
+            return Outcome.skipped, self._unqueued_next(run, state)
+        first = state.next_stage()
         if first != stage:
             log.warning("run %s stage %s: %s is not done yet; queueing it instead",
                         run.run_id, stage, first)
-            return Outcome.out_of_order, self._unqueued_next(run)
-        crashes = crashed_begins(run, stage)
+            return Outcome.out_of_order, self._unqueued_next(run, state)
+        crashes = state.crashed_begins(stage)
         if crashes >= self.settings.crash_loop_limit:
             message = (
                 f"crash loop: {crashes} attempts of {stage} started and never finished "
@@ -188,15 +178,14 @@ class Engine:
                 f"{self.settings.crash_loop_limit}). Fix the cause, then `sparkle resume "
                 f"{run.run_id}`"
             )
-            attempt = run.attempts(stage)
-            self._record_failure(run, stage, attempt, message, event=True)
+            self._record_failure(run, stage, state.attempts(stage), message, event=True)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
-        self._run_attempts(run, stage, lease)
+        self._run_attempts(run, stage, lease, state.attempts(stage))
         return Outcome.succeeded, self._after_success(run, stage)
 
-    def _unqueued_next(self, run: Run) -> str | None:
+    def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way."""
-        stage = run.next_stage()
+        stage = state.next_stage()
         if stage is None:
             return None
         pending = self.dispatcher.pending(run.run_id)
@@ -231,9 +220,9 @@ class Engine:
         log.info("run %s: QA decided regenerate; re-running from %s", run.run_id, earliest)
         return earliest
 
-    def _run_attempts(self, run: Run, stage: str, lease: Lease) -> None:
+    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int) -> None:
+        """Run the adapter under tenacity; ``attempt`` is the last attempt number used."""
         adapter = self.adapters[stage]
-        attempt = run.attempts(stage)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.retry_attempts),
             wait=tenacity.wait_exponential_jitter(
@@ -263,12 +252,13 @@ class Engine:
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
     def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
-        if not lease.held():
+        if lease.lost.is_set():
             raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
         begin_meta = {"adapter": adapter.name, "worker": worker_id()}
+        # A lost ``begin`` (power cut) only means a crash goes uncounted: not worth fsyncs.
         run.write_checkpoint(Checkpoint(stage=stage, status="begin", timestamp=time.time(),  # type: ignore[arg-type]
-                                        attempt=attempt, metadata=begin_meta))
-        run.append_event(stage, "begin", attempt, metadata=begin_meta)
+                                        attempt=attempt, metadata=begin_meta), durable=False)
+        run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
         log.info("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:

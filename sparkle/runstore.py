@@ -195,8 +195,8 @@ class Run:
                         exc.errors(include_url=False)[0]["msg"])
             return None
 
-    def write_checkpoint(self, checkpoint: Checkpoint) -> None:
-        atomic.write_json(self.checkpoint_path(checkpoint.stage), checkpoint)
+    def write_checkpoint(self, checkpoint: Checkpoint, durable: bool = True) -> None:
+        atomic.write_json(self.checkpoint_path(checkpoint.stage), checkpoint, durable)
 
     def remove_checkpoint(self, stage: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -226,6 +226,7 @@ class Run:
         attempt: int,
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
+        durable: bool = True,
     ) -> StageEvent:
         """Append one event to the manifest (atomically, under the run's file lock)."""
         event = StageEvent.model_validate(
@@ -242,43 +243,23 @@ class Run:
         with self.locked():
             manifest = self.manifest()
             manifest.events.append(event)
-            atomic.write_json(self.dir / MANIFEST_FILE, manifest)
+            atomic.write_json(self.dir / MANIFEST_FILE, manifest, durable)
         return event
 
     # -- derived state -------------------------------------------------------------------
 
-    def last_event(self, stage: str) -> StageEvent | None:
-        for event in reversed(self.events()):
-            if event.stage == stage:
-                return event
-        return None
+    def state(self) -> RunState:
+        """A fresh look at the run's checkpoints and history (each file read once)."""
+        return RunState(self)
 
     def stage_done(self, stage: str) -> bool:
-        """A stage is done when its checkpoint says success, or the manifest's last
-        event for it is a success (the seed contract's resume rule)."""
-        checkpoint = self.checkpoint(stage)
-        if checkpoint is not None:
-            return checkpoint.status == "success"
-        last = self.last_event(stage)
-        return last is not None and last.status == "success"
+        return self.state().stage_done(stage)
 
     def next_stage(self) -> str | None:
-        """The first stage that is not done, or None when every stage is."""
-        for stage in STAGES:
-            if not self.stage_done(stage):
-                return stage
-        return None
+        return self.state().next_stage()
 
     def attempts(self, stage: str) -> int:
-        """Attempts started for ``stage`` so far (the highest attempt number recorded)."""
-        highest = 0
-        checkpoint = self.checkpoint(stage)
-        if checkpoint is not None:
-            highest = checkpoint.attempt
-        for event in self.events():
-            if event.stage == stage and event.status in ("begin", "success", "fail"):
-                highest = max(highest, event.attempt)
-        return highest
+        return self.state().attempts(stage)
 
     @property
     def cancelled(self) -> bool:
@@ -332,6 +313,74 @@ class Run:
                 )
             )
         return views
+
+
+class RunState:
+    """One look at a run's checkpoints and history, each file read at most once.
+
+    The engine decides skip / next stage / attempt number / crash loop from one RunState
+    instead of re-reading the manifest for every question.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._checkpoints: dict[str, Checkpoint | None] = {}
+        self._events: list[StageEvent] | None = None
+
+    def checkpoint(self, stage: str) -> Checkpoint | None:
+        if stage not in self._checkpoints:
+            self._checkpoints[stage] = self.run.checkpoint(stage)
+        return self._checkpoints[stage]
+
+    @property
+    def events(self) -> list[StageEvent]:
+        if self._events is None:
+            self._events = self.run.events()
+        return self._events
+
+    def last_event(self, stage: str) -> StageEvent | None:
+        for event in reversed(self.events):
+            if event.stage == stage:
+                return event
+        return None
+
+    def stage_done(self, stage: str) -> bool:
+        """A stage is done when its checkpoint says success, or the manifest's last
+        event for it is a success (the seed contract's resume rule)."""
+        checkpoint = self.checkpoint(stage)
+        if checkpoint is not None:
+            return checkpoint.status == "success"
+        last = self.last_event(stage)
+        return last is not None and last.status == "success"
+
+    def next_stage(self) -> str | None:
+        """The first stage that is not done, or None when every stage is."""
+        for stage in STAGES:
+            if not self.stage_done(stage):
+                return stage
+        return None
+
+    def attempts(self, stage: str) -> int:
+        """Attempts started for ``stage`` so far (the highest attempt number recorded)."""
+        checkpoint = self.checkpoint(stage)
+        highest = checkpoint.attempt if checkpoint is not None else 0
+        for event in self.events:
+            if event.stage == stage and event.status in ("begin", "success", "fail"):
+                highest = max(highest, event.attempt)
+        return highest
+
+    def crashed_begins(self, stage: str) -> int:
+        """``begin`` events of ``stage`` at the end of its history with no outcome after
+        them: each is an attempt whose worker died before it could record one."""
+        count = 0
+        for event in reversed(self.events):
+            if event.stage != stage:
+                continue
+            if event.status == "begin":
+                count += 1
+            elif event.status in ("success", "fail", "reset"):
+                break
+        return count
 
 
 class RunStore:

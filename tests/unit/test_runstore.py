@@ -194,7 +194,7 @@ def test_title_slug(title: str, slug: str):
 
 
 @settings(max_examples=200, deadline=None)
-@given(title=st.text(min_size=1, max_size=300))
+@given(title=st.text(min_size=1, max_size=300).filter(lambda t: not t.isspace()))
 def test_derived_run_id_is_always_path_safe(title: str):
     """Whatever the title, the derived run id passes the path-safe id rule."""
     doc = example_doc()
