@@ -369,6 +369,48 @@ def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
             click.echo(f"{the_run.run_id:<56} {state:<10} {qa:<13} {next_stage or 'done'}")
 
 
+# -- services ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("inbox", required=False, type=click.Path(path_type=Path))
+@click.option("--poll", is_flag=True, help="Poll the folder (network shares) instead of inotify.")
+def watch(inbox: Path | None, poll: bool) -> None:
+    """Ingest plans dropped into INBOX (default ./inbox) into the configured Redis.
+
+    Valid plans become runs whose first stage is queued for `sparkle worker` processes;
+    the file moves to inbox/processed/. Invalid ones go to inbox/rejected/ with a
+    <name>.error.json. Stuck runs are re-driven periodically. Stop with Ctrl-C / SIGTERM.
+    """
+    from sparkle.service import serve as run_service
+
+    settings = get_settings()
+    if settings.redis_url is None:
+        fail("`sparkle watch` feeds workers through Redis and needs SPARKLE_REDIS_URL; "
+             "without a server use `sparkle serve`, which also does the work")
+    run_service(settings, inbox, poll, threads=0, workers=False)
+
+
+@main.command()
+@click.argument("inbox", required=False, type=click.Path(path_type=Path))
+@click.option("--poll", is_flag=True, help="Poll the folder (network shares) instead of inotify.")
+@click.option("--threads", default=2, show_default=True, help="In-process worker threads.")
+@click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+def serve(inbox: Path | None, poll: bool, threads: int, adapters: str | None,
+          runs_dir: Path | None) -> None:
+    """Watch INBOX (default ./inbox) and render every plan dropped there, in this process.
+
+    Needs no server: without SPARKLE_REDIS_URL messages stay in memory and, on start,
+    every unfinished run is queued again from its checkpoints. With Redis configured it
+    works that Redis's queues instead. Stop with Ctrl-C / SIGTERM.
+    """
+    from sparkle.service import serve as run_service
+
+    _settings(adapters=adapters, runs_dir=runs_dir)
+    _guard(lambda: run_service(get_settings(), inbox, poll, threads, workers=True))
+
+
 # -- workers -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,102 @@
+"""The long-running processes: ``sparkle watch`` and ``sparkle serve``.
+
+``watch`` ingests the inbox into the configured Redis and re-drives stuck runs; workers
+elsewhere do the stages. ``serve`` is the one-process service: the same, plus in-process
+dramatiq workers, so without any server a dropped plan becomes a finished movie.
+Both stop cleanly on Ctrl-C or SIGTERM: the inbox finishes the file in hand, running
+stages finish, leases are released.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import dramatiq
+
+from sparkle.broker import is_embedded, load_actors
+from sparkle.engine import Engine, get_engine
+from sparkle.inbox import Inbox
+from sparkle.runstore import RunStatus
+from sparkle.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while inside the block (main thread only)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def requeue_unfinished(engine: Engine) -> int:
+    """Queue the next stage of every run that is neither finished, failed nor cancelled.
+
+    Embedded messages live in memory, so a restarted ``serve`` has none: the checkpoints
+    on disk are the durable state, and this turns them back into messages.
+    """
+    sent = 0
+    for run in engine.store.runs():
+        if run.status() in (RunStatus.queued, RunStatus.running) and engine.dispatcher.kick(run):
+            sent += 1
+    return sent
+
+
+def _reaper(engine: Engine, broker: dramatiq.Broker) -> object | None:
+    """The periodic re-drive of stuck runs, when this build has one."""
+    try:
+        from sparkle.redrive import Reaper
+    except ImportError:
+        return None
+    reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
+    reaper.start()
+    return reaper
+
+
+def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
+          stop: threading.Event | None = None, workers: bool = True) -> None:
+    """Watch the inbox (and, with ``workers``, work the stages here) until stopped."""
+    stop = stop or threading.Event()
+    broker = load_actors()
+    engine = get_engine()
+    if inbox_dir is not None:
+        settings = settings.model_copy(update={"inbox_dir": inbox_dir})
+    worker = None
+    if workers:
+        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        worker.start()
+    if is_embedded():
+        resumed = requeue_unfinished(engine)
+        if resumed:
+            log.warning("serve: re-queued %d unfinished run(s) from %s", resumed,
+                        settings.runs_dir)
+    inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
+    reaper = _reaper(engine, broker)
+    mode = "embedded" if is_embedded() else settings.redacted_redis_url()
+    log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
+                settings.inbox_dir, settings.runs_dir, mode,
+                f", {threads} worker threads" if workers else "")
+    try:
+        with stop_on_signals(stop):
+            inbox.run_forever(stop)
+    finally:
+        if reaper is not None:
+            reaper.stop()  # type: ignore[attr-defined]
+        if worker is not None:
+            worker.stop()
+        log.warning("stopped; inbox %s", inbox.stats())
