@@ -152,7 +152,7 @@ class Engine:
             lease.release()
         if follow_up is not None:
             self.dispatcher.send(run_id, follow_up)
-            log.info("run %s: queued %s", run_id, follow_up)
+            log.debug("run %s: queued %s", run_id, follow_up)
         return outcome
 
     # -- inside the lease --------------------------------------------------------------
@@ -259,7 +259,7 @@ class Engine:
         run.write_checkpoint(Checkpoint(stage=stage, status="begin", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, metadata=begin_meta), durable=False)
         run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
-        log.info("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
+        log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:
             plan = run.plan()
