@@ -129,7 +129,7 @@ def main() -> None:
         finally:
             server.stop()
     bare, ours = statistics.median(bare_rates), statistics.median(sparkle_rates)
-    print("| chain | hops/s (median of %d) | ratio to bare |" % args.repeat)
+    print(f"| chain | hops/s (median of {args.repeat}) | ratio to bare |")
     print("|---|---:|---:|")
     print(f"| bare dramatiq, 7 actors | {bare:.0f} | 1.00 |")
     print(f"| Sparkle, 7 stages, no-op adapters | {ours:.0f} | {ours / bare:.2f} |")

@@ -63,7 +63,8 @@ def parse_plan_bytes(data: bytes, source: str) -> MoviePlan:
     if duplicates:
         raise PlanError(
             source,
-            [Problem("", f"key {key!r} appears twice in one object; keep one") for key in duplicates],
+            [Problem("", f"key {key!r} appears twice in one object; keep one")
+             for key in duplicates],
         )
     return validate_plan(document, source)
 

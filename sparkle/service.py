@@ -57,17 +57,6 @@ def requeue_unfinished(engine: Engine) -> int:
     return sent
 
 
-def _reaper(engine: Engine, broker: dramatiq.Broker) -> object | None:
-    """The periodic re-drive of stuck runs, when this build has one."""
-    try:
-        from sparkle.redrive import Reaper
-    except ImportError:
-        return None
-    reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
-    reaper.start()
-    return reaper
-
-
 def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
           stop: threading.Event | None = None, workers: bool = True) -> None:
     """Watch the inbox (and, with ``workers``, work the stages here) until stopped."""
@@ -86,7 +75,6 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             log.warning("serve: re-queued %d unfinished run(s) from %s", resumed,
                         settings.runs_dir)
     inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
-    reaper = _reaper(engine, broker)
     mode = "embedded" if is_embedded() else settings.redacted_redis_url()
     log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
                 settings.inbox_dir, settings.runs_dir, mode,
@@ -95,8 +83,6 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
         with stop_on_signals(stop):
             inbox.run_forever(stop)
     finally:
-        if reaper is not None:
-            reaper.stop()  # type: ignore[attr-defined]
         if worker is not None:
             worker.stop()
         log.warning("stopped; inbox %s", inbox.stats())

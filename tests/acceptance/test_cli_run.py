@@ -50,7 +50,8 @@ def test_failed_stage_exits_1_and_the_printed_resume_finishes_the_run(tmp_path, 
                       SPARKLE_ADAPTER_VIDEOS="sparkle.adapters.testing:fixed_videos")
     assert resumed.returncode == 0, resumed.stderr
     run_dir = next((tmp_path / "runs").iterdir())
-    trace = [json.loads(line)["stage"] for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+    lines = (run_dir / "trace.jsonl").read_text().splitlines()
+    trace = [json.loads(line)["stage"] for line in lines]
     assert trace.count("script") == 1 and trace.count("images") == 1
     assert trace.count("videos") == 2 and trace.count("qa") == 1
     status = json.loads(sparkle("status", run_dir.name, "--json", cwd=tmp_path).stdout)

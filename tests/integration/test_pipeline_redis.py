@@ -3,6 +3,7 @@ with separate worker processes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-
 from conftest import make_pipeline
+
 from sparkle import keys
 from sparkle.adapters.testing import read_trace
 from sparkle.broker import build_broker
@@ -110,7 +111,7 @@ def test_two_worker_processes_never_overlap_stages_of_one_run(redis_server, tmp_
     for run in store.runs():
         trace = sorted(read_trace(run.dir), key=lambda r: r["start"])
         assert [r["stage"] for r in trace] == list(STAGES)
-        for earlier, later in zip(trace, trace[1:], strict=False):
+        for earlier, later in itertools.pairwise(trace):
             assert earlier["end"] <= later["start"], (run.run_id, earlier, later)
         pids.update(r["pid"] for r in trace)
     # both worker processes took part, so the no-overlap check meant something
