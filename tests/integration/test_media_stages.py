@@ -589,3 +589,33 @@ def test_probe_parses_ffmpeg_stream_lines() -> None:
     assert info.duration_sec == pytest.approx(62.5)
     assert info.video == media.VideoStream("h264", 1280, 720, 23.98, "yuv420p")
     assert info.audio == media.AudioStream("pcm_s16le", 22050, 1)
+
+
+def _mean_volume_db(path: Path, start: float, length: float) -> float:
+    """Mean audio level of ``path`` from ``start`` for ``length`` seconds (dBFS)."""
+    import re
+
+    from sparkle.adapters.media import run_ffmpeg
+
+    _, out = run_ffmpeg(
+        ["-ss", str(start), "-t", str(length), "-i", str(path), "-vn", "-af", "volumedetect",
+         "-f", "null", "-"],
+        doing=f"measuring {path.name}",
+    )
+    match = re.search(r"mean_volume: (-?[\d.]+) dB", out)
+    assert match, out[-500:]
+    return float(match.group(1))
+
+
+def test_both_voices_are_heard_in_the_lighthouse_movie(default_lighthouse: Rendered) -> None:
+    """Protects the must-show: in final/movie.mp4 both of s2's lines are audible, each in
+    its own voice, while s1 and s3 stay silent."""
+    plan, _, metadata, run_dir = default_lighthouse
+    movie = run_dir / "final" / "movie.mp4"
+    # s2 runs from 4 s to 9 s in the movie; Mira speaks at +0.3 s, Tom at +2.4 s
+    assert metadata["tts"]["voices"] == {"girl": "en-us+f3", "keeper": "en+m3"}
+    mira = _mean_volume_db(movie, 4.0 + 0.4, 1.5)
+    tom = _mean_volume_db(movie, 4.0 + 2.6, 2.0)
+    silence = _mean_volume_db(movie, 0.5, 3.0)
+    assert mira > -35 and tom > -35, (mira, tom)
+    assert silence < -60
