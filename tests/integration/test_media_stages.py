@@ -610,7 +610,7 @@ def _mean_volume_db(path: Path, start: float, length: float) -> float:
 def test_both_voices_are_heard_in_the_lighthouse_movie(default_lighthouse: Rendered) -> None:
     """Protects the must-show: in final/movie.mp4 both of s2's lines are audible, each in
     its own voice, while s1 and s3 stay silent."""
-    plan, _, metadata, run_dir = default_lighthouse
+    _, _, metadata, run_dir = default_lighthouse
     movie = run_dir / "final" / "movie.mp4"
     # s2 runs from 4 s to 9 s in the movie; Mira speaks at +0.3 s, Tom at +2.4 s
     assert metadata["tts"]["voices"] == {"girl": "en-us+f3", "keeper": "en+m3"}
