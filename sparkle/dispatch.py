@@ -15,6 +15,7 @@ from typing import Any
 
 import dramatiq
 import redis
+from redis.client import Pipeline
 
 from sparkle import keys, lease
 from sparkle.runstore import Run
@@ -65,9 +66,15 @@ class Dispatcher:
         stage, _, sent = text.partition(" ")
         return stage, float(sent or 0)
 
-    def taken(self, run_id: str, stage: str) -> None:
-        """A worker took ``stage``'s message: clear the mark if it names that stage."""
-        self.client.eval(_CLEAR_IF_STAGE, 1, keys.pending(self.namespace, run_id), stage)
+    def taken(self, run_id: str, stage: str, client: redis.Redis | Pipeline | None = None) -> None:
+        """A worker took ``stage``'s message: clear the mark if it names that stage.
+
+        Whatever the worker then does with it, that message is no longer on its way.
+        ``client`` may be a pipeline to batch this with other commands.
+        """
+        (client or self.client).eval(
+            _CLEAR_IF_STAGE, 1, keys.pending(self.namespace, run_id), stage
+        )
 
     def kick(self, run: Run) -> str | None:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.

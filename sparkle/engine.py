@@ -32,11 +32,13 @@ from typing import Any
 
 import redis
 import tenacity
-from dramatiq.middleware import Interrupt, TimeLimitExceeded
+from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
+from sparkle import metrics
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
+from sparkle.logs import log_context
 from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
@@ -72,6 +74,9 @@ class Outcome(enum.StrEnum):
     lease_lost = "lease_lost"
     #: The run folder does not exist.
     missing = "missing"
+    #: A copy of a message sent before the stage failed (a crashed worker's message that
+    #: dramatiq redelivered late); nothing ran.
+    stale = "stale"
 
 
 class _Transient(Exception):
@@ -131,19 +136,28 @@ class Engine:
         Raises:
           StageFailed: the stage failed permanently (the message should be dead-lettered).
         """
+        with log_context(run_id, stage):
+            try:
+                outcome = self._execute(stage, run_id)
+            except StageFailed:
+                metrics.message_handled(stage, "failed")
+                raise
+            metrics.message_handled(stage, outcome.value)
+            return outcome
+
+    def _execute(self, stage: str, run_id: str) -> Outcome:
         run = Run(self.store.root, run_id)
         if not run.exists():
             log.error("run %s stage %s: no such run folder in %s; dropping the message",
                       run_id, stage, self.store.root)
             return Outcome.missing
         lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec)
-        if not lease.acquire():
+        if not lease.acquire(also=lambda pipe: self.dispatcher.taken(run_id, stage, pipe)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
         follow_up: str | None = None
         try:
             lease.start_heartbeat()
-            self.dispatcher.taken(run_id, stage)
             outcome, follow_up = self._execute_leased(run, stage, lease)
         except LeaseLostError as exc:
             log.error("run %s stage %s: %s; results discarded", run_id, stage, exc)
@@ -162,6 +176,10 @@ class Engine:
             log.info("run %s stage %s: run is cancelled; not starting", run.run_id, stage)
             return Outcome.cancelled, None
         state = run.state()
+        if _sent_before_failure(state, stage):
+            log.warning("run %s stage %s: this message was sent before the stage failed "
+                        "(a redelivered copy); not running it", run.run_id, stage)
+            return Outcome.stale, None
         if state.stage_done(stage):
             log.info("run %s stage %s: already done; skipping", run.run_id, stage)
             return Outcome.skipped, self._unqueued_next(run, state)
@@ -178,7 +196,8 @@ class Engine:
                 f"{self.settings.crash_loop_limit}). Fix the cause, then `sparkle resume "
                 f"{run.run_id}`"
             )
-            self._record_failure(run, stage, state.attempts(stage), message, event=True)
+            self._record_failure(run, stage, state.attempts(stage), message, event=True,
+                                 reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         self._run_attempts(run, stage, lease, state.attempts(stage))
         return Outcome.succeeded, self._after_success(run, stage)
@@ -259,6 +278,7 @@ class Engine:
         run.write_checkpoint(Checkpoint(stage=stage, status="begin", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, metadata=begin_meta), durable=False)
         run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
+        metrics.attempt_started(stage)
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:
@@ -279,6 +299,7 @@ class Engine:
                              metadata={"transient": transient, "duration_sec": duration})
             log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
                         attempt, "transient" if transient else "permanent", error_text(exc))
+            metrics.attempt_finished(stage, duration, "transient" if transient else "permanent")
             raise (_Transient(exc) if transient else _Permanent(exc, recorded=True)) from exc
         duration = round(time.monotonic() - started, 3)
         # Fencing: a worker paused past its lease must not overwrite the new owner's work.
@@ -294,6 +315,7 @@ class Engine:
         run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, metadata=success_meta))
         run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
+        metrics.attempt_finished(stage, duration)
         log.info("run %s stage %s: succeeded in %.2fs (attempt %d)", run.run_id, stage,
                  duration, attempt)
 
@@ -310,13 +332,28 @@ class Engine:
                 run.path(path)  # raises UnsafePathError
 
     def _record_failure(self, run: Run, stage: str, attempt: int, message: str,
-                        event: bool) -> None:
+                        event: bool, reason: str = "error") -> None:
         attempt = max(1, attempt)
         if event:
             run.append_event(stage, "fail", attempt, error=message)
         run.write_checkpoint(Checkpoint(stage=stage, status="failed", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
+        metrics.stage_failed(stage, reason)
+
+
+def _sent_before_failure(state: RunState, stage: str) -> bool:
+    """Whether the message being handled was sent before ``stage`` failed for good.
+
+    Such a message is a copy of one whose worker died: dramatiq redelivers those late (a
+    crash redelivery is not counted as a retry), and running it would restart a crash loop
+    the engine already ended. Resume, replay and the reaper always send a new message.
+    """
+    checkpoint = state.checkpoint(stage)
+    if checkpoint is None or checkpoint.status != "failed":
+        return False
+    message = CurrentMessage.get_current_message()
+    return message is not None and message.message_timestamp / 1000 < checkpoint.timestamp
 
 
 _engine: Engine | None = None

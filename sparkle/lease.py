@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 import redis
+from redis.client import Pipeline
 
 from sparkle import keys
 
@@ -56,9 +58,17 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> bool:
-        """Take the lease if nobody holds it. Returns whether it is now ours."""
-        return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+    def acquire(self, also: Callable[[Pipeline], object] | None = None) -> bool:
+        """Take the lease if nobody holds it. Returns whether it is now ours.
+
+        ``also`` may queue more commands on the same pipeline: one round trip instead of
+        two on the hottest path (every stage message).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
+        if also is not None:
+            also(pipe)
+        return bool(pipe.execute()[0])
 
     def renew(self) -> bool:
         """Extend the lease if it is still ours. Returns whether it is."""
