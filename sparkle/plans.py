@@ -60,6 +60,8 @@ def parse_plan_bytes(data: bytes, source: str) -> MoviePlan:
         raise PlanError(
             source, [Problem("", "JSON nested too deeply; a plan needs only a few levels")]
         ) from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python will convert
+        raise PlanError(source, [Problem("", f"unusable JSON value: {exc}")]) from None
     if duplicates:
         raise PlanError(
             source,
