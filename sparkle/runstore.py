@@ -7,10 +7,17 @@ Layout of ``runs/<run_id>/``::
     manifest.json              {"run_id", "events": [StageEvent]}: the history
     checkpoints/<stage>.json   Checkpoint: the state
     cancelled                  present while the run is cancelled
+    .summary.json              a cache of the derived summary, for listing many runs
 
 Checkpoints are the state; the manifest is the history. Every JSON file is written
 atomically (:mod:`sparkle.atomic`). Appends to the manifest take an ``flock`` on the run's
 lock file, so a worker, the watcher and the CLI may all append without losing events.
+
+Listing thousands of runs (``sparkle runs``, the reaper) would read eight files per run;
+:meth:`RunStore.summaries` instead reads each run's ``.summary.json``, which records the
+identity (inode, size, mtime, ctime) of every file the summary was derived from, and trusts
+it only while all of them are unchanged. A stale, damaged or missing cache is derived again
+from the checkpoints and rewritten; nothing else ever writes it, and deleting it is harmless.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sparkle import atomic
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
@@ -51,6 +58,10 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 CANCELLED_FILE = "cancelled"
 LOCK_FILE = ".lock"
+SUMMARY_FILE = ".summary.json"
+
+#: Version of the ``.summary.json`` format; a cache of any other version is derived again.
+SUMMARY_VERSION: Literal[1] = 1
 
 #: Length of the title slug in a derived run id.
 SLUG_CHARS = 40
@@ -108,6 +119,16 @@ class StageView:
     error: str | None
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as a listing shows it: status, QA decision and the next stage to run."""
+
+    run_id: str
+    status: RunStatus
+    qa_decision: str | None
+    next_stage: str | None
+
+
 class Run:
     """One run folder. Cheap to create; reads the disk on every call, caches nothing."""
 
@@ -124,6 +145,8 @@ class Run:
 
     def path(self, *parts: str) -> Path:
         """Resolve ``parts`` under the run folder; refuse anything that lands outside it."""
+        if any("\0" in part for part in parts):
+            raise UnsafePathError(f"{'/'.join(parts)!r} contains a NUL byte")
         base = self.dir.resolve()
         candidate = base.joinpath(*parts).resolve()
         if candidate != base and base not in candidate.parents:
@@ -275,44 +298,19 @@ class Run:
 
     def status(self) -> RunStatus:
         """Derive the run's status from its checkpoints (and the cancel marker)."""
-        if self.cancelled:
-            return RunStatus.cancelled
-        checkpoints = [self.checkpoint(stage) for stage in STAGES]
-        if any(c is not None and c.status == "failed" for c in checkpoints):
-            return RunStatus.failed
-        if all(c is not None and c.status == "success" for c in checkpoints):
-            return RunStatus.succeeded
-        if any(c is not None for c in checkpoints):
-            return RunStatus.running
-        return RunStatus.queued
+        return self.state().status()
 
     def qa_decision(self) -> str | None:
         """The QA decision when QA has run, shown beside the status."""
-        checkpoint = self.checkpoint("qa")
-        if checkpoint is None or checkpoint.status != "success":
-            return None
-        decision = checkpoint.metadata.get("decision")
-        return str(decision) if decision is not None else None
+        return self.state().qa_decision()
 
     def stage_views(self) -> list[StageView]:
         """Per-stage status, attempts, duration and error for displays."""
-        views = []
-        for stage in STAGES:
-            checkpoint = self.checkpoint(stage)
-            if checkpoint is None:
-                views.append(StageView(stage, "pending", self.attempts(stage), None, None))
-                continue
-            duration = checkpoint.metadata.get("duration_sec")
-            views.append(
-                StageView(
-                    stage,
-                    checkpoint.status,
-                    max(checkpoint.attempt, self.attempts(stage)),
-                    float(duration) if isinstance(duration, int | float) else None,
-                    checkpoint.error,
-                )
-            )
-        return views
+        return self.state().stage_views()
+
+    def summary(self) -> RunSummary:
+        """Status, QA decision and next stage from one fresh look (no cache)."""
+        return self.state().summary()
 
 
 class RunState:
@@ -382,6 +380,151 @@ class RunState:
                 break
         return count
 
+    def status(self) -> RunStatus:
+        """The run's status: cancelled (marker present), else failed (a failed checkpoint),
+        succeeded (every stage's checkpoint says success), running (any checkpoint),
+        queued (none). The manifest is not read."""
+        if self.run.cancelled:
+            return RunStatus.cancelled
+        checkpoints = [self.checkpoint(stage) for stage in STAGES]
+        if any(c is not None and c.status == "failed" for c in checkpoints):
+            return RunStatus.failed
+        if all(c is not None and c.status == "success" for c in checkpoints):
+            return RunStatus.succeeded
+        if any(c is not None for c in checkpoints):
+            return RunStatus.running
+        return RunStatus.queued
+
+    def qa_decision(self) -> str | None:
+        """The QA decision when QA has succeeded, else None."""
+        checkpoint = self.checkpoint("qa")
+        if checkpoint is None or checkpoint.status != "success":
+            return None
+        decision = checkpoint.metadata.get("decision")
+        return str(decision) if decision is not None else None
+
+    def stage_views(self) -> list[StageView]:
+        """Per-stage status, attempts, duration and error."""
+        views = []
+        for stage in STAGES:
+            checkpoint = self.checkpoint(stage)
+            if checkpoint is None:
+                views.append(StageView(stage, "pending", self.attempts(stage), None, None))
+                continue
+            duration = checkpoint.metadata.get("duration_sec")
+            views.append(
+                StageView(
+                    stage,
+                    checkpoint.status,
+                    max(checkpoint.attempt, self.attempts(stage)),
+                    float(duration) if isinstance(duration, int | float) else None,
+                    checkpoint.error,
+                )
+            )
+        return views
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            run_id=self.run.run_id,
+            status=self.status(),
+            qa_decision=self.qa_decision(),
+            next_stage=self.next_stage(),
+        )
+
+
+#: The files a run's summary depends on, relative to its folder. The plan comes first: a
+#: folder without one is not a run.
+SUMMARY_SOURCES: tuple[str, ...] = (
+    PLAN_FILE,
+    CANCELLED_FILE,
+    MANIFEST_FILE,
+    *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
+)
+
+#: A file's identity: (inode, size, mtime_ns, ctime_ns), or None when it does not exist. An
+#: atomic replace gives a new inode; an edit in place changes the size or the times.
+FileIdentity = tuple[int, int, int, int] | None
+
+
+class _SummaryCache(BaseModel):
+    """The ``.summary.json`` format: a RunSummary and the identities of its sources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1]
+    #: One identity per entry of SUMMARY_SOURCES, in that order.
+    sources: list[FileIdentity]
+    status: RunStatus
+    qa_decision: str | None
+    next_stage: str | None
+
+
+class _Unidentifiable(Exception):
+    """A source could not be stat-ed for a reason other than being absent: do not cache."""
+
+
+def _identities(run_dir: str) -> list[FileIdentity]:
+    identities: list[FileIdentity] = []
+    for name in SUMMARY_SOURCES:
+        try:
+            info = os.stat(f"{run_dir}/{name}")
+        except FileNotFoundError:
+            identities.append(None)
+        except OSError as exc:
+            raise _Unidentifiable(f"{name}: {exc.strerror}") from exc
+        else:
+            identities.append((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return identities
+
+
+def _read_cache(path: str) -> _SummaryCache | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return _SummaryCache.model_validate_json(os.read(fd, 1 << 16))
+    except (OSError, ValidationError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def cached_summary(run: Run) -> RunSummary | None:
+    """``run.summary()``, answered from ``.summary.json`` while its sources are unchanged.
+
+    Returns None when the folder holds no plan (no run). On a miss the summary is derived
+    from the checkpoints and manifest, and the cache is rewritten only when no source
+    changed meanwhile. A cache that cannot be written (read-only folder, full disk) is
+    skipped: the answer is still derived, just not remembered.
+    """
+    run_dir = str(run.dir)
+    cache_path = f"{run_dir}/{SUMMARY_FILE}"
+    record = _read_cache(cache_path)
+    try:
+        before = _identities(run_dir)
+    except _Unidentifiable:
+        return run.summary() if run.exists() else None
+    if before[0] is None:
+        return None
+    if record is not None and record.sources == before:
+        return RunSummary(run.run_id, record.status, record.qa_decision, record.next_stage)
+    summary = run.summary()
+    try:
+        if _identities(run_dir) != before:
+            return summary  # changed while it was read: right for now, not worth caching
+        record = _SummaryCache(
+            version=SUMMARY_VERSION,
+            sources=before,
+            status=summary.status,
+            qa_decision=summary.qa_decision,
+            next_stage=summary.next_stage,
+        )
+        atomic.write_bytes(Path(cache_path), record.model_dump_json().encode(), durable=False)
+    except (_Unidentifiable, OSError) as exc:
+        log.debug("run %s: summary cache not written (%s)", run.run_id, exc)
+    return summary
+
 
 class RunStore:
     """The runs folder: creates runs and finds them."""
@@ -432,14 +575,35 @@ class RunStore:
             atomic.write_json(run.dir / PLAN_FILE, plan)
             return run, True
 
-    def runs(self) -> list[Run]:
-        """Every run in the folder, sorted by id. Folders without a plan are skipped."""
+    def summaries(self) -> list[RunSummary]:
+        """The summary of every run, sorted by id: what ``sparkle runs`` lists.
+
+        Each comes from the run's ``.summary.json`` when none of the files it was derived
+        from changed since, else from the checkpoints (see :func:`cached_summary`).
+        """
+        found = []
+        for run_id in self._run_folders():
+            summary = cached_summary(Run(self.root, run_id))
+            if summary is not None:
+                found.append(summary)
+        return found
+
+    def _run_folders(self) -> list[str]:
+        """Names of the folders that may hold a run (path-safe ids), sorted."""
         if not self.root.is_dir():
             return []
+        with os.scandir(self.root) as entries:
+            return sorted(
+                entry.name
+                for entry in entries
+                if entry.is_dir() and ID_RE.fullmatch(entry.name) and ".." not in entry.name
+            )
+
+    def runs(self) -> list[Run]:
+        """Every run in the folder, sorted by id. Folders without a plan are skipped."""
         found = []
-        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.is_dir() and ID_RE.fullmatch(entry.name) and ".." not in entry.name:
-                run = Run(self.root, entry.name)
-                if run.exists():
-                    found.append(run)
+        for run_id in self._run_folders():
+            run = Run(self.root, run_id)
+            if run.exists():
+                found.append(run)
         return found

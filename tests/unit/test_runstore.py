@@ -740,3 +740,18 @@ def test_canonical_plan_json_is_compact_and_sorted():
     text = canonical_plan_json(example_plan())
     assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
     assert text.startswith('{"characters":')
+
+
+def test_state_files_follow_the_umask_like_media(tmp_path: Path):
+    """JSON state files are created with the umask applied (0644 under 022), not 0600, so
+    a runs folder shared through group permissions is readable by the group."""
+    import os
+
+    from sparkle import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
