@@ -45,3 +45,30 @@ def dead_letters(namespace: str, stage: str) -> str:
 def dead_letter_messages(namespace: str, stage: str) -> str:
     """dramatiq's HASH id → encoded message of a stage's dead letters."""
     return f"{namespace}:{queue_name(stage)}.XQ.msgs"
+
+
+def redrive_guard(namespace: str, run_id: str) -> str:
+    """STRING set (``SET NX PX``) for a lease TTL after a re-drive, so two reapers running at
+    the same time (in ``sparkle watch`` and in ``sparkle worker``) never both re-drive a run."""
+    return f"{namespace}:redrive:{run_id}"
+
+
+def delayed_queue_name(stage: str) -> str:
+    """dramatiq's delay queue of a stage (messages waiting for their ``eta``: retries)."""
+    return f"{queue_name(stage)}.DQ"
+
+
+def delayed_messages(namespace: str, stage: str) -> str:
+    """dramatiq's HASH id → encoded message of a stage's delayed messages."""
+    return f"{namespace}:{delayed_queue_name(stage)}.msgs"
+
+
+def heartbeats(namespace: str) -> str:
+    """dramatiq's ZSET broker process id → time of its last Redis call (ms)."""
+    return f"{namespace}:__heartbeats__"
+
+
+def unacked(namespace: str, broker_id: str, queue: str) -> str:
+    """dramatiq's SET of message ids one broker process fetched from ``queue`` and has not
+    acknowledged yet (``queue`` is a full queue name such as ``sparkle.videos.DQ``)."""
+    return f"{namespace}:__acks__.{broker_id}.{queue}"

@@ -22,6 +22,7 @@ import dramatiq
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
+from sparkle.redrive import Reaper
 from sparkle.runstore import RunStatus
 from sparkle.settings import Settings
 
@@ -75,6 +76,8 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             log.warning("serve: re-queued %d unfinished run(s) from %s", resumed,
                         settings.runs_dir)
     inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
+    reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
+    reaper.start()
     mode = "embedded" if is_embedded() else settings.redacted_redis_url()
     log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
                 settings.inbox_dir, settings.runs_dir, mode,
@@ -83,6 +86,7 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
         with stop_on_signals(stop):
             inbox.run_forever(stop)
     finally:
+        reaper.stop()
         if worker is not None:
             worker.stop()
         log.warning("stopped; inbox %s", inbox.stats())

@@ -60,24 +60,71 @@ class Settings(BaseSettings):
     reaper_interval_sec: float = Field(default=10.0, gt=0)
     #: ``begin`` checkpoints without an outcome before a stage is failed as a crash loop.
     crash_loop_limit: int = Field(default=3, ge=1)
+    #: Port of the Prometheus endpoint (``http://<metrics_host>:<port>/metrics``) served by
+    #: ``sparkle worker`` (all its processes together), ``sparkle watch`` and ``sparkle serve``;
+    #: unset means no endpoint.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address the metrics endpoint binds to: loopback unless you mean to expose it.
+    metrics_host: str = "127.0.0.1"
+    #: Seconds ``sparkle worker`` waits before replacing a worker process that died; doubles
+    #: with each death in a row.
+    worker_restart_min_sec: float = Field(default=1.0, gt=0)
+    #: Longest wait, in seconds, before replacing a worker process that keeps dying.
+    worker_restart_max_sec: float = Field(default=30.0, gt=0)
+    #: Seconds a stopping worker process (SIGTERM) waits for its running stages to finish;
+    #: stages still running then are left to the reaper, which re-drives them.
+    worker_shutdown_timeout_sec: float = Field(default=600.0, gt=0)
 
     def redis_url_value(self) -> str | None:
         """The Redis URL in clear text (never log it: see :func:`redacted_redis_url`)."""
         return self.redis_url.get_secret_value() if self.redis_url else None
 
     def redacted_redis_url(self) -> str:
-        """The Redis URL with any password replaced by ``***``, safe for logs."""
+        """The Redis URL with every secret replaced by ``***``, safe for logs.
+
+        Hides the password of the user part and any ``*password*`` query value (redis-py
+        reads ``?password=`` and ``?ssl_password=`` too). A URL that cannot be taken apart
+        unambiguously (say, a password with an unencoded ``#``, ``?`` or ``/``) is shown as
+        its scheme only.
+        """
         url = self.redis_url_value()
         if not url:
             return "embedded"
-        from urllib.parse import urlsplit, urlunsplit
+        return redact_url(url)
 
+
+def redact_url(url: str) -> str:
+    """``url`` with its password and ``*password*`` query values replaced by ``***``."""
+    from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+    scheme = url.split("://", 1)[0] if "://" in url else "redis"
+    hidden = f"{scheme}://*** (not shown: cannot be redacted safely)"
+    try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:" if parts.username else ":"
-        return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return hidden
+    if url.count("@") != parts.netloc.count("@"):
+        return hidden  # an "@" outside the host part: the user part was cut short
+    netloc = parts.netloc
+    secrets = [parts.password or ""]
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if has_password else f"{user}@{host}"
+    secrets += [value for key, value in query if "password" in key.lower()]
+    redacted_query = urlencode(
+        [(key, "***" if "password" in key.lower() else value) for key, value in query],
+        safe="*/",
+    )
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    shown += f"?{redacted_query}" if redacted_query else ""
+    shown += f"#{parts.fragment}" if parts.fragment else ""
+    # Belt and braces: whatever redis-py would send as a password must not be in the text.
+    for secret in filter(None, secrets):
+        if secret in shown or unquote(secret) in shown:
+            return hidden
+    return shown
 
 
 _settings: Settings | None = None

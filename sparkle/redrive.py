@@ -1,0 +1,326 @@
+"""The reaper: finds runs that stopped moving and sends their next stage again.
+
+A run gets stuck in one of two ways (DESIGN.md, "Resume, re-drive, replay"):
+
+- **worker died**: the run's next stage has a ``begin`` with no outcome after it, the run's
+  lease is free (its TTL ran out without a heartbeat) and nothing re-drove the stage since.
+  dramatiq alone redelivers such a message only after its heartbeat timeout *and* a random
+  maintenance pass (221 s and 461 s measured); the reaper sends it again within one lease
+  TTL plus one reaper interval.
+- **message lost**: the run is unfinished, nobody holds it, and its next stage has no
+  message in the broker: none ready, delayed, or fetched by a worker that is still alive.
+  Redis restarted without persistence, a queue was flushed, an embedded process stopped.
+
+Either way the reaper appends a ``redrive`` event to the run's history, then sends the
+stage. Sending too much is harmless: a message whose stage is done, or whose run another
+worker holds, runs nothing (the engine's skip rule). Finished, failed and cancelled runs
+are never touched; ``sparkle resume`` and ``sparkle dlq replay`` continue those when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from sparkle import keys, lease, metrics
+from sparkle.dispatch import Dispatcher
+from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
+from sparkle.schemas import STAGES, StageEvent
+from sparkle.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Re-drives of a run in a row without any stage finishing, after which the reaper leaves
+#: the run alone and says so: something fails before a stage can even begin.
+MAX_REDRIVES_WITHOUT_PROGRESS = 10
+
+#: Resolution of the time in a pending mark, in seconds (written with 3 decimals).
+PENDING_TIME_RESOLUTION_SEC = 0.001
+
+#: Event statuses that end a stretch of re-drives (something happened to the run).
+_PROGRESS = ("success", "fail", "reset", "cancel")
+
+
+class RedriveReason(enum.StrEnum):
+    """Why a run was re-driven."""
+
+    #: The stage began, and its worker died (no outcome, lease free).
+    worker_died = "worker_died"
+    #: The run's next stage has no message in the broker.
+    message_lost = "message_lost"
+
+
+@dataclass(frozen=True)
+class Redrive:
+    """A stuck run the reaper found (and, unless a dry run, sent again)."""
+
+    run_id: str
+    stage: str
+    reason: RedriveReason
+    #: Seconds since the run last moved (its stage began, or its last event).
+    idle_sec: float
+    #: Whether the stage was sent (False in a dry run).
+    sent: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["reason"] = self.reason.value
+        return record
+
+
+class Reaper:
+    """Re-drives stuck runs, once (:meth:`run_once`) or every ``reaper_interval_sec``
+    from a background thread (:meth:`start` / :meth:`stop`).
+
+    Several reapers may run at once (in ``sparkle watch`` and in each ``sparkle worker``):
+    a short-lived Redis key per re-driven run keeps them from re-driving it twice.
+    """
+
+    def __init__(self, store: RunStore, dispatcher: Dispatcher, client: redis.Redis,
+                 broker: dramatiq.Broker, settings: Settings) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.client = client
+        self.broker = broker
+        self.settings = settings
+        self.namespace = settings.namespace
+        #: Who re-drove, as recorded in the ``redrive`` event.
+        self.name = f"reaper {socket.gethostname()}:{os.getpid()}"
+        self._pass_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def run_once(self, dry_run: bool = False, older_than: float | None = None) -> list[Redrive]:
+        """Find stuck runs and, unless ``dry_run``, re-drive them. Returns what was found.
+
+        Parameters:
+          dry_run: report only; send nothing and record nothing.
+          older_than: seconds a run must have been still before it counts as stuck
+            (default: the lease TTL, so a stage between two events is never taken for dead).
+
+        Raises:
+          redis.RedisError: Redis cannot be reached (nothing was re-driven after the error).
+        """
+        older = self.settings.lease_ttl_sec if older_than is None else max(0.0, older_than)
+        with self._pass_lock:
+            present = queued_stages(self.broker, self.client, self.namespace,
+                                    self.settings.heartbeat_timeout_ms)
+            found: list[Redrive] = []
+            for run in self.store.runs():
+                stuck = self._inspect(run, present, time.time(), older)
+                if stuck is None:
+                    continue
+                if dry_run:
+                    found.append(stuck)
+                elif self._redrive(run, stuck):
+                    found.append(Redrive(stuck.run_id, stuck.stage, stuck.reason,
+                                         stuck.idle_sec, sent=True))
+            return found
+
+    def _inspect(self, run: Run, present: dict[str, set[str]], now: float,
+                 older_than: float) -> Redrive | None:
+        state = run.state()
+        if state.status() not in (RunStatus.queued, RunStatus.running):
+            return None
+        stage = state.next_stage()
+        if stage is None:
+            return None
+        if lease.holder(self.client, self.namespace, run.run_id) is not None:
+            return None  # a live worker renews it: the run is moving
+        events = state.events
+        pending = self.dispatcher.pending(run.run_id)
+        begin, redriven = _open_begin(events, stage)
+        # A message sent after the dead attempt began (resume, a restarted `serve`) is the
+        # re-drive already: then only a lost message matters.
+        resent = (begin is not None and pending is not None and pending[0] == stage
+                  and pending[1] > begin.timestamp + PENDING_TIME_RESOLUTION_SEC)
+        if begin is not None and not redriven and not resent:
+            reason = RedriveReason.worker_died
+            idle = now - begin.timestamp
+        else:
+            if stage in present.get(run.run_id, ()):
+                return None
+            if self.embedded and pending is not None and pending[0] == stage:
+                return None  # embedded: fetched by the in-process worker, not run yet
+            reason = RedriveReason.message_lost
+            idle = now - _last_activity(run, events, pending)
+        if idle < older_than:
+            return None
+        streak = _redrives_without_progress(events)
+        if streak >= MAX_REDRIVES_WITHOUT_PROGRESS:
+            log.error("run %s stage %s: re-driven %d times without any stage finishing; "
+                      "leaving it alone. Look at `sparkle timeline %s` and the worker logs, "
+                      "then `sparkle resume %s`", run.run_id, stage, streak, run.run_id,
+                      run.run_id)
+            return None
+        return Redrive(run.run_id, stage, reason, round(idle, 1), sent=False)
+
+    def _redrive(self, run: Run, stuck: Redrive) -> bool:
+        guard_ms = max(1, int(self.settings.lease_ttl_sec * 1000))
+        if not self.client.set(keys.redrive_guard(self.namespace, run.run_id), self.name,
+                               nx=True, px=guard_ms):
+            log.debug("run %s: re-driven moments ago by another reaper", run.run_id)
+            return False
+        # The event goes first: the stage's next ``begin`` must come after it, so that a
+        # worker dying again is seen as a new death (see _open_begin).
+        run.append_event(stuck.stage, "redrive", max(1, run.attempts(stuck.stage)),
+                         metadata={"reason": stuck.reason.value, "idle_sec": stuck.idle_sec,
+                                   "by": self.name})
+        try:
+            self.dispatcher.send(run.run_id, stuck.stage)
+        except redis.RedisError as exc:
+            log.error("run %s stage %s: re-drive not sent (%s); the next pass tries again",
+                      run.run_id, stuck.stage, exc)
+            return False
+        metrics.redriven(stuck.stage, stuck.reason.value)
+        log.warning("run %s stage %s: re-driven (%s, still for %.0f s)", run.run_id,
+                    stuck.stage, stuck.reason.value, stuck.idle_sec)
+        return True
+
+    @property
+    def embedded(self) -> bool:
+        return isinstance(self.broker, StubBroker)
+
+    # -- in the background ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run a pass every ``reaper_interval_sec`` from a daemon thread (first after one
+        interval, so processes starting together settle first)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="sparkle-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the background thread after its current pass."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        interval = self.settings.reaper_interval_sec
+        while not self._stop.wait(interval):
+            try:
+                self.run_once()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("reaper: pass failed (%s); next one in %.0f s", exc, interval)
+            except Exception:
+                log.exception("reaper: unexpected error; next pass in %.0f s", interval)
+
+
+def _open_begin(events: list[StageEvent], stage: str) -> tuple[StageEvent | None, bool]:
+    """The latest ``begin`` of ``stage`` with no outcome after it (None if there is none),
+    and whether a ``redrive`` of the stage came after that begin."""
+    redriven = False
+    for event in reversed(events):
+        if event.stage != stage:
+            continue
+        if event.status == "redrive":
+            redriven = True
+        elif event.status == "begin":
+            return event, redriven
+        elif event.status in ("success", "fail", "reset"):
+            return None, redriven
+    return None, redriven
+
+
+def _last_activity(run: Run, events: list[StageEvent], pending: tuple[str, float] | None) -> float:
+    """When the run last moved: its last event, its last message sent, or its creation."""
+    moments = [event.timestamp for event in events[-1:]]
+    if pending is not None:
+        moments.append(pending[1])
+    with contextlib.suppress(FileNotFoundError):
+        moments.append((run.dir / PLAN_FILE).stat().st_mtime)
+    return max(moments, default=0.0)
+
+
+def _redrives_without_progress(events: list[StageEvent]) -> int:
+    count = 0
+    for event in reversed(events):
+        if event.status == "redrive":
+            count += 1
+        elif event.status in _PROGRESS:
+            break
+    return count
+
+
+# -- what the broker holds ---------------------------------------------------------------
+
+
+def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
+                  heartbeat_timeout_ms: int) -> dict[str, set[str]]:
+    """Run id → stages that have a live message in the broker.
+
+    Redis: every message stored for a stage queue or its delay queue (ready, delayed, or
+    fetched and not yet acknowledged), except those fetched by a worker process whose
+    dramatiq heartbeat is older than ``heartbeat_timeout_ms``: that process is dead, and
+    dramatiq would give its messages back only at some later maintenance pass.
+    Embedded: the StubBroker's in-memory queues.
+    """
+    found: dict[str, set[str]] = defaultdict(set)
+    if isinstance(broker, StubBroker):
+        for stage in STAGES:
+            for name in (keys.queue_name(stage), keys.delayed_queue_name(stage)):
+                queue = broker.queues.get(name)
+                if queue is None:
+                    continue
+                with queue.mutex:
+                    bodies = list(queue.queue)
+                _collect(found, stage, bodies)
+        return found
+    now_ms = int(time.time() * 1000)
+    dead = [_text(b) for b in client.zrangebyscore(keys.heartbeats(namespace), 0,
+                                                   now_ms - heartbeat_timeout_ms)]
+    for stage in STAGES:
+        for name, stored in ((keys.queue_name(stage), keys.dramatiq_messages(namespace, stage)),
+                             (keys.delayed_queue_name(stage),
+                              keys.delayed_messages(namespace, stage))):
+            orphaned: set[str] = set()
+            for broker_id in dead:
+                orphaned.update(_text(m) for m in client.smembers(
+                    keys.unacked(namespace, broker_id, name)))
+            bodies = [body for message_id, body in client.hscan_iter(stored, count=500)
+                      if _text(message_id) not in orphaned]
+            _collect(found, stage, bodies)
+    return found
+
+
+def _collect(found: dict[str, set[str]], stage: str, bodies: Iterable[Any]) -> None:
+    for body in bodies:
+        run_id = message_run_id(body)
+        if run_id is not None:
+            found[run_id].add(stage)
+
+
+def message_run_id(body: bytes | str) -> str | None:
+    """The run id a stage message (dramatiq's JSON encoding) is for, or None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    args = data.get("args") if isinstance(data, dict) else None
+    if isinstance(args, list) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,170 @@
+"""Dead letters: listing with the failure's error, replay (retries reset, entries removed,
+done stages a no-op), purge, and redelivered copies of a failed stage's message.
+
+On a RedisBroker over fakeredis: fast, and the Lua scripts and key layout are dramatiq's
+own. The same flow against real workers and a real Redis is in tests/integration/test_ops.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+import fakeredis
+import pytest
+from conftest import _teardown_pipeline, make_pipeline
+
+from sparkle import keys
+from sparkle.adapters.testing import FIXED, read_trace
+from sparkle.broker import build_broker
+from sparkle.dlq import DeadLetterQueue, ReplayResult
+from sparkle.runner import is_at_rest
+from sparkle.settings import Settings
+from sparkle.stages import Adapter
+
+
+@pytest.fixture
+def fake_redis_pipeline(tmp_path, monkeypatch):
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    broker = build_broker(Settings(), client=client)
+    yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client)
+    _teardown_pipeline()
+
+
+def settle(pipeline, *runs, timeout: float = 20.0) -> None:
+    """Work the queues with an in-process worker until every run has come to rest."""
+    worker = dramatiq.Worker(pipeline.broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        deadline = time.monotonic() + timeout
+        rested = 0
+        while rested < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            at_rest = all(is_at_rest(r, pipeline.engine.dispatcher, "sparkle") for r in runs)
+            rested = rested + 1 if at_rest else 0
+    finally:
+        worker.stop()
+
+
+def dlq_of(pipeline) -> DeadLetterQueue:
+    engine = pipeline.engine
+    return DeadLetterQueue(engine.client, engine.store, "sparkle", engine.dispatcher)
+
+
+def failed_runs(pipeline, plans_dir, count: int):
+    runs = [pipeline.create(plans_dir / "lighthouse.json", fault_videos="permanent",
+                            run_id=f"broken-{i}") for i in range(count)]
+    for run in runs:
+        pipeline.engine.dispatcher.kick(run)
+    settle(pipeline, *runs)
+    assert [r.status().value for r in runs] == ["failed"] * count
+    return runs
+
+
+def fix_videos(pipeline) -> None:
+    pipeline.engine.adapters["videos"] = Adapter("videos", "fixed", FIXED["videos"], ())
+
+
+def test_list_shows_run_stage_time_and_the_checkpoint_error(fake_redis_pipeline, plans_dir):
+    pipeline = fake_redis_pipeline
+    before = time.time()
+    runs = failed_runs(pipeline, plans_dir, 2)
+    letters = dlq_of(pipeline).letters()
+    assert sorted(letter.run_id for letter in letters) == [r.run_id for r in runs]
+    for letter in letters:
+        assert letter.stage == "videos"
+        assert before - 1 <= letter.failed_at <= time.time() + 1
+        assert letter.error == "PermanentStageError: injected permanent fault in videos"
+        assert letter.as_dict()["failed_at_iso"].endswith("Z")
+    assert [x.run_id for x in dlq_of(pipeline).letters(run_id="broken-1")] == ["broken-1"]
+    assert dlq_of(pipeline).letters(stage="tts") == []
+
+
+def test_replay_after_the_fix_completes_the_runs_and_a_second_replay_does_nothing(
+        fake_redis_pipeline, plans_dir):
+    """Replay sends each dead stage again with retries reset and removes its entry; once
+    the adapter is fixed the runs complete; replaying again finds nothing to do."""
+    pipeline = fake_redis_pipeline
+    runs = failed_runs(pipeline, plans_dir, 2)
+    fix_videos(pipeline)
+    replayed = dlq_of(pipeline).replay()
+    assert [item.result for item in replayed] == [ReplayResult.replayed] * 2
+    client = pipeline.engine.client
+    assert client.zcard(keys.dead_letters("sparkle", "videos")) == 0
+    assert client.hlen(keys.dead_letter_messages("sparkle", "videos")) == 0
+    settle(pipeline, *runs)
+    assert [r.status().value for r in runs] == ["succeeded"] * 2
+    for run in runs:
+        assert [e.metadata.get("reason") for e in run.events() if e.status == "redrive"] == [
+            "dlq_replay"]
+    assert dlq_of(pipeline).replay() == []
+
+
+def test_replaying_a_stage_that_is_already_done_sends_nothing(fake_redis_pipeline, plans_dir):
+    """A dead letter whose stage has since succeeded (say, after `sparkle resume`) is
+    removed without sending anything."""
+    pipeline = fake_redis_pipeline
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    fix_videos(pipeline)
+    pipeline.engine.dispatcher.send(run.run_id, "videos")  # what `sparkle resume` sends
+    settle(pipeline, run)
+    assert run.status().value == "succeeded"
+    calls = len(read_trace(run.dir))
+    result = dlq_of(pipeline).replay(run_id=run.run_id)
+    assert [item.result for item in result] == [ReplayResult.already_done]
+    assert dlq_of(pipeline).letters() == []
+    settle(pipeline, run)
+    assert len(read_trace(run.dir)) == calls
+    assert pipeline.broker.client.llen(keys.dramatiq_queue("sparkle", "videos")) == 0
+
+
+def test_cancelled_runs_are_kept_until_resumed(fake_redis_pipeline, plans_dir):
+    pipeline = fake_redis_pipeline
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    run.set_cancelled(True)
+    result = dlq_of(pipeline).replay(stage="videos")
+    assert [item.result for item in result] == [ReplayResult.cancelled]
+    assert len(dlq_of(pipeline).letters()) == 1
+
+
+def test_purge_removes_only_old_entries(fake_redis_pipeline, plans_dir):
+    pipeline = fake_redis_pipeline
+    failed_runs(pipeline, plans_dir, 2)
+    client = pipeline.engine.client
+    xq = keys.dead_letters("sparkle", "videos")
+    oldest = client.zrange(xq, 0, 0)[0]
+    client.zadd(xq, {oldest: (time.time() - 8 * 86400) * 1000})
+    assert dlq_of(pipeline).purge(7 * 86400) == 1
+    assert len(dlq_of(pipeline).letters()) == 1
+    assert client.hlen(keys.dead_letter_messages("sparkle", "videos")) == 1
+
+
+def test_rate_limits_replays(fake_redis_pipeline, plans_dir):
+    pipeline = fake_redis_pipeline
+    failed_runs(pipeline, plans_dir, 3)
+    started = time.monotonic()
+    assert len(dlq_of(pipeline).replay(rate=10)) == 3
+    assert time.monotonic() - started >= 0.25
+
+
+def test_redelivered_copy_of_a_failed_stage_message_runs_nothing(
+        fake_redis_pipeline, plans_dir):
+    """A copy of a message sent before the stage failed (dramatiq gives a dead worker's
+    message back late, and crash redeliveries are not counted) must not restart a stage
+    that failed for good; a new message (resume, replay) still does."""
+    pipeline = fake_redis_pipeline
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    client = pipeline.engine.client
+    (entry,) = client.zrange(keys.dead_letters("sparkle", "videos"), 0, -1)
+    old_body = client.hget(keys.dead_letter_messages("sparkle", "videos"), entry)
+    fix_videos(pipeline)
+    # When the old message comes back
+    pipeline.broker.enqueue(dramatiq.Message.decode(old_body))
+    settle(pipeline, run)
+    # Then nothing ran and the run is still failed
+    assert run.status().value == "failed"
+    assert sum(1 for r in read_trace(run.dir) if r["stage"] == "videos") == 1
+    # But a replay (a new message) runs it
+    dlq_of(pipeline).replay()
+    settle(pipeline, run)
+    assert run.status().value == "succeeded"

@@ -1,0 +1,44 @@
+"""The opt-in Prometheus endpoint: bound to loopback, stage metrics and run/queue gauges."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import REGISTRY
+from redis_server import free_port
+
+from sparkle import metrics
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_no_endpoint_unless_a_port_is_set(pipeline):
+    engine = pipeline.engine
+    assert engine.settings.metrics_port is None
+    assert metrics.serve(engine.settings, engine.store, pipeline.broker, engine.client) is None
+
+
+def test_endpoint_serves_stage_metrics_and_run_gauges_on_loopback(pipeline, plans_dir):
+    engine = pipeline.engine
+    before = sample("sparkle_stage_attempts_total", stage="images")
+    failures = sample("sparkle_stage_attempt_failures_total", stage="images", kind="transient")
+    run = pipeline.create(plans_dir / "rooftop.json", fault_images="transient:1")
+    assert pipeline.work(run).status.value == "succeeded"
+    settings = engine.settings.model_copy(update={"metrics_port": free_port()})
+    server = metrics.serve(settings, engine.store, pipeline.broker, engine.client)
+    assert server is not None and server.host == "127.0.0.1"
+    try:
+        url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.stop()
+    assert sample("sparkle_stage_attempts_total", stage="images") == before + 2
+    assert sample("sparkle_stage_attempt_failures_total", stage="images",
+                  kind="transient") == failures + 1
+    assert 'sparkle_runs{status="succeeded"} 1.0' in text
+    assert 'sparkle_queue_messages{queue="sparkle.videos",state="ready"} 0.0' in text
+    assert "sparkle_stage_duration_seconds_bucket" in text
+    assert 'sparkle_stage_messages_total{outcome="succeeded",stage="qa"}' in text
