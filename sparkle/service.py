@@ -19,6 +19,7 @@ from types import FrameType
 
 import dramatiq
 
+from sparkle import metrics
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
@@ -78,6 +79,7 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
     inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
     reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
     reaper.start()
+    metrics_server = metrics.serve(engine.settings, engine.store, broker, engine.client)
     mode = "embedded" if is_embedded() else settings.redacted_redis_url()
     log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
                 settings.inbox_dir, settings.runs_dir, mode,
@@ -87,6 +89,8 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             inbox.run_forever(stop)
     finally:
         reaper.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
         if worker is not None:
             worker.stop()
         log.warning("stopped; inbox %s", inbox.stats())

@@ -116,3 +116,27 @@ def test_watch_holds_plans_while_redis_is_down_and_catches_up(redis_server, tmp_
     assert list((tmp_path / "inbox" / "rejected").iterdir()) == []
     # and each run's first stage is waiting in its queue
     assert redis_server.client().llen("sparkle:sparkle.script") == 3
+
+
+def test_serve_exposes_metrics_on_loopback_when_asked(tmp_path):
+    """With SPARKLE_METRICS_PORT set, `sparkle serve` serves Prometheus metrics on
+    127.0.0.1 (run counts by status among them)."""
+    import urllib.request
+
+    from redis_server import free_port
+
+    port = free_port()
+    serve = start(["serve", "--adapters", "test"], cwd=tmp_path,
+                  SPARKLE_METRICS_PORT=str(port))
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    try:
+        assert wait_for(lambda: "sparkle_runs" in scrape(), 30)
+    finally:
+        stop(serve)
