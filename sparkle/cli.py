@@ -44,16 +44,9 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        from sparkle.logs import JsonFormatter
+    from sparkle.logs import configure_logging
 
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    configure_logging(level, fmt)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -73,7 +73,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from sparkle import atomic
+from sparkle import atomic, metrics
 from sparkle.errors import PlanError, Problem, RunConflictError
 from sparkle.plans import load_plan_file
 from sparkle.runstore import Run, RunStore
@@ -952,6 +952,8 @@ class Inbox:
         with self._cond:
             for name in names:
                 self._counts[name] += 1
+        for name in names:
+            metrics.inbox_outcome(name)
 
     # -- claims and owners ---------------------------------------------------------------
 

@@ -138,5 +138,8 @@ def test_serve_exposes_metrics_on_loopback_when_asked(tmp_path):
 
     try:
         assert wait_for(lambda: "sparkle_runs" in scrape(), 30)
+        # and the inbox's outcomes are counted
+        (tmp_path / "inbox" / "broken.json").write_text("[]")
+        assert wait_for(lambda: 'outcome="rejected"} 1.0' in scrape(), 30), scrape()
     finally:
         stop(serve)
