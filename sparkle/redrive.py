@@ -122,7 +122,12 @@ class Reaper:
             present = queued_stages(self.broker, self.client, self.namespace,
                                     self.settings.heartbeat_timeout_ms)
             found: list[Redrive] = []
-            for run in self.store.runs():
+            # The summary cache skips finished runs without reading their checkpoints;
+            # _inspect looks again, fresh, at the few that may be stuck.
+            for summary in self.store.summaries():
+                if summary.status not in (RunStatus.queued, RunStatus.running):
+                    continue
+                run = Run(self.store.root, summary.run_id)
                 stuck = self._inspect(run, present, time.time(), older)
                 if stuck is None:
                     continue
