@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
-import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = json.loads((REPO / "tests" / "data" / "plans" / "lighthouse.json").read_text())
@@ -64,52 +65,6 @@ class Sample:
     rss_bytes: int
     uss_bytes: int
     elapsed_sec: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server (loopback, no persistence); returns it and its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-            "--logfile",
-            str(folder / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                sys.exit(f"redis-server did not start on port {port}")
-            time.sleep(0.02)
-    client.close()
-    return process, f"redis://127.0.0.1:{port}/0"
 
 
 def plan_bytes(index: int) -> bytes:
@@ -195,8 +150,9 @@ def configure_env(folder: Path, redis_url: str | None) -> None:
 
 
 def soak_redis(folder: Path, args: argparse.Namespace) -> tuple[list[Sample], int, float, str]:
-    server, url = start_redis(folder)
-    configure_env(folder, url)
+    server = RedisServer(folder / "redis")
+    server.start()
+    configure_env(folder, server.url)
     with (folder / "worker.log").open("wb") as log_file:
         worker = subprocess.Popen(
             [str(BIN / "dramatiq"), "actors", "-p", "1", "-t", str(args.threads)],
@@ -218,8 +174,7 @@ def soak_redis(folder: Path, args: argparse.Namespace) -> tuple[list[Sample], in
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
 
 def soak_embedded(folder: Path, args: argparse.Namespace) -> tuple[list[Sample], int, float, str]:
