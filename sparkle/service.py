@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -31,11 +31,17 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM while inside the block (main thread only)."""
+def stop_on_signals(
+    stop: threading.Event, on_second: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while inside the block (main thread only); a
+    second signal calls ``on_second`` (stop at once) when given."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
+        if stop.is_set() and on_second is not None:
+            on_second()
+            return
+        log.warning("received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

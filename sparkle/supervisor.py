@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -214,28 +214,12 @@ def worker_command(threads: int, queues: Sequence[str], log_level: str,
     return lambda index: list(argv)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event, supervisor: Supervisor) -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            supervisor.interrupt()
-            return
-        log.warning("received %s; draining worker processes", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reaper: bool = True,
                    log_level: str = "warning", log_format: str = "text") -> int:
     """``sparkle worker``: supervise worker processes (and the reaper and metrics) until
     SIGTERM or Ctrl-C. Returns the exit code."""
     from sparkle import metrics
+    from sparkle.service import stop_on_signals
     from sparkle.settings import get_settings
 
     settings = get_settings()
@@ -266,7 +250,7 @@ def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reape
     stop = threading.Event()
     try:
         server = metrics.serve(settings, store, broker, client)
-        with _stop_on_signals(stop, supervisor):
+        with stop_on_signals(stop, on_second=supervisor.interrupt):
             if the_reaper is not None:
                 the_reaper.start()
             log.warning("sparkle worker: %d process(es) x %d thread(s), queues %s, reaper %s, "
