@@ -47,7 +47,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal
 
 import dramatiq.errors
@@ -358,17 +357,6 @@ class Inbox:
 
     def __repr__(self) -> str:
         return f"Inbox({str(self.dir)!r}, poll={self.poll})"
-
-    def __enter__(self) -> Inbox:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- lifecycle -----------------------------------------------------------------------
 

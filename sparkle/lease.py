@@ -14,7 +14,6 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from types import TracebackType
 
 import redis
 from redis.client import Pipeline
@@ -113,18 +112,6 @@ class Lease:
                     return
             except redis.RedisError as exc:
                 log.warning("run %s: lease renewal failed (%s); retrying", self.run_id, exc)
-
-    def __enter__(self) -> Lease:
-        self.start_heartbeat()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 def holder(client: redis.Redis, namespace: str, run_id: str) -> str | None:
