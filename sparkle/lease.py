@@ -1,9 +1,13 @@
 """The run lease: at most one worker executes a run's stages at any moment.
 
-A lease is a Redis key set with ``SET NX PX`` to a random token. Its owner renews it from a
-heartbeat thread while the stage runs; only the owner may renew or release it (compare
-and set, in Lua). Before writing results the owner checks the token is still there
-(fencing): a worker that was paused past the TTL finds the lease gone and writes nothing.
+A lease is a Redis key set with ``SET NX PX`` to a random token. While the stage runs, the
+process's heartbeat thread renews it every third of its TTL; only the owner may renew or
+release it (compare and set, in Lua). Before writing results the owner checks the token is
+still there (fencing): a worker that was paused past the TTL finds the lease gone and
+writes nothing.
+
+One heartbeat thread serves every lease of the process, started on first use: starting and
+joining a thread per stage cost more than the rest of a short stage's bookkeeping.
 
 In embedded mode the same code runs against an in-process fakeredis server.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -54,8 +59,6 @@ class Lease:
         self.token = secrets.token_hex(16)
         self.ttl_ms = max(1, int(ttl_sec * 1000))
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def acquire(self, also: Callable[[Pipeline], object] | None = None) -> bool:
         """Take the lease if nobody holds it. Returns whether it is now ours.
@@ -81,37 +84,92 @@ class Lease:
         value = self.client.get(self.key)
         return value is not None and _text(value) == self.token
 
-    def release(self) -> None:
-        """Give the lease up if it is still ours (never someone else's)."""
+    def release(self, also: Callable[[Pipeline], object] | None = None) -> bool:
+        """Give the lease up if it is still ours (never someone else's).
+
+        ``also`` may queue more commands after the release, in the same round trip.
+        Returns whether the round trip went through; a failure is logged, not raised.
+        """
         self.stop_heartbeat()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.eval(_RELEASE, 1, self.key, self.token)
+        if also is not None:
+            also(pipe)
         try:
-            self.client.eval(_RELEASE, 1, self.key, self.token)
+            pipe.execute()
         except redis.RedisError as exc:
             # The lease expires on its own; the next owner waits at most one TTL.
             log.warning("run %s: could not release lease (%s)", self.run_id, exc)
+            return False
+        return True
 
     def start_heartbeat(self) -> None:
-        """Renew the lease every third of its TTL from a daemon thread."""
-        self._thread = threading.Thread(
-            target=self._beat, name=f"lease-{self.run_id}", daemon=True
-        )
-        self._thread.start()
+        """Have the process's heartbeat thread renew the lease every third of its TTL."""
+        _heartbeat.add(self)
 
     def stop_heartbeat(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        self._thread = None
+        """Stop renewing (the lease then lives at most one TTL unless released)."""
+        _heartbeat.remove(self)
 
-    def _beat(self) -> None:
-        interval = self.ttl_ms / 3000
-        while not self._stop.wait(interval):
-            try:
-                if not self.renew():
-                    log.error("run %s: lease lost to another worker", self.run_id)
-                    return
-            except redis.RedisError as exc:
-                log.warning("run %s: lease renewal failed (%s); retrying", self.run_id, exc)
+
+class _Heartbeat:
+    """The one daemon thread that renews every active lease of the process.
+
+    Each lease is due a third of its TTL after its last renewal. A renewal that finds the
+    lease gone marks it lost and drops it; a Redis error is logged and retried when the
+    lease is next due.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[Lease, float] = {}
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self._wake:
+            self._due[lease] = time.monotonic() + lease.ttl_ms / 3000
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-heartbeat",
+                                                daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def remove(self, lease: Lease) -> None:
+        with self._wake:
+            self._due.pop(lease, None)
+
+    def active(self) -> int:
+        """Leases being renewed now."""
+        with self._wake:
+            return len(self._due)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [lease for lease, when in self._due.items() if when <= now]
+                if not due:
+                    self._wake.wait(min(self._due.values(), default=now + 60) - now)
+                    continue
+                for lease in due:
+                    self._due[lease] = now + lease.ttl_ms / 3000
+            for lease in due:  # outside the lock: a slow Redis must not block add/remove
+                self._renew(lease)
+
+    def _renew(self, lease: Lease) -> None:
+        try:
+            if lease.renew():
+                return
+        except redis.RedisError as exc:
+            log.warning("run %s: lease renewal failed (%s); retrying", lease.run_id, exc)
+            return
+        with self._wake:
+            still_active = self._due.pop(lease, None) is not None
+        if still_active:  # else it was released while this renewal was on its way
+            log.error("run %s: lease lost to another worker", lease.run_id)
+
+
+_heartbeat = _Heartbeat()
 
 
 def holder(client: redis.Redis, namespace: str, run_id: str) -> str | None:

@@ -1,0 +1,111 @@
+"""The run lease: exclusive, renewed by the process's heartbeat thread, released only by its
+owner, and marked lost when someone else has it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fakeredis
+import pytest
+
+from sparkle import lease as lease_module
+from sparkle.lease import Lease
+
+TTL_SEC = 0.3
+
+
+@pytest.fixture
+def client() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def test_only_one_owner_at_a_time(client: fakeredis.FakeRedis):
+    """A second lease on the same run is refused while the first is held, and granted once
+    the first is released."""
+    first, second = Lease(client, "ns", "run-a", 30), Lease(client, "ns", "run-a", 30)
+    assert first.acquire()
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+
+
+def test_release_never_deletes_someone_elses_lease(client: fakeredis.FakeRedis):
+    """An owner whose lease expired and was taken over releases nothing of the new owner's."""
+    old = Lease(client, "ns", "run-a", TTL_SEC)
+    assert old.acquire()
+    client.delete(old.key)  # expired
+    new = Lease(client, "ns", "run-a", 30)
+    assert new.acquire()
+    old.release()
+    assert new.held()
+    assert not old.held()
+
+
+def test_heartbeat_keeps_the_lease_past_its_ttl(client: fakeredis.FakeRedis):
+    """While the stage runs, the lease outlives its TTL several times over; once released
+    it is gone."""
+    held = Lease(client, "ns", "run-a", TTL_SEC)
+    assert held.acquire()
+    held.start_heartbeat()
+    try:
+        time.sleep(TTL_SEC * 4)
+        assert held.held()
+        assert not held.lost.is_set()
+    finally:
+        held.release()
+    assert client.get(held.key) is None
+
+
+def test_a_lease_not_renewed_expires(client: fakeredis.FakeRedis):
+    """Without the heartbeat (a dead worker) the lease frees itself after its TTL."""
+    held = Lease(client, "ns", "run-a", TTL_SEC)
+    assert held.acquire()
+    time.sleep(TTL_SEC * 3)
+    assert not held.held()
+    assert Lease(client, "ns", "run-a", 30).acquire()
+
+
+def test_heartbeat_marks_a_lease_taken_by_another_owner_as_lost(client: fakeredis.FakeRedis):
+    """When renewal finds another token in the key, the lease is marked lost (the engine then
+    writes no results) and the other owner's lease is left alone."""
+    held = Lease(client, "ns", "run-a", TTL_SEC)
+    assert held.acquire()
+    held.start_heartbeat()
+    try:
+        client.set(held.key, "someone-else")
+        assert held.lost.wait(TTL_SEC * 5)
+        assert client.get(held.key) == b"someone-else"
+    finally:
+        held.stop_heartbeat()
+
+
+def test_one_thread_renews_every_lease_of_the_process(client: fakeredis.FakeRedis):
+    """Fifty leases held at once add no threads beyond the one heartbeat thread, and all of
+    them outlive their TTL."""
+    leases = [Lease(client, "ns", f"run-{n}", TTL_SEC) for n in range(50)]
+    for held in leases:
+        assert held.acquire()
+        held.start_heartbeat()
+    try:
+        threads = {t.name for t in threading.enumerate()}
+        assert "lease-heartbeat" in threads
+        assert len([t for t in threading.enumerate() if t.name.startswith("lease")]) == 1
+        time.sleep(TTL_SEC * 3)
+        assert all(held.held() for held in leases)
+        assert lease_module._heartbeat.active() >= 50
+    finally:
+        for held in leases:
+            held.release()
+    assert all(client.get(held.key) is None for held in leases)
+
+
+def test_release_can_carry_more_commands_in_the_same_round_trip(client: fakeredis.FakeRedis):
+    """``release(also=...)`` runs the extra commands after the release; ``acquire(also=...)``
+    likewise."""
+    held = Lease(client, "ns", "run-a", 30)
+    assert held.acquire(also=lambda pipe: pipe.set("ns:before", "1"))
+    assert held.release(also=lambda pipe: pipe.set("ns:after", "1"))
+    assert client.get("ns:before") == b"1"
+    assert client.get("ns:after") == b"1"
+    assert client.get(held.key) is None
