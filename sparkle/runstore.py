@@ -4,14 +4,16 @@ Layout of ``runs/<run_id>/``::
 
     movie_plan.json            the validated plan (source of truth for the run)
     asset_refs.json            AssetRefs, replaced atomically after each stage
-    manifest.json              {"run_id", "events": [StageEvent]}: the history
+    manifest.jsonl             one StageEvent per line, appended: the history
     checkpoints/<stage>.json   Checkpoint: the state
     cancelled                  present while the run is cancelled
     .summary.json              a cache of the derived summary, for listing many runs
 
 Checkpoints are the state; the manifest is the history. Every JSON file is written
-atomically (:mod:`sparkle.atomic`). Appends to the manifest take an ``flock`` on the run's
-lock file, so a worker, the watcher and the CLI may all append without losing events.
+atomically (:mod:`sparkle.atomic`). The manifest is append-only: each event is one
+``write`` to a file opened with ``O_APPEND``, so a worker, the watcher and the CLI may all
+append at once without a lock and without reading the history first, and a record cut
+short by a power loss spoils only itself (readers skip it, writers start a new line).
 
 Listing thousands of runs (``sparkle runs``, the reaper) would read eight files per run;
 :meth:`RunStore.summaries` instead reads each run's ``.summary.json``, which records the
@@ -46,7 +48,6 @@ from sparkle.schemas import (
     AssetRefs,
     Checkpoint,
     MoviePlan,
-    RunManifest,
     StageEvent,
 )
 
@@ -54,14 +55,14 @@ log = logging.getLogger(__name__)
 
 PLAN_FILE = "movie_plan.json"
 ASSET_REFS_FILE = "asset_refs.json"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = "manifest.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CANCELLED_FILE = "cancelled"
 LOCK_FILE = ".lock"
 SUMMARY_FILE = ".summary.json"
 
 #: Version of the ``.summary.json`` format; a cache of any other version is derived again.
-SUMMARY_VERSION: Literal[1] = 1
+SUMMARY_VERSION: Literal[2] = 2
 
 #: Length of the title slug in a derived run id.
 SLUG_CHARS = 40
@@ -174,14 +175,14 @@ class Run:
     def plan(self) -> MoviePlan:
         """The run's plan. Raises RunNotFoundError when the folder holds none."""
         try:
-            return MoviePlan.model_validate_json((self.dir / PLAN_FILE).read_bytes())
+            return MoviePlan.model_validate_json(_read(f"{self.dir}/{PLAN_FILE}"))
         except FileNotFoundError:
             raise RunNotFoundError(f"no run {self.run_id!r} in {self.dir.parent}") from None
 
     def asset_refs(self) -> AssetRefs:
         """The asset references so far (empty before the first stage)."""
         try:
-            return AssetRefs.model_validate_json((self.dir / ASSET_REFS_FILE).read_bytes())
+            return AssetRefs.model_validate_json(_read(f"{self.dir}/{ASSET_REFS_FILE}"))
         except FileNotFoundError:
             return AssetRefs()
 
@@ -201,9 +202,11 @@ class Run:
         A missing, empty, truncated or invalid checkpoint means "not done": the stage runs
         again. An unreadable one is reported in the log, never raised.
         """
-        path = self.checkpoint_path(stage)
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        path = f"{self.dir}/{CHECKPOINTS_DIR}/{stage}.json"
         try:
-            data = path.read_bytes()
+            data = _read(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -227,20 +230,27 @@ class Run:
 
     # -- manifest ------------------------------------------------------------------------
 
-    def manifest(self) -> RunManifest:
-        """The run's history. An unreadable manifest is reported and read as empty."""
-        path = self.dir / MANIFEST_FILE
-        try:
-            return RunManifest.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return RunManifest(run_id=self.run_id)
-        except (OSError, ValidationError) as exc:
-            log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
-                        self.run_id, path, type(exc).__name__)
-            return RunManifest(run_id=self.run_id)
-
     def events(self) -> list[StageEvent]:
-        return self.manifest().events
+        """The run's history, oldest first. Unreadable lines are reported and skipped."""
+        path = f"{self.dir}/{MANIFEST_FILE}"
+        try:
+            data = _read(path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
+                        self.run_id, path, exc.strerror)
+            return []
+        events = []
+        for number, line in enumerate(data.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(StageEvent.model_validate_json(line))
+            except ValidationError as exc:
+                log.warning("run %s: %s line %d is not a stage event (%s); skipping it",
+                            self.run_id, path, number, exc.errors(include_url=False)[0]["msg"])
+        return events
 
     def append_event(
         self,
@@ -251,7 +261,7 @@ class Run:
         metadata: dict[str, Any] | None = None,
         durable: bool = True,
     ) -> StageEvent:
-        """Append one event to the manifest (atomically, under the run's file lock)."""
+        """Append one event to the manifest: one ``O_APPEND`` write, no lock, no read."""
         event = StageEvent.model_validate(
             {
                 "run_id": self.run_id,
@@ -263,10 +273,18 @@ class Run:
                 "metadata": metadata or {},
             }
         )
-        with self.locked():
-            manifest = self.manifest()
-            manifest.events.append(event)
-            atomic.write_json(self.dir / MANIFEST_FILE, manifest, durable)
+        record = event.model_dump_json().encode("utf-8") + b"\n"
+        fd = os.open(f"{self.dir}/{MANIFEST_FILE}",
+                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        try:
+            end = os.fstat(fd).st_size
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                record = b"\n" + record  # the last record was cut short: leave it on its own
+            atomic.write_all(fd, record)
+            if durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
         return event
 
     # -- derived state -------------------------------------------------------------------
@@ -329,6 +347,10 @@ class RunState:
         if stage not in self._checkpoints:
             self._checkpoints[stage] = self.run.checkpoint(stage)
         return self._checkpoints[stage]
+
+    def wrote(self, checkpoint: Checkpoint) -> None:
+        """Take note of a checkpoint the caller just wrote, instead of reading it back."""
+        self._checkpoints[checkpoint.stage] = checkpoint
 
     @property
     def events(self) -> list[StageEvent]:
@@ -451,7 +473,7 @@ class _SummaryCache(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1]
+    version: Literal[2]
     #: One identity per entry of SUMMARY_SOURCES, in that order.
     sources: list[FileIdentity]
     status: RunStatus
@@ -475,6 +497,19 @@ def _identities(run_dir: str) -> list[FileIdentity]:
         else:
             identities.append((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
     return identities
+
+
+def _read(path: str) -> bytes:
+    """A state file's bytes. Symbolic links are refused (``ELOOP``): state files are never
+    links, and following one could read outside the run folder."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_cache(path: str) -> _SummaryCache | None:
@@ -570,7 +605,7 @@ class RunStore:
             (run.dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
             run.save_asset_refs(AssetRefs())
             if not (run.dir / MANIFEST_FILE).exists():
-                atomic.write_json(run.dir / MANIFEST_FILE, RunManifest(run_id=run.run_id))
+                atomic.write_bytes(run.dir / MANIFEST_FILE, b"")
             # The plan is written last: its presence is what makes the run exist.
             atomic.write_json(run.dir / PLAN_FILE, plan)
             return run, True

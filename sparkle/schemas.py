@@ -304,7 +304,7 @@ EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel"]
 
 
 class StageEvent(_Model):
-    """One entry of a run's history (``manifest.json``)."""
+    """One entry of a run's history: one line of ``manifest.jsonl``."""
 
     run_id: SafeId
     stage: StageName
@@ -313,13 +313,6 @@ class StageEvent(_Model):
     attempt: int = Field(ge=1)
     error: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class RunManifest(_Model):
-    """A run's history: every stage event in the order it happened."""
-
-    run_id: SafeId
-    events: list[StageEvent] = Field(default_factory=list)
 
 
 #: Models whose JSON Schemas are exported by ``sparkle schema``.

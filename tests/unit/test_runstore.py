@@ -213,10 +213,7 @@ def test_create_lays_out_the_run_folder(store: RunStore):
     assert is_new
     assert MoviePlan.model_validate_json((created.dir / "movie_plan.json").read_bytes()) == plan
     assert json.loads((created.dir / "asset_refs.json").read_text()) == {"shots": {}, "extras": {}}
-    assert json.loads((created.dir / "manifest.json").read_text()) == {
-        "run_id": created.run_id,
-        "events": [],
-    }
+    assert (created.dir / "manifest.jsonl").read_bytes() == b""
     assert (created.dir / "checkpoints").is_dir()
     assert created.plan() == plan
 
@@ -596,9 +593,51 @@ def test_manifest_survives_concurrent_appends_from_processes(run: Run, tmp_path:
         )
 
 
-def test_damaged_manifest_reads_as_empty_with_a_warning(run: Run, caplog: pytest.LogCaptureFixture):
-    """A damaged manifest does not stop the run: it reads as empty and a warning is logged."""
-    (run.dir / "manifest.json").write_bytes(b'{"run_id": "x", "events": [')
+def test_damaged_manifest_line_is_skipped_with_a_warning(
+    run: Run, caplog: pytest.LogCaptureFixture
+):
+    """A damaged line does not stop the run: the events around it are read, and the bad line
+    is named in a warning."""
+    run.append_event("script", "begin", 1)
+    with (run.dir / "manifest.jsonl").open("ab") as handle:
+        handle.write(b'{"run_id": "x", "events": [\n')
+    run.append_event("script", "success", 1)
+    with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
+        assert [e.status for e in run.events()] == ["begin", "success"]
+    assert any("manifest.jsonl line 2" in r.getMessage() for r in caplog.records)
+
+
+def test_record_cut_short_by_a_power_loss_spoils_only_itself(run: Run):
+    """A last record without its newline (power lost mid-append) is skipped, and the next
+    append starts a new line instead of gluing itself to the torn one."""
+    run.append_event("script", "begin", 1)
+    manifest = run.dir / "manifest.jsonl"
+    whole = manifest.read_bytes()
+    manifest.write_bytes(whole + whole[: len(whole) // 2])  # half of a second record
+    run.append_event("script", "success", 1)
+    assert [e.status for e in run.events()] == ["begin", "success"]
+    assert manifest.read_bytes().count(b"\n") == 3
+
+
+def test_manifest_append_does_not_rewrite_the_history(run: Run):
+    """Appending keeps the file (same inode) and only adds bytes: earlier events are never
+    rewritten, so a crash mid-append cannot damage them."""
+    run.append_event("script", "begin", 1)
+    manifest = run.dir / "manifest.jsonl"
+    before = manifest.read_bytes()
+    inode = manifest.stat().st_ino
+    run.append_event("script", "success", 1)
+    assert manifest.stat().st_ino == inode
+    assert manifest.read_bytes().startswith(before)
+
+
+def test_unreadable_manifest_reads_as_empty_with_a_warning(
+    run: Run, caplog: pytest.LogCaptureFixture
+):
+    """A manifest that cannot be opened (here a folder in its place) reads as empty."""
+    manifest = run.dir / "manifest.jsonl"
+    manifest.unlink()
+    manifest.mkdir()
     with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
         assert run.events() == []
     assert any("manifest" in r.getMessage() for r in caplog.records)
@@ -676,7 +715,7 @@ def test_runs_lists_only_folders_with_a_plan(store: RunStore):
     store.create(example_plan(run_id="b-run"))
     store.create(example_plan(run_id="a-run"))
     (store.root / "no-plan").mkdir()
-    (store.root / "no-plan" / "manifest.json").write_text("{}")
+    (store.root / "no-plan" / "manifest.jsonl").write_text("")
     (store.root / "-odd").mkdir()
     (store.root / "-odd" / "movie_plan.json").write_text("{}")
     (store.root / "stray.json").write_text("{}")
@@ -755,3 +794,15 @@ def test_state_files_follow_the_umask_like_media(tmp_path: Path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_symlinked_checkpoint_is_not_read_through(run: Run, tmp_path: Path):
+    """A checkpoint replaced by a symlink (to a file outside the run) is not followed: the
+    stage reads as not done instead of trusting a file outside the run folder."""
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(
+        Checkpoint(stage="script", status="success", timestamp=1.0, attempt=1).model_dump_json()
+    )
+    run.checkpoint_path("script").symlink_to(outside)
+    assert run.checkpoint("script") is None
+    assert not run.stage_done("script")

@@ -166,7 +166,8 @@ def test_manifest_events_written_by_the_run_store_match_the_committed_schema(tmp
     run, _ = store.create(plan)
     run.append_event("script", "begin", 1)
     run.append_event("script", "success", 1, metadata={"adapter": "test"})
-    events = json.loads((run.dir / "manifest.json").read_text("utf-8"))["events"]
+    lines = (run.dir / "manifest.jsonl").read_text("utf-8").splitlines()
+    events = [json.loads(line) for line in lines]
     assert len(events) == 2
     for event in events:
         assert schema_errors(event, committed("StageEvent")) == []
