@@ -47,7 +47,21 @@ class Dispatcher:
         The mark is written before the message, so a worker that takes the message at once
         always finds a mark to clear. Raises the broker's connection errors.
         """
-        self.client.set(keys.pending(self.namespace, run_id), f"{stage} {time.time():.3f}")
+        self.mark(run_id, stage)
+        return self.enqueue(run_id, stage, delay_ms)
+
+    def mark(self, run_id: str, stage: str, client: redis.Redis | Pipeline | None = None) -> None:
+        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it).
+
+        ``client`` may be a pipeline to batch this with other commands.
+        """
+        (client or self.client).set(keys.pending(self.namespace, run_id),
+                                    f"{stage} {time.time():.3f}")
+
+    def enqueue(
+        self, run_id: str, stage: str, delay_ms: int | None = None
+    ) -> dramatiq.Message[Any]:
+        """Enqueue ``stage`` of ``run_id`` without marking it: :meth:`mark` it first."""
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=keys.queue_name(stage),
             actor_name=keys.actor_name(stage),

@@ -33,6 +33,7 @@ from typing import Any
 import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
+from redis.client import Pipeline
 
 from sparkle import metrics
 from sparkle.dispatch import Dispatcher
@@ -163,11 +164,20 @@ class Engine:
             log.error("run %s stage %s: %s; results discarded", run_id, stage, exc)
             return Outcome.lease_lost
         finally:
-            lease.release()
+            # The next stage's pending mark goes with the release: one round trip, in order.
+            marked = lease.release(also=self._marker(run_id, follow_up))
         if follow_up is not None:
-            self.dispatcher.send(run_id, follow_up)
+            if marked:
+                self.dispatcher.enqueue(run_id, follow_up)
+            else:
+                self.dispatcher.send(run_id, follow_up)
             log.debug("run %s: queued %s", run_id, follow_up)
         return outcome
+
+    def _marker(self, run_id: str, stage: str | None) -> Callable[[Pipeline], object] | None:
+        if stage is None:
+            return None
+        return lambda pipe: self.dispatcher.mark(run_id, stage, pipe)
 
     # -- inside the lease --------------------------------------------------------------
 
@@ -199,8 +209,8 @@ class Engine:
             self._record_failure(run, stage, state.attempts(stage), message, event=True,
                                  reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
-        self._run_attempts(run, stage, lease, state.attempts(stage))
-        return Outcome.succeeded, self._after_success(run, stage)
+        state.wrote(self._run_attempts(run, stage, lease, state.attempts(stage)))
+        return Outcome.succeeded, self._after_success(run, stage, state)
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way."""
@@ -212,7 +222,7 @@ class Engine:
             return None
         return stage
 
-    def _after_success(self, run: Run, stage: str) -> str | None:
+    def _after_success(self, run: Run, stage: str, state: RunState) -> str | None:
         if run.cancelled:
             log.info("run %s: cancelled after %s; not continuing", run.run_id, stage)
             return None
@@ -220,7 +230,7 @@ class Engine:
             regenerate = self._qa_regenerate_from(run)
             if regenerate is not None:
                 return regenerate
-        return run.next_stage()
+        return state.next_stage()
 
     def _qa_regenerate_from(self, run: Run) -> str | None:
         checkpoint = run.checkpoint("qa")
@@ -239,8 +249,11 @@ class Engine:
         log.info("run %s: QA decided regenerate; re-running from %s", run.run_id, earliest)
         return earliest
 
-    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int) -> None:
-        """Run the adapter under tenacity; ``attempt`` is the last attempt number used."""
+    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int) -> Checkpoint:
+        """Run the adapter under tenacity; ``attempt`` is the last attempt number used.
+
+        Returns the success checkpoint written.
+        """
         adapter = self.adapters[stage]
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.retry_attempts),
@@ -257,7 +270,8 @@ class Engine:
             for try_ in retrying:
                 with try_:
                     attempt += 1
-                    self._attempt(run, stage, adapter, attempt, lease)
+                    return self._attempt(run, stage, adapter, attempt, lease)
+            raise AssertionError("unreachable: tenacity returns the result or raises")
         except _Transient as exc:
             message = (
                 f"gave up after {self.settings.retry_attempts} attempt(s); "
@@ -270,7 +284,8 @@ class Engine:
             self._record_failure(run, stage, attempt, message, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
-    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
+    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int,
+                 lease: Lease) -> Checkpoint:
         if lease.lost.is_set():
             raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
         begin_meta = {"adapter": adapter.name, "worker": worker_id()}
@@ -312,12 +327,14 @@ class Engine:
             "attempt": attempt,
         }
         run.save_asset_refs(refs)
-        run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
-                                        attempt=attempt, metadata=success_meta))
+        checkpoint = Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
+                                attempt=attempt, metadata=success_meta)
+        run.write_checkpoint(checkpoint)
         run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
         metrics.attempt_finished(stage, duration)
         log.info("run %s stage %s: succeeded in %.2fs (attempt %d)", run.run_id, stage,
                  duration, attempt)
+        return checkpoint
 
     @staticmethod
     def _check_paths(run: Run, refs: AssetRefs) -> None:
