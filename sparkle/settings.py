@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     #: Seconds a stopping worker process (SIGTERM) waits for its running stages to finish;
     #: stages still running then are left to the reaper, which re-drives them.
     worker_shutdown_timeout_sec: float = Field(default=600.0, gt=0)
+    #: Longest wait, in milliseconds, between two polls of an idle stage queue by a worker
+    #: process (dramatiq's ``worker_timeout``, 1000 by default there). Each stage has its
+    #: own queue, so a message often arrives at a queue that was idle: this bounds the
+    #: delay of every hop, at the price of more polling while idle.
+    worker_poll_ms: int = Field(default=250, ge=10, le=60_000)
 
     def redis_url_value(self) -> str | None:
         """The Redis URL in clear text (never log it: see :func:`redacted_redis_url`)."""

@@ -34,6 +34,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dramatiq
+
+    from sparkle.settings import Settings
 
 log = logging.getLogger("sparkle.supervisor")  # also when run as __main__
 
@@ -269,13 +275,21 @@ def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reape
 # -- one worker process --------------------------------------------------------------------
 
 
+def build_worker(broker: dramatiq.Broker, settings: Settings, threads: int,
+                 queues: Sequence[str]) -> dramatiq.Worker:
+    """The dramatiq Worker of one worker process (not started)."""
+    import dramatiq
+
+    return dramatiq.Worker(broker, queues=set(queues) or None, worker_threads=threads,
+                           worker_timeout=settings.worker_poll_ms)
+
+
 def worker_process_main(argv: Sequence[str] | None = None) -> int:
     """One supervised worker process: the stage actors on a dramatiq Worker until SIGTERM.
 
     SIGINT is ignored (Ctrl-C reaches the whole process group; the supervisor decides).
     The process also drains when its supervisor disappears.
     """
-    import dramatiq
     from pydantic import ValidationError
 
     from sparkle.errors import ConfigError
@@ -313,8 +327,7 @@ def worker_process_main(argv: Sequence[str] | None = None) -> int:
         log.error("worker process %d: configuration error: %s", os.getpid(), exc)
         return EXIT_CONFIG
     broker.emit_after("process_boot")
-    worker = dramatiq.Worker(broker, queues=set(args.queues) or None,
-                             worker_threads=args.threads)
+    worker = build_worker(broker, settings, args.threads, args.queues)
     worker.start()
     log.info("worker process %d ready: %d thread(s), queues %s", os.getpid(), args.threads,
              ", ".join(args.queues) or "all")

@@ -105,3 +105,20 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_drain_timeout(monkey
                                              (137, "exited with code 137")])
 def test_exit_descriptions(code, words):
     assert describe_exit(code) == words
+
+
+def test_worker_processes_poll_idle_queues_as_often_as_the_settings_say():
+    """Each stage has its own queue, so a hop usually lands on an idle queue: the worker's
+    poll interval (dramatiq's worker_timeout, 1000 ms by default) is taken from
+    SPARKLE_WORKER_POLL_MS, and queue and thread options pass through."""
+    from dramatiq.brokers.stub import StubBroker
+
+    from sparkle.settings import Settings
+    from sparkle.supervisor import build_worker
+
+    broker = StubBroker()
+    worker = build_worker(broker, Settings(worker_poll_ms=120), 3, ["sparkle.videos"])
+    assert worker.worker_timeout == 120
+    assert worker.worker_threads == 3
+    assert worker.consumer_whitelist == {"sparkle.videos"}
+    assert build_worker(broker, Settings(), 1, []).worker_timeout == 250
