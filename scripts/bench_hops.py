@@ -1,9 +1,17 @@
 """Stage hops per second: Sparkle's actors against a bare dramatiq chain, on real Redis.
 
-Starts a private redis-server, then for each side one worker process with 8 threads
-(``dramatiq … -p 1 -t 8``): Sparkle with no-op adapters for all seven stages (so what is
-measured is the engine: lease, checkpoints, manifest, pending marks, dispatch), and a bare
-chain of 7 dramatiq actors that each send the next. Prints both rates and the ratio.
+Starts a private redis-server, then measures, each with one worker process of 8 threads:
+
+- **bare, 1 queue** (the baseline): 7 dramatiq actors on one queue, each sending the next,
+  run by ``dramatiq bench_hops_bare -p 1 -t 8`` with dramatiq's defaults;
+- **bare, 7 queues**: the same chain with one queue per actor, as Sparkle's stages have,
+  polled as often as Sparkle's workers poll (``SPARKLE_WORKER_POLL_MS``), so the difference
+  to Sparkle is the engine alone;
+- **Sparkle**: ``sparkle worker --processes 1 --threads 8`` as shipped, with no-op adapters
+  for all seven stages, so a hop costs only the engine's work (lease, checkpoints, manifest,
+  asset refs, pending marks, dispatch).
+
+Prints the median rate of each and its ratio to the baseline.
 
     python scripts/bench_hops.py [--runs 200] [--repeat 3]
 """
@@ -35,9 +43,16 @@ def noop(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> AssetRefs:
     return refs
 
 
+THREADS = 8
+
+
 def _worker(module: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(BIN / "dramatiq"), module, "-p", "1", "-t", "8"], env=env,
-                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _start([str(BIN / "dramatiq"), module, "-p", "1", "-t", str(THREADS)], env, cwd)
+
+
+def _start(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -65,8 +80,9 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     for index in range(runs):
         plan["title"] = f"hop {index}"
         created.append(engine.store.create(MoviePlan.model_validate(plan))[0])
-    worker = _worker("actors", env, folder)
-    time.sleep(2)  # let the worker connect before the clock starts
+    worker = _start([str(BIN / "sparkle"), "worker", "--processes", "1", "--threads",
+                     str(THREADS)], env, folder)
+    time.sleep(3)  # let the worker connect before the clock starts
     try:
         started = time.perf_counter()
         for run in created:
@@ -80,32 +96,40 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     return runs * len(STAGES) / elapsed
 
 
-def bench_bare(server: RedisServer, chains: int, folder: Path) -> float:
-    """Hops per second through a bare chain of 7 dramatiq actors."""
+def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1) -> float:
+    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues."""
+    module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
+                                                                          "bare7")
     env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": str(ROOT / "scripts")}
-    os.environ["BENCH_REDIS_URL"] = server.url
-    sys.path.insert(0, str(ROOT / "scripts"))
+    if queues > 1:
+        from sparkle.settings import Settings
+
+        env["dramatiq_worker_timeout"] = str(Settings().worker_poll_ms)
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
-    broker = RedisBroker(url=server.url, namespace="bare")
-    dramatiq.set_broker(broker)
+    broker = RedisBroker(url=server.url, namespace=namespace)
     client = server.client()
-    client.delete("bare:done")
-    worker = _worker("bench_hops_bare", env, folder)
+    client.delete(f"{namespace}:done")
+    worker = _worker(module, env, folder)
     time.sleep(2)
     try:
-        message = dramatiq.Message(queue_name="bare", actor_name="hop", args=(0, 0), kwargs={},
+        queue = "bare" if queues == 1 else "bare7.0"
+        broker.declare_queue(queue)
+        message = dramatiq.Message(queue_name=queue, actor_name="hop", args=(0, 0), kwargs={},
                                    options={})
-        broker.declare_queue("bare")
         started = time.perf_counter()
         for chain in range(chains):
-            broker.enqueue(message.copy(args=(chain, 0)))
-        while int(client.get("bare:done") or 0) < chains:
+            if queues == 1:
+                broker.enqueue(message.copy(args=(chain, 0)))
+            else:
+                broker.enqueue(message.copy(actor_name="hop0", args=(chain,)))
+        while int(client.get(f"{namespace}:done") or 0) < chains:
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:
         _stop(worker)
+        broker.close()
     return chains * 7 / elapsed
 
 
@@ -114,25 +138,33 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="runs (and bare chains) per trial")
     parser.add_argument("--repeat", type=int, default=3, help="trials; the median is reported")
     args = parser.parse_args()
-    sparkle_rates, bare_rates = [], []
+    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "sparkle": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
         try:
             for trial in range(args.repeat):
-                bare_rates.append(bench_bare(server, args.runs, Path(tmp)))
+                rates["bare"].append(bench_bare(server, args.runs, Path(tmp)))
+                rates["bare7"].append(bench_bare(server, args.runs, Path(tmp), queues=7))
                 runs_dir = Path(tmp) / f"runs-{trial}"
                 runs_dir.mkdir()
-                sparkle_rates.append(bench_sparkle(server, args.runs, runs_dir))
-                print(f"trial {trial + 1}: bare {bare_rates[-1]:.0f} hops/s, "
-                      f"sparkle {sparkle_rates[-1]:.0f} hops/s", file=sys.stderr)
+                rates["sparkle"].append(bench_sparkle(server, args.runs, runs_dir))
+                print(f"trial {trial + 1}: " + ", ".join(
+                    f"{name} {values[-1]:.0f} hops/s" for name, values in rates.items()),
+                    file=sys.stderr)
         finally:
             server.stop()
-    bare, ours = statistics.median(bare_rates), statistics.median(sparkle_rates)
-    print(f"| chain | hops/s (median of {args.repeat}) | ratio to bare |")
+    bare = statistics.median(rates["bare"])
+    rows = [
+        ("bare dramatiq, 7 actors on 1 queue (baseline)", "bare"),
+        ("bare dramatiq, 7 actors on 7 queues, Sparkle's polling", "bare7"),
+        ("Sparkle, 7 stages, no-op adapters, `sparkle worker`", "sparkle"),
+    ]
+    print(f"| chain | hops/s (median of {args.repeat}) | ratio to baseline |")
     print("|---|---:|---:|")
-    print(f"| bare dramatiq, 7 actors | {bare:.0f} | 1.00 |")
-    print(f"| Sparkle, 7 stages, no-op adapters | {ours:.0f} | {ours / bare:.2f} |")
+    for label, key in rows:
+        rate = statistics.median(rates[key])
+        print(f"| {label} | {rate:.0f} | {rate / bare:.2f} |")
 
 
 if __name__ == "__main__":
