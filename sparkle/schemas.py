@@ -14,14 +14,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-#: The seven stages of a run, in the order they execute.
-STAGES: tuple[str, ...] = ("script", "images", "videos", "tts", "lipsync", "assemble", "qa")
+# Defined in sparkle.names (no pydantic there); re-exported because many modules take them
+# from here.
+from sparkle.names import ID_RE as ID_RE
+from sparkle.names import STAGES as STAGES
 
 StageName = Literal["script", "images", "videos", "tts", "lipsync", "assemble", "qa"]
-
-#: Ids (shot, character, run) become folder and file names, so they are restricted to a
-#: portable, path-safe alphabet: 1-64 characters, first a letter or digit, never "..".
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 #: Upper bound of a shot's duration in seconds (ten minutes).
 MAX_SHOT_SECONDS = 600.0
