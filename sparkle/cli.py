@@ -203,7 +203,9 @@ def _resume_command(run_id: str) -> str:
 
 
 def _decision_label(decision: str) -> str:
-    return "needs_review" if decision == "escalate" else decision
+    from sparkle.statuscache import decision_label
+
+    return decision_label(decision)
 
 
 @main.command()
@@ -315,31 +317,16 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
     _settings(runs_dir=runs_dir)
 
     def body() -> int:
-        from sparkle.runstore import RunStore
+        from sparkle import statuscache
+        from sparkle.runstore import RunStore, cached_entry
 
-        the_run = RunStore(get_settings().runs_dir).run(run_id)
-        views = the_run.stage_views()
-        decision = the_run.qa_decision()
-        record = {
-            "run_id": the_run.run_id,
-            "status": the_run.status().value,
-            "qa_decision": decision,
-            "final_movie": the_run.asset_refs().extras.get("final_movie"),
-            "stages": [
-                {"stage": v.stage, "status": v.status, "attempt": v.attempt,
-                 "duration_sec": v.duration_sec, "error": v.error}
-                for v in views
-            ],
-        }
-        if as_json:
-            click.echo(json.dumps(record, indent=2))
-            return 0
-        qa = f"  qa: {_decision_label(decision)}" if decision else ""
-        click.echo(f"{the_run.run_id}  {record['status']}{qa}")
-        for v in views:
-            duration = f"{v.duration_sec:.2f}s" if v.duration_sec is not None else "-"
-            error = f"  {v.error}" if v.error else ""
-            click.echo(f"  {v.stage:<9} {v.status:<8} attempt {v.attempt:<3} {duration:>8}{error}")
+        # Through the run's summary cache, so this prints exactly what the fast path of
+        # sparkle.entry prints from it, and leaves the cache fresh for that path.
+        entry = cached_entry(RunStore(get_settings().runs_dir).run(run_id))
+        if entry is None or entry.view is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {get_settings().runs_dir}")
+        render = statuscache.render_json if as_json else statuscache.render_text
+        click.echo(render(entry.view))
         return 0
 
     _guard(body)

@@ -15,17 +15,14 @@ atomically (:mod:`sparkle.atomic`). The manifest is append-only: each event is o
 append at once without a lock and without reading the history first, and a record cut
 short by a power loss spoils only itself (readers skip it, writers start a new line).
 
-Listing thousands of runs (``sparkle runs``, the reaper) would read eight files per run;
-:meth:`RunStore.summaries` instead reads each run's ``.summary.json``, which records the
-identity (inode, size, mtime, ctime) of every file the summary was derived from, and trusts
-it only while all of them are unchanged. A stale, damaged or missing cache is derived again
-from the checkpoints and rewritten; nothing else ever writes it, and deleting it is harmless.
+Listing thousands of runs (``sparkle runs``, the reaper) or showing one (``sparkle status``)
+is answered from each run's ``.summary.json`` while none of the files it was derived from
+changed (:mod:`sparkle.statuscache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import hashlib
 import json
@@ -36,12 +33,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from sparkle import atomic
+from sparkle import atomic, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
+from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
     ID_RE,
     STAGES,
@@ -50,40 +48,23 @@ from sparkle.schemas import (
     MoviePlan,
     StageEvent,
 )
+from sparkle.statuscache import ASSET_REFS_FILE as ASSET_REFS_FILE
+from sparkle.statuscache import CANCELLED_FILE as CANCELLED_FILE
+from sparkle.statuscache import CHECKPOINTS_DIR as CHECKPOINTS_DIR
+from sparkle.statuscache import MANIFEST_FILE as MANIFEST_FILE
+from sparkle.statuscache import PLAN_FILE as PLAN_FILE
+from sparkle.statuscache import SUMMARY_FILE as SUMMARY_FILE
+from sparkle.statuscache import SUMMARY_SOURCES as SUMMARY_SOURCES
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "movie_plan.json"
-ASSET_REFS_FILE = "asset_refs.json"
-MANIFEST_FILE = "manifest.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-CANCELLED_FILE = "cancelled"
 LOCK_FILE = ".lock"
-SUMMARY_FILE = ".summary.json"
-
-#: Version of the ``.summary.json`` format; a cache of any other version is derived again.
-SUMMARY_VERSION: Literal[2] = 2
 
 #: Length of the title slug in a derived run id.
 SLUG_CHARS = 40
 
 #: Hex digits of the plan hash in a derived run id.
 HASH_CHARS = 10
-
-
-class RunStatus(enum.StrEnum):
-    """A run's status, derived from its checkpoints."""
-
-    #: No stage has started.
-    queued = "queued"
-    #: Some stage started or finished and the run is not at its end.
-    running = "running"
-    #: A stage failed permanently; ``sparkle resume`` continues it.
-    failed = "failed"
-    #: Every stage succeeded.
-    succeeded = "succeeded"
-    #: Stopped by ``sparkle cancel``; only ``sparkle resume`` continues it.
-    cancelled = "cancelled"
 
 
 def canonical_plan_json(plan: MoviePlan) -> str:
@@ -454,111 +435,85 @@ class RunState:
         )
 
 
-#: The files a run's summary depends on, relative to its folder. The plan comes first: a
-#: folder without one is not a run.
-SUMMARY_SOURCES: tuple[str, ...] = (
-    PLAN_FILE,
-    CANCELLED_FILE,
-    MANIFEST_FILE,
-    *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
-)
-
-#: A file's identity: (inode, size, mtime_ns, ctime_ns), or None when it does not exist. An
-#: atomic replace gives a new inode; an edit in place changes the size or the times.
-FileIdentity = tuple[int, int, int, int] | None
-
-
-class _SummaryCache(BaseModel):
-    """The ``.summary.json`` format: a RunSummary and the identities of its sources."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: Literal[2]
-    #: One identity per entry of SUMMARY_SOURCES, in that order.
-    sources: list[FileIdentity]
-    status: RunStatus
-    qa_decision: str | None
-    next_stage: str | None
-
-
-class _Unidentifiable(Exception):
-    """A source could not be stat-ed for a reason other than being absent: do not cache."""
-
-
-def _identities(run_dir: str) -> list[FileIdentity]:
-    identities: list[FileIdentity] = []
-    for name in SUMMARY_SOURCES:
-        try:
-            info = os.stat(f"{run_dir}/{name}")
-        except FileNotFoundError:
-            identities.append(None)
-        except OSError as exc:
-            raise _Unidentifiable(f"{name}: {exc.strerror}") from exc
-        else:
-            identities.append((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
-    return identities
-
-
 def _read(path: str) -> bytes:
     """A state file's bytes. Symbolic links are refused (``ELOOP``): state files are never
     links, and following one could read outside the run folder."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return statuscache.read_all(fd)
     finally:
         os.close(fd)
 
 
-def _read_cache(path: str) -> _SummaryCache | None:
+def status_view(run: Run, state: RunState) -> dict[str, Any]:
+    """What ``sparkle status --json`` prints for the run (rendered by
+    :mod:`sparkle.statuscache`)."""
+    return {
+        "run_id": run.run_id,
+        "status": state.status().value,
+        "qa_decision": state.qa_decision(),
+        "final_movie": _final_movie(run),
+        "stages": [
+            {"stage": v.stage, "status": v.status, "attempt": v.attempt,
+             "duration_sec": v.duration_sec, "error": v.error}
+            for v in state.stage_views()
+        ],
+    }
+
+
+def _final_movie(run: Run) -> str | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+        return run.asset_refs().extras.get("final_movie")
+    except (OSError, ValidationError) as exc:
+        log.warning("run %s: %s unreadable (%s); final movie not shown", run.run_id,
+                    ASSET_REFS_FILE, type(exc).__name__)
         return None
-    try:
-        return _SummaryCache.model_validate_json(os.read(fd, 1 << 16))
-    except (OSError, ValidationError):
-        return None
-    finally:
-        os.close(fd)
 
 
-def cached_summary(run: Run) -> RunSummary | None:
-    """``run.summary()``, answered from ``.summary.json`` while its sources are unchanged.
+def _derive(run: Run, sources: list[statuscache.FileIdentity]) -> statuscache.Entry:
+    state = run.state()
+    summary = state.summary()
+    return statuscache.Entry(sources, summary.status, summary.qa_decision, summary.next_stage,
+                             status_view(run, state))
 
-    Returns None when the folder holds no plan (no run). On a miss the summary is derived
-    from the checkpoints and manifest, and the cache is rewritten only when no source
-    changed meanwhile. A cache that cannot be written (read-only folder, full disk) is
-    skipped: the answer is still derived, just not remembered.
+
+def cached_entry(run: Run, with_view: bool = True) -> statuscache.Entry | None:
+    """The run's summary and status view, from ``.summary.json`` while its sources are
+    unchanged (without ``with_view`` the cached view is not checked and may be None).
+
+    Returns None when the folder holds no plan (no run). On a miss both are derived from the
+    run's files, and the cache is rewritten only when no source changed meanwhile. A cache
+    that cannot be written (read-only folder, full disk) is skipped: the answer is still
+    derived, just not remembered.
     """
     run_dir = str(run.dir)
     cache_path = f"{run_dir}/{SUMMARY_FILE}"
-    record = _read_cache(cache_path)
+    record = statuscache.read(cache_path, with_view)
     try:
-        before = _identities(run_dir)
-    except _Unidentifiable:
-        return run.summary() if run.exists() else None
+        before = statuscache.identities(run_dir)
+    except statuscache.Unidentifiable:
+        return _derive(run, []) if run.exists() else None
     if before[0] is None:
         return None
     if record is not None and record.sources == before:
-        return RunSummary(run.run_id, record.status, record.qa_decision, record.next_stage)
-    summary = run.summary()
+        return record
+    entry = _derive(run, before)
     try:
-        if _identities(run_dir) != before:
-            return summary  # changed while it was read: right for now, not worth caching
-        record = _SummaryCache(
-            version=SUMMARY_VERSION,
-            sources=before,
-            status=summary.status,
-            qa_decision=summary.qa_decision,
-            next_stage=summary.next_stage,
-        )
-        atomic.write_bytes(Path(cache_path), record.model_dump_json().encode(), durable=False)
-    except (_Unidentifiable, OSError) as exc:
+        if statuscache.identities(run_dir) != before:
+            return entry  # changed while it was read: right for now, not worth caching
+        atomic.write_bytes(Path(cache_path), statuscache.encode(entry), durable=False)
+    except (statuscache.Unidentifiable, OSError) as exc:
         log.debug("run %s: summary cache not written (%s)", run.run_id, exc)
-    return summary
+    return entry
+
+
+def cached_summary(run: Run) -> RunSummary | None:
+    """``run.summary()``, answered from ``.summary.json`` while its sources are unchanged
+    (see :func:`cached_entry`). None when the folder holds no run."""
+    entry = cached_entry(run, with_view=False)
+    if entry is None:
+        return None
+    return RunSummary(run.run_id, entry.status, entry.qa_decision, entry.next_stage)
 
 
 class RunStore:

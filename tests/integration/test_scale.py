@@ -82,13 +82,13 @@ def store(tmp_path: Path) -> RunStore:
 def count_derivations(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     """Counts the runs whose summary was derived from their files (cache misses)."""
     derived: Counter[str] = Counter()
-    original = Run.summary
+    original = runstore._derive
 
-    def counting(self: Run) -> RunSummary:
-        derived[self.run_id] += 1
-        return original(self)
+    def counting(run: Run, sources: list[Any]) -> Any:
+        derived[run.run_id] += 1
+        return original(run, sources)
 
-    monkeypatch.setattr(Run, "summary", counting)
+    monkeypatch.setattr(runstore, "_derive", counting)
     yield derived
 
 
@@ -211,6 +211,7 @@ DAMAGED: list[Any] = [
     pytest.param(b"{", id="truncated"),
     pytest.param(b"\xff\xfe garbage", id="not-utf8"),
     pytest.param(b'{"version": 2}', id="other-version"),
+    pytest.param(b'{"version": 3}\n{}', id="fields-missing"),
     pytest.param(b"[]", id="not-an-object"),
 ]
 
@@ -224,7 +225,7 @@ def test_a_damaged_cache_is_ignored_and_replaced(store: RunStore, content: bytes
     (run.dir / SUMMARY_FILE).write_bytes(content)
     # When I list it, Then the listing is right and the cache is valid again
     assert store.summaries() == [run.summary()]
-    assert json.loads((run.dir / SUMMARY_FILE).read_text())["status"] == "failed"
+    assert json.loads((run.dir / SUMMARY_FILE).read_text().splitlines()[0])["status"] == "failed"
 
 
 def test_a_forged_cache_with_stale_sources_is_not_believed(store: RunStore):
@@ -232,10 +233,11 @@ def test_a_forged_cache_with_stale_sources_is_not_believed(store: RunStore):
     # Given a queued run and a cache, written by hand, that says it succeeded
     run = make_run(store, "r1", "queued")
     store.summaries()
-    record = json.loads((run.dir / SUMMARY_FILE).read_text())
+    summary_line, view_line = (run.dir / SUMMARY_FILE).read_text().splitlines()
+    record = json.loads(summary_line)
     forged = {**record, "status": "succeeded", "next_stage": None}
     forged["sources"][-1] = [1, 2, 3, 4]  # a qa checkpoint that is not there
-    (run.dir / SUMMARY_FILE).write_text(json.dumps(forged))
+    (run.dir / SUMMARY_FILE).write_text(json.dumps(forged) + "\n" + view_line)
     # When I list it, Then it is still queued
     assert store.summaries()[0].status is RunStatus.queued
 
@@ -333,12 +335,13 @@ def test_after_any_sequence_of_changes_the_listing_matches_a_fresh_look(
 
 
 def test_cache_entries_cover_every_state_file():
-    """The cache's source list names the plan, the cancel marker, the manifest and every
-    stage's checkpoint: the files a summary is derived from."""
+    """The cache's source list names the plan, the cancel marker, the manifest, the asset refs
+    and every stage's checkpoint: the files a summary and a status view are derived from."""
     assert set(runstore.SUMMARY_SOURCES) == {
         "movie_plan.json",
         "cancelled",
         "manifest.jsonl",
+        "asset_refs.json",
         *(f"checkpoints/{stage}.json" for stage in STAGES),
     }
 

@@ -1,0 +1,229 @@
+"""The per-run cache of what ``sparkle runs`` and ``sparkle status`` show: ``.summary.json``.
+
+Listing thousands of runs, or showing one, would read up to ten files per run and validate
+each. Instead the answer is cached in the run's ``.summary.json`` together with the
+identity (inode, size, mtime, ctime) of every file it was derived from, and trusted only
+while all of them are unchanged. A stale, damaged or missing cache is derived again from
+the run's files (:func:`sparkle.runstore.cached_summary`) and rewritten; nothing else writes
+it, and deleting it is harmless.
+
+This module reads the cache, writes its bytes and renders a run's status with the standard
+library only, so that ``sparkle status`` answers from a fresh cache without importing
+pydantic or click (:mod:`sparkle.entry`): start-up is most of that command's time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, NamedTuple
+
+from sparkle.names import STAGES, RunStatus
+
+PLAN_FILE = "movie_plan.json"
+ASSET_REFS_FILE = "asset_refs.json"
+MANIFEST_FILE = "manifest.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+CANCELLED_FILE = "cancelled"
+SUMMARY_FILE = ".summary.json"
+
+#: Version of the ``.summary.json`` format; a cache of any other version is derived again.
+SUMMARY_VERSION = 3
+
+#: The files a run's summary and status view depend on, relative to its folder. The plan
+#: comes first: a folder without one is not a run.
+SUMMARY_SOURCES: tuple[str, ...] = (
+    PLAN_FILE,
+    CANCELLED_FILE,
+    MANIFEST_FILE,
+    ASSET_REFS_FILE,
+    *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
+)
+
+#: A file's identity: [inode, size, mtime_ns, ctime_ns], or None when it does not exist. An
+#: atomic replace gives a new inode; an append or an edit in place changes size or times.
+#: A list, as JSON gives it back: a cached list of identities is compared with the current
+#: one as it was read, so a malformed cached list can only fail to match.
+FileIdentity = list[int] | None
+
+#: Keys of a status view (what ``sparkle status --json`` prints) and of each of its stages.
+VIEW_KEYS = ("run_id", "status", "qa_decision", "final_movie", "stages")
+STAGE_KEYS = ("stage", "status", "attempt", "duration_sec", "error")
+
+
+class Unidentifiable(Exception):
+    """A source could not be stat-ed for a reason other than being absent: do not cache."""
+
+
+class Entry(NamedTuple):
+    """One run's cached answer: its summary, its status view, and the identities of the
+    files both were derived from (one per entry of SUMMARY_SOURCES)."""
+
+    sources: list[FileIdentity]
+    status: RunStatus
+    qa_decision: str | None
+    next_stage: str | None
+    #: What ``sparkle status --json`` prints; None when read without it.
+    view: dict[str, Any] | None
+
+
+def identities(run_dir: str) -> list[FileIdentity]:
+    """The identity of every source file of the run in ``run_dir``."""
+    found: list[FileIdentity] = []
+    for name in SUMMARY_SOURCES:
+        try:
+            info = os.stat(f"{run_dir}/{name}")
+        except FileNotFoundError:
+            found.append(None)
+        except OSError as exc:
+            raise Unidentifiable(f"{name}: {exc.strerror}") from exc
+        else:
+            found.append([info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns])
+    return found
+
+
+def fresh(run_dir: str) -> Entry | None:
+    """The cached entry of the run in ``run_dir`` if every source is unchanged since it was
+    written; None when it is missing, damaged, stale or the folder holds no run."""
+    entry = read(f"{run_dir}/{SUMMARY_FILE}", with_view=True)
+    if entry is None:
+        return None
+    try:
+        current = identities(run_dir)
+    except Unidentifiable:
+        return None
+    return entry if current[0] is not None and entry.sources == current else None
+
+
+def read(path: str, with_view: bool) -> Entry | None:
+    """The entry in the cache file at ``path``, or None unless it is exactly well-formed.
+
+    The file is our own, but anything may have happened to it: every field is checked, and
+    a symlink in its place is not followed. Without ``with_view`` the status view is not
+    checked (listings do not show it) and the entry's ``view`` is None.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        head, _, tail = read_all(fd).partition(b"\n")
+        return _entry(json.loads(head), json.loads(tail) if with_view else None)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_all(fd: int) -> bytes:
+    """Everything left in the regular file ``fd``, read in small pieces: ``os.read``
+    allocates the whole size asked for, and the state files of a run are mostly under 8 KiB.
+    (On a regular file a short read means the end.)"""
+    chunks = [os.read(fd, 8192)]
+    while len(chunks[-1]) == 8192:
+        chunks.append(os.read(fd, 8192))
+    return b"".join(chunks)
+
+
+def encode(entry: Entry) -> bytes:
+    """The cache file's bytes for ``entry``: the summary on the first line, the status view
+    on the second (its stages as rows), so a listing parses only the short first line."""
+    view = entry.view
+    if view is None:
+        raise ValueError("an entry is written with its view")
+    summary = {
+        "version": SUMMARY_VERSION,
+        "sources": entry.sources,
+        "status": entry.status.value,
+        "qa_decision": entry.qa_decision,
+        "next_stage": entry.next_stage,
+    }
+    stored = {**view, "stages": [[item[key] for key in STAGE_KEYS] for item in view["stages"]]}
+    return b"\n".join(json.dumps(part, separators=(",", ":")).encode()
+                      for part in (summary, stored)) + b"\n"
+
+
+def _entry(data: Any, stored_view: Any) -> Entry:
+    """The entry from the parsed first line and, when wanted, the parsed second line."""
+    if type(data) is not dict or set(data) != {"version", "sources", "status", "qa_decision",
+                                                "next_stage"}:
+        raise ValueError("not a cache entry")
+    if data["version"] != SUMMARY_VERSION or type(data["version"]) is not int:
+        raise ValueError("another version")
+    sources = data["sources"]
+    if type(sources) is not list:
+        raise ValueError("sources")
+    next_stage = data["next_stage"]
+    if next_stage is not None and next_stage not in STAGES:
+        raise ValueError("next_stage")
+    return Entry(
+        sources=sources,
+        status=RunStatus(_text(data["status"])),
+        qa_decision=_optional_text(data["qa_decision"]),
+        next_stage=next_stage,
+        view=None if stored_view is None else _view(stored_view),
+    )
+
+
+def _view(stored: Any) -> dict[str, Any]:
+    """The status view from its stored form; raises ValueError unless it is well-formed."""
+    if type(stored) is not dict or tuple(stored) != VIEW_KEYS:
+        raise ValueError("view keys")
+    _text(stored["run_id"])
+    RunStatus(_text(stored["status"]))
+    _optional_text(stored["qa_decision"])
+    _optional_text(stored["final_movie"])
+    rows = stored["stages"]
+    if type(rows) is not list or len(rows) != len(STAGES):
+        raise ValueError("view stages")
+    stages = []
+    for stage, row in zip(STAGES, rows, strict=True):
+        if type(row) is not list or len(row) != len(STAGE_KEYS) or row[0] != stage:
+            raise ValueError("view stage")
+        _, status, attempt, duration, error = row
+        _text(status)
+        if type(attempt) is not int or attempt < 0:
+            raise ValueError("attempt")
+        if duration is not None and (type(duration) is not float or not math.isfinite(duration)):
+            raise ValueError("duration_sec")
+        _optional_text(error)
+        stages.append(dict(zip(STAGE_KEYS, row, strict=True)))
+    return {**stored, "stages": stages}
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError("not a string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+# -- rendering (shared by the fast path and the full CLI) ------------------------------------
+
+
+def decision_label(decision: str) -> str:
+    """How a QA decision is shown: ``escalate`` means a person must look."""
+    return "needs_review" if decision == "escalate" else decision
+
+
+def render_json(view: dict[str, Any]) -> str:
+    """``sparkle status --json``."""
+    return json.dumps(view, indent=2)
+
+
+def render_text(view: dict[str, Any]) -> str:
+    """``sparkle status``: a header line, then one line per stage."""
+    decision = view["qa_decision"]
+    qa = f"  qa: {decision_label(decision)}" if decision else ""
+    lines = [f"{view['run_id']}  {view['status']}{qa}"]
+    for item in view["stages"]:
+        seconds = item["duration_sec"]
+        duration = f"{seconds:.2f}s" if seconds is not None else "-"
+        error = f"  {item['error']}" if item["error"] else ""
+        lines.append(f"  {item['stage']:<9} {item['status']:<8} attempt {item['attempt']:<3} "
+                     f"{duration:>8}{error}")
+    return "\n".join(lines)
