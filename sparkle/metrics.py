@@ -151,7 +151,9 @@ class StateCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         runs = GaugeMetricFamily("sparkle_runs", "Runs by status.", labels=["status"])
-        counts = collections.Counter(run.status().value for run in self.store.runs())
+        # From the per-run summary caches: a scrape of 10,000 runs reads one small file and
+        # stats eleven per run instead of validating every checkpoint.
+        counts = collections.Counter(s.status.value for s in self.store.summaries())
         for status in ("queued", "running", "failed", "succeeded", "cancelled"):
             runs.add_metric([status], counts[status])
         yield runs
