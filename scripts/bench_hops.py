@@ -7,6 +7,9 @@ Starts a private redis-server, then measures, each with one worker process of 8 
 - **bare, 7 queues**: the same chain with one queue per actor, as Sparkle's stages have,
   polled as often as Sparkle's workers poll (``SPARKLE_WORKER_POLL_MS``), so the difference
   to Sparkle is the engine alone;
+- **bare, 7 queues, one durable checkpoint per hop**: as above, each hop first writing one
+  JSON file with Sparkle's atomic writer (fsync of file and folder), for scale: Sparkle
+  writes five records per hop, three of them durable;
 - **Sparkle**: ``sparkle worker --processes 1 --threads 8`` as shipped, with no-op adapters
   for all seven stages, so a hop costs only the engine's work (lease, checkpoints, manifest,
   asset refs, pending marks, dispatch).
@@ -96,8 +99,10 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     return runs * len(STAGES) / elapsed
 
 
-def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1) -> float:
-    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues."""
+def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
+               checkpoints: bool = False) -> float:
+    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues (with
+    ``checkpoints``, 7 queues and one durable file written per hop)."""
     module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
                                                                           "bare7")
     env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": str(ROOT / "scripts")}
@@ -105,6 +110,8 @@ def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1) 
         from sparkle.settings import Settings
 
         env["dramatiq_worker_timeout"] = str(Settings().worker_poll_ms)
+    if checkpoints:
+        env["BENCH_CHECKPOINT_DIR"] = str(folder / f"bare-checkpoints-{time.time_ns()}")
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
@@ -138,7 +145,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="runs (and bare chains) per trial")
     parser.add_argument("--repeat", type=int, default=3, help="trials; the median is reported")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "sparkle": []}
+    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_files": [], "sparkle": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
@@ -146,6 +153,8 @@ def main() -> None:
             for trial in range(args.repeat):
                 rates["bare"].append(bench_bare(server, args.runs, Path(tmp)))
                 rates["bare7"].append(bench_bare(server, args.runs, Path(tmp), queues=7))
+                rates["bare7_files"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
+                                                       checkpoints=True))
                 runs_dir = Path(tmp) / f"runs-{trial}"
                 runs_dir.mkdir()
                 rates["sparkle"].append(bench_sparkle(server, args.runs, runs_dir))
@@ -158,6 +167,7 @@ def main() -> None:
     rows = [
         ("bare dramatiq, 7 actors on 1 queue (baseline)", "bare"),
         ("bare dramatiq, 7 actors on 7 queues, Sparkle's polling", "bare7"),
+        ("the same, each hop writing one durable checkpoint file", "bare7_files"),
         ("Sparkle, 7 stages, no-op adapters, `sparkle worker`", "sparkle"),
     ]
     print(f"| chain | hops/s (median of {args.repeat}) | ratio to baseline |")
