@@ -209,8 +209,8 @@ class Engine:
             self._record_failure(run, stage, state.attempts(stage), message, event=True,
                                  reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
-        state.wrote(self._run_attempts(run, stage, lease, state.attempts(stage)))
-        return Outcome.succeeded, self._after_success(run, stage, state)
+        self._run_attempts(run, stage, lease, state.attempts(stage))
+        return Outcome.succeeded, self._after_success(run, stage)
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way."""
@@ -222,7 +222,7 @@ class Engine:
             return None
         return stage
 
-    def _after_success(self, run: Run, stage: str, state: RunState) -> str | None:
+    def _after_success(self, run: Run, stage: str) -> str | None:
         if run.cancelled:
             log.info("run %s: cancelled after %s; not continuing", run.run_id, stage)
             return None
@@ -230,7 +230,9 @@ class Engine:
             regenerate = self._qa_regenerate_from(run)
             if regenerate is not None:
                 return regenerate
-        return state.next_stage()
+        # A fresh look, not the state read before the adapter ran: `sparkle resume --from`
+        # may have reset later (or earlier) stages meanwhile, leaving their message to us.
+        return run.next_stage()
 
     def _qa_regenerate_from(self, run: Run) -> str | None:
         checkpoint = run.checkpoint("qa")

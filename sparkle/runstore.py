@@ -329,10 +329,6 @@ class RunState:
             self._checkpoints[stage] = self.run.checkpoint(stage)
         return self._checkpoints[stage]
 
-    def wrote(self, checkpoint: Checkpoint) -> None:
-        """Take note of a checkpoint the caller just wrote, instead of reading it back."""
-        self._checkpoints[checkpoint.stage] = checkpoint
-
     @property
     def events(self) -> list[StageEvent]:
         if self._events is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -121,6 +122,34 @@ def test_resume_only_reruns_one_stage(pipeline, plans_dir):
     assert pipeline.work(run).status.value == "succeeded"
     counts = calls(run)
     assert [counts[s] for s in STAGES] == [1, 2, 1, 1, 1, 1, 1]
+
+
+def test_a_reset_made_while_a_stage_runs_is_continued_by_that_stage(pipeline, plans_dir):
+    """`sparkle resume --from videos` issued while `images` runs (re-run with --only) queues
+    nothing itself, because a worker holds the run: that worker must continue the chain
+    from videos after images, from a fresh look at the run, not from what it read before
+    its adapter ran."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    pipeline.work(run)
+    force_rerun(run, only="images")
+
+    def images_while_someone_resets(plan, refs, run_dir):
+        result = FIXED["images"](plan, refs, run_dir)
+        assert force_rerun(run, from_stage="videos") == ["videos", "tts", "lipsync",
+                                                          "assemble", "qa"]
+        return result
+
+    pipeline.engine.adapters["images"] = Adapter("images", "resetting",
+                                                 images_while_someone_resets, ())
+    # (in a thread: if nothing continues the chain, the foreground worker waits forever)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert results, "nothing continued the chain after images: videos was never queued"
+    assert results[0].status.value == "succeeded"
+    counts = calls(run)
+    assert [counts[s] for s in STAGES] == [1, 2, 2, 2, 2, 2, 2]
 
 
 def test_resume_only_refuses_when_an_earlier_stage_is_not_done(pipeline, plans_dir):
