@@ -6,8 +6,10 @@ release it (compare and set, in Lua). Before writing results the owner checks th
 still there (fencing): a worker that was paused past the TTL finds the lease gone and
 writes nothing.
 
-One heartbeat thread serves every lease of the process, started on first use: starting and
-joining a thread per stage cost more than the rest of a short stage's bookkeeping.
+One heartbeat thread schedules the renewals of every lease of the process, and a small
+pool of threads sends them: starting and joining a thread per stage cost more than the
+rest of a short stage's bookkeeping, and with the pool a renewal stuck on a bad connection
+(up to the client's socket timeout) does not hold up the renewal of the other leases.
 
 In embedded mode the same code runs against an in-process fakeredis server.
 """
@@ -19,6 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from redis.client import Pipeline
@@ -112,18 +115,24 @@ class Lease:
         _heartbeat.remove(self)
 
 
-class _Heartbeat:
-    """The one daemon thread that renews every active lease of the process.
+#: Threads sending renewals. More than one, so one hung call blocks only itself.
+RENEWAL_THREADS = 4
 
-    Each lease is due a third of its TTL after its last renewal. A renewal that finds the
-    lease gone marks it lost and drops it; a Redis error is logged and retried when the
-    lease is next due.
+
+class _Heartbeat:
+    """The daemon thread that schedules the renewal of every active lease of the process.
+
+    Each lease is due a third of its TTL after its last renewal; due renewals go to a small
+    thread pool, one at a time per lease. A renewal that finds the lease gone marks it lost
+    and drops it; a Redis error is logged and retried when the lease is next due.
     """
 
     def __init__(self) -> None:
         self._due: dict[Lease, float] = {}
+        self._sending: set[Lease] = set()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(RENEWAL_THREADS, thread_name_prefix="lease-renewal")
 
     def add(self, lease: Lease) -> None:
         with self._wake:
@@ -147,16 +156,25 @@ class _Heartbeat:
         while True:
             with self._wake:
                 now = time.monotonic()
-                due = [lease for lease, when in self._due.items() if when <= now]
+                due = [lease for lease, when in self._due.items()
+                       if when <= now and lease not in self._sending]
                 if not due:
                     self._wake.wait(min(self._due.values(), default=now + 60) - now)
                     continue
                 for lease in due:
                     self._due[lease] = now + lease.ttl_ms / 3000
-            for lease in due:  # outside the lock: a slow Redis must not block add/remove
-                self._renew(lease)
+                    self._sending.add(lease)
+            for lease in due:
+                self._pool.submit(self._renew, lease)
 
     def _renew(self, lease: Lease) -> None:
+        try:
+            self._send(lease)
+        finally:
+            with self._wake:
+                self._sending.discard(lease)
+
+    def _send(self, lease: Lease) -> None:
         try:
             if lease.renew():
                 return
