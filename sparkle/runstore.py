@@ -11,9 +11,9 @@ Layout of ``runs/<run_id>/``::
 
 Checkpoints are the state; the manifest is the history. Every JSON file is written
 atomically (:mod:`sparkle.atomic`). The manifest is append-only: each event is one
-``write`` to a file opened with ``O_APPEND``, so a worker, the watcher and the CLI may all
-append at once without a lock and without reading the history first, and a record cut
-short by a power loss spoils only itself (readers skip it, writers start a new line).
+``write`` to a file opened with ``O_APPEND``, under the run's ``flock`` (for shared
+storage), without reading the history first; a record cut short by a power loss spoils
+only itself (readers skip it, writers start a new line).
 
 Listing thousands of runs (``sparkle runs``, the reaper) or showing one (``sparkle status``)
 is answered from each run's ``.summary.json`` while none of the files it was derived from
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sparkle import atomic, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
@@ -59,6 +59,9 @@ from sparkle.statuscache import SUMMARY_SOURCES as SUMMARY_SOURCES
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+
+#: The manifest's format before it became append-only: ``{"run_id", "events": [...]}``.
+LEGACY_MANIFEST_FILE = "manifest.json"
 
 #: Length of the title slug in a derived run id.
 SLUG_CHARS = 40
@@ -111,6 +114,15 @@ class RunSummary:
     next_stage: str | None
 
 
+class _LegacyManifest(BaseModel):
+    """``manifest.json`` of run folders made before the manifest became append-only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    events: list[StageEvent]
+
+
 class Run:
     """One run folder. Cheap to create; reads the disk on every call, caches nothing."""
 
@@ -142,9 +154,14 @@ class Run:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the run folder's file lock (exclusive, across processes on this host)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        """Hold the run folder's file lock (exclusive, across processes; across hosts too
+        on NFS, where Linux implements ``flock`` with NFS locks)."""
+        path = f"{self.dir}/{LOCK_FILE}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -212,18 +229,25 @@ class Run:
     # -- manifest ------------------------------------------------------------------------
 
     def events(self) -> list[StageEvent]:
-        """The run's history, oldest first. Unreadable lines are reported and skipped."""
+        """The run's history, oldest first. Unreadable lines are reported and skipped.
+
+        A run folder made before the manifest became append-only keeps its earlier history
+        in ``manifest.json``; it is read first.
+        """
         path = f"{self.dir}/{MANIFEST_FILE}"
+        events = self._legacy_events()
         try:
             data = _read(path)
         except FileNotFoundError:
-            return []
+            return events
         except OSError as exc:
             log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
                         self.run_id, path, exc.strerror)
-            return []
-        events = []
-        for number, line in enumerate(data.split(b"\n"), 1):
+            return events
+        lines = data.split(b"\n")
+        # Without a final newline the last line is an append still being written (or one a
+        # power loss cut short, which the next append leaves on its own line): not yet news.
+        for number, line in enumerate(lines[:-1], 1):
             if not line.strip():
                 continue
             try:
@@ -232,6 +256,23 @@ class Run:
                 log.warning("run %s: %s line %d is not a stage event (%s); skipping it",
                             self.run_id, path, number, exc.errors(include_url=False)[0]["msg"])
         return events
+
+    def _legacy_events(self) -> list[StageEvent]:
+        path = f"{self.dir}/{LEGACY_MANIFEST_FILE}"
+        try:
+            data = _read(path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.warning("run %s: %s unreadable (%s); its events are skipped", self.run_id, path,
+                        exc.strerror)
+            return []
+        try:
+            return _LegacyManifest.model_validate_json(data).events
+        except ValidationError as exc:
+            log.warning("run %s: %s is invalid (%s); its events are skipped", self.run_id, path,
+                        exc.errors(include_url=False)[0]["msg"])
+            return []
 
     def append_event(
         self,
@@ -242,7 +283,12 @@ class Run:
         metadata: dict[str, Any] | None = None,
         durable: bool = True,
     ) -> StageEvent:
-        """Append one event to the manifest: one ``O_APPEND`` write, no lock, no read."""
+        """Append one event to the manifest: one ``O_APPEND`` write under the run's lock.
+
+        Nothing is read or rewritten. The lock is for shared storage: on a local file system
+        ``O_APPEND`` writes from several processes would not interleave anyway, but over
+        NFS only a lock makes the client see the file's current end.
+        """
         event = StageEvent.model_validate(
             {
                 "run_id": self.run_id,
@@ -255,17 +301,26 @@ class Run:
             }
         )
         record = event.model_dump_json().encode("utf-8") + b"\n"
-        fd = os.open(f"{self.dir}/{MANIFEST_FILE}",
-                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-        try:
-            end = os.fstat(fd).st_size
-            if end and os.pread(fd, 1, end - 1) != b"\n":
-                record = b"\n" + record  # the last record was cut short: leave it on its own
-            atomic.write_all(fd, record)
-            if durable:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        path = f"{self.dir}/{MANIFEST_FILE}"
+        created = False
+        with self.locked():
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                             0o666)
+                created = True
+            try:
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    record = b"\n" + record  # the last one was cut short: leave it alone
+                atomic.write_all(fd, record)
+                if durable:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        if created and durable:
+            atomic.fsync_dir(self.dir)  # the new file's name must survive a power loss too
         return event
 
     # -- derived state -------------------------------------------------------------------

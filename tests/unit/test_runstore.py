@@ -806,3 +806,39 @@ def test_a_symlinked_checkpoint_is_not_read_through(run: Run, tmp_path: Path):
     run.checkpoint_path("script").symlink_to(outside)
     assert run.checkpoint("script") is None
     assert not run.stage_done("script")
+
+
+def test_history_of_a_run_made_before_the_append_only_manifest_is_kept(run: Run):
+    """A run folder from before manifest.jsonl keeps its events in manifest.json: they come
+    first in the history, so attempts and crash counts carry on across the upgrade."""
+    legacy = [
+        {"run_id": run.run_id, "stage": "script", "status": "success", "timestamp": 1.0,
+         "attempt": 1, "error": None, "metadata": {}},
+        {"run_id": run.run_id, "stage": "images", "status": "begin", "timestamp": 2.0,
+         "attempt": 1, "error": None, "metadata": {}},
+        {"run_id": run.run_id, "stage": "images", "status": "begin", "timestamp": 3.0,
+         "attempt": 2, "error": None, "metadata": {}},
+    ]
+    (run.dir / "manifest.json").write_text(json.dumps({"run_id": run.run_id,
+                                                       "events": legacy}))
+    (run.dir / "manifest.jsonl").unlink()
+    assert [e.timestamp for e in run.events()] == [1.0, 2.0, 3.0]
+    assert run.attempts("images") == 2
+    assert run.state().crashed_begins("images") == 2
+    run.append_event("images", "begin", 3)
+    assert [e.attempt for e in run.events() if e.stage == "images"] == [1, 2, 3]
+    assert run.state().crashed_begins("images") == 3
+
+
+def test_an_append_still_being_written_is_not_read_and_not_warned_about(
+    run: Run, caplog: pytest.LogCaptureFixture
+):
+    """A reader that catches another process mid-append (no final newline yet) reads the
+    events before it, silently; the record is read once it is complete."""
+    run.append_event("script", "begin", 1)
+    manifest = run.dir / "manifest.jsonl"
+    complete = manifest.read_bytes()
+    manifest.write_bytes(complete + complete[:40])  # the first 40 bytes of a second record
+    with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
+        assert [e.status for e in run.events()] == ["begin"]
+    assert caplog.records == []
