@@ -8,7 +8,8 @@ prints the same text from the same cache, deriving it (and refreshing the cache)
 when it is stale: so the fast path changes how quickly, never what, ``status`` answers.
 
 The fast path steps aside (to the full CLI) for any other option, ``--help``, an id that is
-not path-safe, a run folder it cannot vouch for, or a ``.env`` file it would have to parse.
+not path-safe, a run folder it cannot vouch for, a ``.env`` file it would have to parse, or
+text that click would print differently (escape sequences, non-ASCII characters).
 Unlike the full CLI it does not check unrelated ``SPARKLE_*`` settings.
 """
 
@@ -25,7 +26,11 @@ def main() -> None:
     """Entry point of the ``sparkle`` console script."""
     argv = sys.argv[1:]
     if argv[:1] == ["status"]:
-        shown = fast_status(argv[1:], os.environ, os.getcwd())
+        try:
+            cwd = os.getcwd()
+        except OSError:  # the working folder was removed: the full CLI copes or explains
+            cwd = None
+        shown = None if cwd is None else fast_status(argv[1:], os.environ, cwd)
         if shown is not None:
             sys.stdout.write(shown + "\n")
             sys.exit(0)
@@ -52,7 +57,12 @@ def fast_status(args: Sequence[str], environ: Mapping[str, str], cwd: str) -> st
     entry = statuscache.fresh(os.path.join(runs_dir, run_id))
     if entry is None or entry.view is None or entry.view["run_id"] != run_id:
         return None
-    return (statuscache.render_json if as_json else statuscache.render_text)(entry.view)
+    shown = (statuscache.render_json if as_json else statuscache.render_text)(entry.view)
+    # click.echo strips escape sequences when stdout is not a terminal and re-encodes for
+    # the terminal: text that would be touched goes to the full CLI, so output never differs.
+    if not shown.isascii() or "\x1b" in shown:
+        return None
+    return shown
 
 
 def _parse(args: Sequence[str]) -> tuple[str, bool, str | None] | None:

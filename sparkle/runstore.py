@@ -23,6 +23,7 @@ changed (:mod:`sparkle.statuscache`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -176,6 +177,13 @@ class Run:
             return MoviePlan.model_validate_json(_read(f"{self.dir}/{PLAN_FILE}"))
         except FileNotFoundError:
             raise RunNotFoundError(f"no run {self.run_id!r} in {self.dir.parent}") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise UnsafePathError(
+                f"{self.dir / PLAN_FILE} is a symbolic link; a run's files must be regular "
+                "files inside its folder"
+            ) from None
 
     def asset_refs(self) -> AssetRefs:
         """The asset references so far (empty before the first stage)."""
@@ -487,8 +495,9 @@ class RunState:
 
 
 def _read(path: str) -> bytes:
-    """A state file's bytes. Symbolic links are refused (``ELOOP``): state files are never
-    links, and following one could read outside the run folder."""
+    """A state file's bytes. A symbolic link in place of the file is refused (``ELOOP``):
+    state files are never links, and following one could read outside the run folder.
+    (Only the file itself: a folder on the way, such as ``checkpoints``, may be a link.)"""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         return statuscache.read_all(fd)
@@ -546,7 +555,9 @@ def cached_entry(run: Run, with_view: bool = True) -> statuscache.Entry | None:
         return _derive(run, []) if run.exists() else None
     if before[0] is None:
         return None
-    if record is not None and record.sources == before:
+    # (the view names the run: a folder renamed since keeps its files' identities)
+    if record is not None and record.sources == before and (
+            record.view is None or record.view["run_id"] == run.run_id):
         return record
     entry = _derive(run, before)
     try:

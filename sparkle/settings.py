@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     #: own queue, so a message often arrives at a queue that was idle: this bounds the
     #: delay of every hop, at the price of more polling while idle.
     worker_poll_ms: int = Field(default=250, ge=10, le=60_000)
+
+    @model_validator(mode="after")
+    def _poll_within_heartbeat(self) -> Settings:
+        if self.worker_poll_ms >= self.heartbeat_timeout_ms:
+            raise ValueError(
+                f"SPARKLE_WORKER_POLL_MS ({self.worker_poll_ms}) must be less than "
+                f"SPARKLE_HEARTBEAT_TIMEOUT_MS ({self.heartbeat_timeout_ms}): a worker that "
+                "polls less often than that looks dead to the broker"
+            )
+        return self
 
     def redis_url_value(self) -> str | None:
         """The Redis URL in clear text (never log it: see :func:`redacted_redis_url`)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from sparkle.names import STAGES, RunStatus
 
@@ -47,6 +47,9 @@ SUMMARY_SOURCES: tuple[str, ...] = (
 #: one as it was read, so a malformed cached list can only fail to match.
 FileIdentity = list[int] | None
 
+#: A cache file larger than this is not read (a real one is about 1 KiB).
+MAX_CACHE_BYTES = 64 * 1024
+
 #: Keys of a status view (what ``sparkle status --json`` prints) and of each of its stages.
 VIEW_KEYS = ("run_id", "status", "qa_decision", "final_movie", "stages")
 STAGE_KEYS = ("stage", "status", "attempt", "duration_sec", "error")
@@ -73,7 +76,7 @@ def identities(run_dir: str) -> list[FileIdentity]:
     found: list[FileIdentity] = []
     for name in SUMMARY_SOURCES:
         try:
-            info = os.stat(f"{run_dir}/{name}")
+            info = os.lstat(f"{run_dir}/{name}")  # state files are read without following
         except FileNotFoundError:
             found.append(None)
         except OSError as exc:
@@ -108,21 +111,38 @@ def read(path: str, with_view: bool) -> Entry | None:
     except OSError:
         return None
     try:
-        head, _, tail = read_all(fd).partition(b"\n")
+        data = read_all(fd, MAX_CACHE_BYTES)
+        if data is None:
+            return None
+        head, _, tail = data.partition(b"\n")
         return _entry(json.loads(head), json.loads(tail) if with_view else None)
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, RecursionError):
         return None
     finally:
         os.close(fd)
 
 
-def read_all(fd: int) -> bytes:
-    """Everything left in the regular file ``fd``, read in small pieces: ``os.read``
-    allocates the whole size asked for, and the state files of a run are mostly under 8 KiB.
-    (On a regular file a short read means the end.)"""
+@overload
+def read_all(fd: int) -> bytes: ...
+
+
+@overload
+def read_all(fd: int, limit: int) -> bytes | None: ...
+
+
+def read_all(fd: int, limit: int | None = None) -> bytes | None:
+    """Everything left in the regular file ``fd`` (None when it exceeds ``limit`` bytes),
+    read in small pieces: ``os.read`` allocates the whole size asked for, and the state
+    files of a run are mostly under 8 KiB. (On a regular file a short read means the end.)"""
     chunks = [os.read(fd, 8192)]
+    size = len(chunks[0])
     while len(chunks[-1]) == 8192:
+        if limit is not None and size > limit:
+            return None
         chunks.append(os.read(fd, 8192))
+        size += len(chunks[-1])
+    if limit is not None and size > limit:
+        return None
     return b"".join(chunks)
 
 

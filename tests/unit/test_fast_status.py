@@ -43,7 +43,7 @@ def make_run(store: RunStore, run_id: str, state: str) -> Run:
     if state == "failed":
         run.append_event(STAGES[done], "begin", 2, durable=False)
         run.write_checkpoint(Checkpoint(stage=STAGES[done], status="failed", timestamp=2.0,  # type: ignore[arg-type]
-                                        attempt=2, error="RuntimeError: the encoder é broke"),
+                                        attempt=2, error="RuntimeError: the encoder broke"),
                              durable=False)
     if state in ("running", "cancelled"):
         run.write_checkpoint(Checkpoint(stage=STAGES[done], status="begin", timestamp=2.0,  # type: ignore[arg-type]
@@ -180,3 +180,58 @@ def test_status_fast_path_imports_neither_pydantic_nor_click(store: RunStore):
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected
     assert result.stderr == "[]"
+
+
+@pytest.mark.parametrize("error", ["RuntimeError: the encoder \u00e9 broke",
+                                   "RuntimeError: \x1b[31mred\x1b[0m"])
+def test_text_click_would_print_differently_goes_to_the_full_cli(store: RunStore, error: str):
+    """click.echo strips escape sequences when stdout is not a terminal and re-encodes for
+    the terminal's encoding: such a view is left to the full CLI, so output never differs."""
+    run = make_run(store, "r1", "failed")
+    run.write_checkpoint(Checkpoint(stage="tts", status="failed", timestamp=2.0,  # type: ignore[arg-type]
+                                    attempt=2, error=error), durable=False)
+    full_cli(store.root, run.run_id)
+    assert fast(store.root, run.run_id) is None
+    assert fast(store.root, run.run_id, "--json") is not None  # JSON escapes both
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b"{}" + b" " * (70 * 1024)],
+                         ids=["deeply-nested", "oversized"])
+def test_a_hostile_cache_is_a_miss_not_a_crash(store: RunStore, content: bytes):
+    """A .summary.json of deeply nested brackets, or far larger than a real one, is not
+    believed and does not crash a listing, the fast path or the full CLI."""
+    run = make_run(store, "r1", "succeeded")
+    (run.dir / statuscache.SUMMARY_FILE).write_bytes(content)
+    assert fast(store.root, run.run_id) is None
+    assert [s.run_id for s in store.summaries()] == ["r1"]
+    assert "succeeded" in full_cli(store.root, run.run_id)
+
+
+def test_a_renamed_run_folder_shows_its_new_id(store: RunStore):
+    """Renaming a run folder keeps every file's identity; the cached view names the old id,
+    so it is not used for the new one."""
+    run = make_run(store, "old-name", "succeeded")
+    full_cli(store.root, run.run_id)
+    (store.root / "old-name").rename(store.root / "new-name")
+    assert fast(store.root, "new-name") is None
+    assert full_cli(store.root, "new-name").startswith("new-name  succeeded")
+
+
+def test_status_works_when_the_working_folder_was_removed(store: RunStore, tmp_path: Path):
+    """`sparkle status RUN --runs-dir ABS` from a folder that no longer exists answers like
+    the full CLI instead of failing on os.getcwd()."""
+    run = make_run(store, "r1", "succeeded")
+    expected = full_cli(store.root, run.run_id)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (
+        "import os, sys\n"
+        "os.chdir(sys.argv[3]); os.rmdir(sys.argv[3])\n"
+        "sys.argv = ['sparkle', 'status', sys.argv[1], '--runs-dir', sys.argv[2]]\n"
+        "from sparkle.entry import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, run.run_id, str(store.root),
+                             str(gone)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected

@@ -842,3 +842,15 @@ def test_an_append_still_being_written_is_not_read_and_not_warned_about(
     with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
         assert [e.status for e in run.events()] == ["begin"]
     assert caplog.records == []
+
+
+def test_a_symlinked_plan_is_refused_with_a_clear_error(run: Run, tmp_path: Path):
+    """A plan replaced by a symbolic link is not read through; the error names the file."""
+    from sparkle.errors import UnsafePathError
+
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((run.dir / "movie_plan.json").read_bytes())
+    (run.dir / "movie_plan.json").unlink()
+    (run.dir / "movie_plan.json").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match=r"movie_plan\.json is a symbolic link"):
+        run.plan()

@@ -122,3 +122,16 @@ def test_worker_processes_poll_idle_queues_as_often_as_the_settings_say():
     assert worker.worker_threads == 3
     assert worker.consumer_whitelist == {"sparkle.videos"}
     assert build_worker(broker, Settings(), 1, []).worker_timeout == 250
+
+
+def test_a_poll_interval_longer_than_the_heartbeat_timeout_is_refused():
+    """A worker polling less often than the broker's heartbeat timeout would look dead and
+    have its running messages requeued: the setting is refused with both names."""
+    from pydantic import ValidationError
+
+    from sparkle.settings import Settings
+
+    names = r"SPARKLE_WORKER_POLL_MS.*SPARKLE_HEARTBEAT_TIMEOUT_MS"
+    with pytest.raises(ValidationError, match=names):
+        Settings(worker_poll_ms=30_000, heartbeat_timeout_ms=30_000)
+    assert Settings(worker_poll_ms=29_999, heartbeat_timeout_ms=30_000).worker_poll_ms == 29_999
