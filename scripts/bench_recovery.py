@@ -37,13 +37,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +52,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
 import redis
 
 from sparkle import keys
@@ -63,7 +60,10 @@ from sparkle.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 PLAN = json.loads((REPO / "tests" / "data" / "plans" / "lighthouse.json").read_text())
-BIN = Path(sys.executable).parent / "sparkle"
+sys.path.insert(0, str(REPO / "tests"))
+
+from redis_server import RedisServer  # noqa: E402
+from worker_group import BIN, WorkerGroup, wait_for  # noqa: E402
 
 #: dramatiq alone, SIGKILL → message running again (notes/dramatiq.md, default settings).
 DRAMATIQ_MEASURED_SEC = (221.0, 461.0)
@@ -75,89 +75,42 @@ SCENARIOS = ("kill-videos", "kill-assemble", "redis-restart", "lost-message", "c
              "dlq-replay", "sigterm")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Wait until ``condition()``; returns the time.time() it became true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-    return time.time()
-
-
 class World:
     """A redis-server, a runs folder and `sparkle worker`, all private to the benchmark."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.redis = RedisServer(folder / "redis")
         self.runs = folder / "runs"
         self.store = RunStore(self.runs)
-        self.redis_proc: subprocess.Popen[bytes] | None = None
-        self.workers: subprocess.Popen[bytes] | None = None
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
-        self.env = {**clean, "SPARKLE_REDIS_URL": self.url, "SPARKLE_RUNS_DIR": str(self.runs),
-                    "SPARKLE_ADAPTERS": "test"}
+        self.env = {**clean, "SPARKLE_REDIS_URL": self.redis.url,
+                    "SPARKLE_RUNS_DIR": str(self.runs), "SPARKLE_ADAPTERS": "test"}
+        self.workers = WorkerGroup(folder, self.env, folder / "workers.log")
         self.plans = 0
 
     # redis
     def start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server is not installed (apt-get install -y redis-server)")
-        self.redis_proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.client()
-        wait_for(lambda: _pings(client), 10, "redis-server")
+        self.redis.start()
 
     def stop_redis(self) -> None:
-        if self.redis_proc is not None:
-            self.redis_proc.terminate()
-            self.redis_proc.wait(10)
-            self.redis_proc = None
+        self.redis.stop()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return self.redis.client()
 
     # workers
-    def start_workers(self, *args: str, **env: str) -> None:
-        log = open(self.folder / "workers.log", "ab")  # noqa: SIM115 (kept for the process)
-        self.workers = subprocess.Popen(
-            [str(BIN), "--log-level", "info", "worker", "-p", "2", "-t", "1", *args],
-            env={**self.env, **env}, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        wait_for(lambda: len(self.worker_pids()) == 2, 30, "worker processes")
+    def start_workers(self, *worker_options: str) -> None:
+        self.workers.start(worker_options=worker_options, wait_sec=30)
 
     def worker_pids(self) -> list[int]:
-        if self.workers is None:
-            return []
-        try:
-            return [p.pid for p in psutil.Process(self.workers.pid).children()
-                    if p.status() != psutil.STATUS_ZOMBIE]
-        except psutil.NoSuchProcess:
-            return []
+        return self.workers.pids()
 
     def stop_workers(self) -> int:
-        assert self.workers is not None
-        self.workers.send_signal(signal.SIGTERM)
-        code = self.workers.wait(120)
-        self.workers = None
-        return code
+        return self.workers.stop(timeout=120)
 
     def close(self) -> None:
-        if self.workers is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.workers.pid, signal.SIGKILL)
-            self.workers.wait()
+        self.workers.close()
         self.stop_redis()
 
     # runs
@@ -178,13 +131,6 @@ class World:
             paths.append(str(path))
         out = self.sparkle("submit", *paths)
         return [self.store.run(line.split()[0]) for line in out.splitlines()]
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def begin(run: Run, stage: str, attempt: int = 1) -> float | None:
@@ -260,7 +206,6 @@ def redis_restart(world: World, result: Result) -> None:
     desync()
     runs = world.submit(10, fault_videos="sleep:1")
     wait_for(lambda: sum(1 for r in runs if begin(r, "videos")) >= 3, 120, "the batch")
-    assert world.redis_proc is not None
     world.stop_redis()
     world.start_redis()
     restarted = time.time()

@@ -14,17 +14,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 from PIL import Image
 from redis_server import free_port
+from worker_group import BIN, WorkerGroup, wait_for
 
 from sparkle import keys
 from sparkle.adapters.testing import read_trace
@@ -33,7 +31,6 @@ from sparkle.schemas import STAGES
 
 pytestmark = pytest.mark.redis
 
-BIN = Path(sys.executable).parent / "sparkle"
 
 #: Lease TTL and reaper interval used here, in seconds.
 LEASE_TTL = 3.0
@@ -41,14 +38,6 @@ REAPER_INTERVAL = 1.0
 
 #: Slack on top of the recovery bound: worker poll, process start-up, a loaded CI box.
 SLACK_SEC = 2.5
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Ops:
@@ -72,51 +61,24 @@ class Ops:
             "SPARKLE_RETRY_BASE_SEC": "0.01",
             "SPARKLE_RETRY_MAX_SEC": "0.05",
         }
-        self.workers: subprocess.Popen[bytes] | None = None
         self.log = tmp_path / "workers.log"
+        self.workers = WorkerGroup(tmp_path, self.env, self.log)
 
     # -- processes -----------------------------------------------------------------------
 
     def start_workers(self, *args: str, processes: int = 2, threads: int = 1,
                       **env: str) -> None:
-        assert self.workers is None
-        with open(self.log, "ab") as log:
-            self.workers = subprocess.Popen(
-                [str(BIN), "--log-level", "info", *args, "worker", "-p", str(processes),
-                 "-t", str(threads)],
-                cwd=self.dir, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        wait_for(lambda: len(self.worker_pids()) == processes, 20, "worker processes")
+        self.workers.start(*args, processes=processes, threads=threads, **env)
 
     def worker_pids(self) -> list[int]:
-        assert self.workers is not None
-        try:
-            return [p.pid for p in psutil.Process(self.workers.pid).children()
-                    if p.status() != psutil.STATUS_ZOMBIE]
-        except psutil.NoSuchProcess:
-            return []
+        return self.workers.pids()
 
     def stop_workers(self) -> int:
-        assert self.workers is not None
-        self.workers.send_signal(signal.SIGTERM)
-        try:
-            code = self.workers.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.workers.pid, signal.SIGKILL)
-            self.workers.wait()
-            raise
-        finally:
-            self.workers = None
-        return code
+        return self.workers.stop()
 
     def close(self) -> None:
         """Stop the workers if a test left them running (killing them if they hang)."""
-        if self.workers is not None:
-            group = self.workers.pid
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.stop_workers()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
+        self.workers.close()
 
     def sparkle(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(BIN), *args], cwd=self.dir, env=self.env, text=True,
