@@ -105,6 +105,20 @@ def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeli
     _teardown_pipeline()
 
 
+@pytest.fixture
+def fake_redis_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    """A pipeline whose broker is a RedisBroker on fakeredis (leases on the same server)."""
+    import fakeredis
+
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    broker = build_broker(Settings(), client=client)
+    yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client)
+    _teardown_pipeline()
+
+
 def _teardown_pipeline() -> None:
     from sparkle import broker as broker_module
     from sparkle import engine as engine_module

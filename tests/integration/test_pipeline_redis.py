@@ -12,29 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-import fakeredis
 import pytest
-from conftest import make_pipeline
 
 from sparkle import keys
 from sparkle.adapters.testing import read_trace
-from sparkle.broker import build_broker
 from sparkle.runstore import RunStore
 from sparkle.schemas import STAGES
-from sparkle.settings import Settings
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def fake_redis_pipeline(tmp_path, monkeypatch):
-    """A pipeline whose broker is a RedisBroker on fakeredis (leases on the same server)."""
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    broker = build_broker(Settings(), client=client)
-    yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client)
-    from conftest import _teardown_pipeline
-
-    _teardown_pipeline()
 
 
 def test_chain_succeeds_on_redis_broker(fake_redis_pipeline, plans_dir):

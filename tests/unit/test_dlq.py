@@ -10,25 +10,12 @@ from __future__ import annotations
 import time
 
 import dramatiq
-import fakeredis
-import pytest
-from conftest import _teardown_pipeline, make_pipeline
 
 from sparkle import keys
 from sparkle.adapters.testing import FIXED, read_trace
-from sparkle.broker import build_broker
 from sparkle.dlq import DeadLetterQueue, ReplayResult
 from sparkle.runner import is_at_rest
-from sparkle.settings import Settings
 from sparkle.stages import Adapter
-
-
-@pytest.fixture
-def fake_redis_pipeline(tmp_path, monkeypatch):
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    broker = build_broker(Settings(), client=client)
-    yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client)
-    _teardown_pipeline()
 
 
 def settle(pipeline, *runs, timeout: float = 20.0) -> None:
