@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -19,11 +20,18 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process with no persistence, restartable on the same port."""
+    """A redis-server child process with no persistence, restartable on the same port.
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    ``extra`` arguments go to redis-server (``--requirepass``, TLS files); with ``tls`` the
+    port is its TLS port and the plain one is off.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None, extra: Sequence[str] = (),
+                 tls: bool = False) -> None:
         self.folder = folder
         self.port = port or free_port()
+        self.extra = list(extra)
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -35,36 +43,31 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
         self.folder.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else [
+            "--port", str(self.port)]
+        log = self.folder / "redis.log"
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-                "--logfile",
-                str(self.folder / "redis.log"),
-            ],
+            [binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), "--logfile", str(log), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        # A TCP accept, not a PING: that would need the password or TLS of some servers.
         deadline = time.monotonic() + 10
         while True:
+            if self.process.poll() is not None:
+                text = log.read_text() if log.exists() else ""
+                self.process = None
+                raise RuntimeError(f"redis-server exited: {text[-2000:]}")
             try:
-                client.ping()
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 break
-            except redis.ConnectionError:
+            except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                    self.stop()
+                    raise RuntimeError(
+                        f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
-        client.close()
 
     def stop(self) -> None:
         if self.process is not None:

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from urllib.parse import quote
 import psutil
 import pytest
 import redis
+from redis_server import RedisServer, free_port
 
 from sparkle.settings import Settings
 
@@ -52,12 +52,6 @@ SECRET_IN_URL = quote(SECRET, safe="")
 
 #: A password that is plain in a URL; its absence from output is easy to check.
 PLAIN_SECRET = "s3cr3tPlainPassw0rd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- redaction -------------------------------------------------------------------------------
@@ -117,66 +111,16 @@ def test_the_settings_never_print_the_url():
 # -- a password-protected Redis --------------------------------------------------------------
 
 
-@dataclass
-class PrivateRedis:
-    """A redis-server child process on a free loopback port."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    folder: Path
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start_redis(folder: Path, *extra: str, tls: bool = False) -> PrivateRedis:
-    binary = shutil.which("redis-server")
-    if binary is None:
+def start_redis(folder: Path, *extra: str, tls: bool = False) -> RedisServer:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server binary missing: apt-get install -y redis-server")
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    ports = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
-    process = subprocess.Popen(
-        [
-            binary,
-            *ports,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-            "--logfile",
-            str(folder / "redis.log"),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited: {(folder / 'redis.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.02)
-    return PrivateRedis(process, port, folder)
+    server = RedisServer(folder, extra=extra, tls=tls)
+    server.start()
+    return server
 
 
 @pytest.fixture
-def password_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server that requires SECRET as its password."""
     server = start_redis(tmp_path / "redis", "--requirepass", SECRET)
     yield server
@@ -215,7 +159,7 @@ def assert_no_secret(text: str, secret: str = SECRET) -> None:
 
 @pytest.mark.redis
 def test_a_password_protected_redis_works_and_no_log_shows_the_password(
-    password_redis: PrivateRedis, tmp_path: Path
+    password_redis: RedisServer, tmp_path: Path
 ):
     """With the password in SPARKLE_REDIS_URL, `sparkle run` and `sparkle submit` plus a
     `dramatiq actors` worker render runs; debug logs (text and JSON) of all of them, and
@@ -288,7 +232,7 @@ def test_a_password_protected_redis_works_and_no_log_shows_the_password(
     ],
 )
 def test_connection_errors_do_not_show_the_password(
-    password_redis: PrivateRedis, tmp_path: Path, make_url: Any
+    password_redis: RedisServer, tmp_path: Path, make_url: Any
 ):
     """A wrong password, a server that is not there or a malformed URL makes `sparkle
     submit` fail with a message, and neither the message nor any log shows the password."""
@@ -306,7 +250,7 @@ def test_connection_errors_do_not_show_the_password(
 
 @dataclass
 class TlsRedis:
-    server: PrivateRedis
+    server: RedisServer
     ca: Path
 
     def url(self, host: str = "127.0.0.1", ca: bool = True) -> str:
