@@ -251,11 +251,8 @@ class Engine:
         log.info("run %s: QA decided regenerate; re-running from %s", run.run_id, earliest)
         return earliest
 
-    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int) -> Checkpoint:
-        """Run the adapter under tenacity; ``attempt`` is the last attempt number used.
-
-        Returns the success checkpoint written.
-        """
+    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int) -> None:
+        """Run the adapter under tenacity; ``attempt`` is the last attempt number used."""
         adapter = self.adapters[stage]
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.retry_attempts),
@@ -272,8 +269,7 @@ class Engine:
             for try_ in retrying:
                 with try_:
                     attempt += 1
-                    return self._attempt(run, stage, adapter, attempt, lease)
-            raise AssertionError("unreachable: tenacity returns the result or raises")
+                    self._attempt(run, stage, adapter, attempt, lease)
         except _Transient as exc:
             message = (
                 f"gave up after {self.settings.retry_attempts} attempt(s); "
@@ -286,8 +282,7 @@ class Engine:
             self._record_failure(run, stage, attempt, message, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
-    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int,
-                 lease: Lease) -> Checkpoint:
+    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
         if lease.lost.is_set():
             raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
         begin_meta = {"adapter": adapter.name, "worker": worker_id()}
@@ -329,14 +324,12 @@ class Engine:
             "attempt": attempt,
         }
         run.save_asset_refs(refs)
-        checkpoint = Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
-                                attempt=attempt, metadata=success_meta)
-        run.write_checkpoint(checkpoint)
+        run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
+                                        attempt=attempt, metadata=success_meta))
         run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
         metrics.attempt_finished(stage, duration)
         log.info("run %s stage %s: succeeded in %.2fs (attempt %d)", run.run_id, stage,
                  duration, attempt)
-        return checkpoint
 
     @staticmethod
     def _check_paths(run: Run, refs: AssetRefs) -> None:
