@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 from sparkle.logs import ContextFilter, JsonFormatter, TextFormatter, configure_logging, log_context
 
 
-def capture(formatter: logging.Formatter) -> tuple[logging.Handler, io.StringIO]:
+@contextlib.contextmanager
+def capture(formatter: logging.Formatter, logger: str | None) -> Iterator[io.StringIO]:
+    """What ``logger`` (None: the root) logs at INFO and above, through ``formatter`` and
+    the context filter, while the block runs."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.addFilter(ContextFilter())
-    return handler, stream
+    target = logging.getLogger(logger)
+    old_level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(old_level)
 
 
 def test_records_inside_a_log_context_carry_run_and_stage_from_any_logger():
-    handler, stream = capture(JsonFormatter())
     logger = logging.getLogger("some.adapter")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with capture(JsonFormatter(), "some.adapter") as stream:
         with log_context("run-1", "videos"):
             logger.info("encoding clip")
         logger.info("outside")
-    finally:
-        logger.removeHandler(handler)
     inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
     assert (inside["run_id"], inside["stage"], inside["message"]) == ("run-1", "videos",
                                                                      "encoding clip")
@@ -35,16 +43,10 @@ def test_records_inside_a_log_context_carry_run_and_stage_from_any_logger():
 
 
 def test_text_lines_name_the_run_once():
-    handler, stream = capture(TextFormatter())
     logger = logging.getLogger("sparkle.test_text")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with log_context("run-2", "tts"):
-            logger.info("voice missing")
-            logger.info("run run-2 stage tts: succeeded")
-    finally:
-        logger.removeHandler(handler)
+    with capture(TextFormatter(), "sparkle.test_text") as stream, log_context("run-2", "tts"):
+        logger.info("voice missing")
+        logger.info("run run-2 stage tts: succeeded")
     first, second = stream.getvalue().splitlines()
     assert first.endswith("voice missing [run=run-2 stage=tts]")
     assert second.endswith("run run-2 stage tts: succeeded")
@@ -52,17 +54,9 @@ def test_text_lines_name_the_run_once():
 
 def test_engine_log_records_carry_run_and_stage(pipeline, plans_dir):
     """Everything logged while a stage message is handled names its run and stage."""
-    handler, stream = capture(JsonFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with capture(JsonFormatter(), None) as stream:
         run = pipeline.create(plans_dir / "rooftop.json", fault_images="transient:1")
         assert pipeline.work(run).status.value == "succeeded"
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
     engine_lines = [json.loads(line) for line in stream.getvalue().splitlines()
                     if '"sparkle.engine"' in line]
     assert engine_lines
