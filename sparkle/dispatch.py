@@ -15,9 +15,9 @@ from typing import Any
 
 import dramatiq
 import redis
-from redis.client import Pipeline
 
 from sparkle import keys, lease
+from sparkle.roundtrip import Command
 from sparkle.runstore import Run
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,14 @@ class Dispatcher:
         self.mark(run_id, stage)
         return self.enqueue(run_id, stage, delay_ms)
 
-    def mark(self, run_id: str, stage: str, client: redis.Redis | Pipeline | None = None) -> None:
-        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it).
+    def mark(self, run_id: str, stage: str) -> None:
+        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it)."""
+        _, key, value = self.mark_command(run_id, stage)
+        self.client.set(key, value)
 
-        ``client`` may be a pipeline to batch this with other commands.
-        """
-        (client or self.client).set(keys.pending(self.namespace, run_id),
-                                    f"{stage} {time.time():.3f}")
+    def mark_command(self, run_id: str, stage: str) -> Command:
+        """The command of :meth:`mark`, to send with others in one round trip."""
+        return ("SET", keys.pending(self.namespace, run_id), f"{stage} {time.time():.3f}")
 
     def enqueue(
         self, run_id: str, stage: str, delay_ms: int | None = None
@@ -80,15 +81,11 @@ class Dispatcher:
         stage, _, sent = text.partition(" ")
         return stage, float(sent or 0)
 
-    def taken(self, run_id: str, stage: str, client: redis.Redis | Pipeline | None = None) -> None:
-        """A worker took ``stage``'s message: clear the mark if it names that stage.
-
-        Whatever the worker then does with it, that message is no longer on its way.
-        ``client`` may be a pipeline to batch this with other commands.
-        """
-        (client or self.client).eval(
-            _CLEAR_IF_STAGE, 1, keys.pending(self.namespace, run_id), stage
-        )
+    def taken_command(self, run_id: str, stage: str) -> Command:
+        """A worker took ``stage``'s message: the command that clears the mark if it names
+        that stage (whatever the worker then does with it, that message is no longer on
+        its way). Sent with the lease's round trip."""
+        return ("EVAL", _CLEAR_IF_STAGE, 1, keys.pending(self.namespace, run_id), stage)
 
     def kick(self, run: Run) -> str | None:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.

@@ -33,7 +33,6 @@ from typing import Any
 import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
-from redis.client import Pipeline
 
 from sparkle import metrics
 from sparkle.dispatch import Dispatcher
@@ -153,7 +152,7 @@ class Engine:
                       run_id, stage, self.store.root)
             return Outcome.missing
         lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec)
-        if not lease.acquire(also=lambda pipe: self.dispatcher.taken(run_id, stage, pipe)):
+        if not lease.acquire(also=(self.dispatcher.taken_command(run_id, stage),)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
         follow_up: str | None = None
@@ -165,7 +164,9 @@ class Engine:
             return Outcome.lease_lost
         finally:
             # The next stage's pending mark goes with the release: one round trip, in order.
-            marked = lease.release(also=self._marker(run_id, follow_up))
+            marked = lease.release(
+                also=() if follow_up is None else (self.dispatcher.mark_command(run_id, follow_up),)
+            )
         if follow_up is not None:
             if marked:
                 self.dispatcher.enqueue(run_id, follow_up)
@@ -173,11 +174,6 @@ class Engine:
                 self.dispatcher.send(run_id, follow_up)
             log.debug("run %s: queued %s", run_id, follow_up)
         return outcome
-
-    def _marker(self, run_id: str, stage: str | None) -> Callable[[Pipeline], object] | None:
-        if stage is None:
-            return None
-        return lambda pipe: self.dispatcher.mark(run_id, stage, pipe)
 
     # -- inside the lease --------------------------------------------------------------
 

@@ -20,13 +20,12 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from redis.client import Pipeline
 
-from sparkle import keys
+from sparkle import keys, roundtrip
+from sparkle.roundtrip import Command
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +62,16 @@ class Lease:
         self.ttl_ms = max(1, int(ttl_sec * 1000))
         self.lost = threading.Event()
 
-    def acquire(self, also: Callable[[Pipeline], object] | None = None) -> bool:
+    def acquire(self, also: tuple[Command, ...] = ()) -> bool:
         """Take the lease if nobody holds it. Returns whether it is now ours.
 
-        ``also`` may queue more commands on the same pipeline: one round trip instead of
-        two on the hottest path (every stage message).
+        ``also`` are more commands for the same round trip: one instead of two on the
+        hottest path (every stage message).
         """
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.key, self.token, nx=True, px=self.ttl_ms)
-        if also is not None:
-            also(pipe)
-        return bool(pipe.execute()[0])
+        replies = roundtrip.execute(
+            self.client, ("SET", self.key, self.token, "NX", "PX", self.ttl_ms), *also
+        )
+        return replies[0] is not None
 
     def renew(self) -> bool:
         """Extend the lease if it is still ours. Returns whether it is."""
@@ -84,22 +82,18 @@ class Lease:
 
     def held(self) -> bool:
         """The fencing check: is the lease still ours right now?"""
-        value = self.client.get(self.key)
+        value = roundtrip.execute(self.client, ("GET", self.key))[0]
         return value is not None and _text(value) == self.token
 
-    def release(self, also: Callable[[Pipeline], object] | None = None) -> bool:
+    def release(self, also: tuple[Command, ...] = ()) -> bool:
         """Give the lease up if it is still ours (never someone else's).
 
         ``also`` may queue more commands after the release, in the same round trip.
         Returns whether the round trip went through; a failure is logged, not raised.
         """
         self.stop_heartbeat()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.eval(_RELEASE, 1, self.key, self.token)
-        if also is not None:
-            also(pipe)
         try:
-            pipe.execute()
+            roundtrip.execute(self.client, ("EVAL", _RELEASE, 1, self.key, self.token), *also)
         except redis.RedisError as exc:
             # The lease expires on its own; the next owner waits at most one TTL.
             log.warning("run %s: could not release lease (%s)", self.run_id, exc)

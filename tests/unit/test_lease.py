@@ -141,8 +141,8 @@ def test_release_can_carry_more_commands_in_the_same_round_trip(client: fakeredi
     """``release(also=...)`` runs the extra commands after the release; ``acquire(also=...)``
     likewise."""
     held = Lease(client, "ns", "run-a", 30)
-    assert held.acquire(also=lambda pipe: pipe.set("ns:before", "1"))
-    assert held.release(also=lambda pipe: pipe.set("ns:after", "1"))
+    assert held.acquire(also=(("SET", "ns:before", "1"),))
+    assert held.release(also=(("SET", "ns:after", "1"),))
     assert client.get("ns:before") == b"1"
     assert client.get("ns:after") == b"1"
     assert client.get(held.key) is None

@@ -1,0 +1,86 @@
+"""Round trips on a connection each thread keeps (sparkle.roundtrip), against a real
+redis-server: replies in order, errors that keep the connection in step, and recovery
+from a connection Redis closed meanwhile."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import redis
+from redis_server import RedisServer
+
+from sparkle import roundtrip
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client()
+
+
+def test_replies_come_back_in_order(client: redis.Redis):
+    """Several commands in one round trip return one reply each, in the order sent."""
+    replies = roundtrip.execute(client, ("SET", "k", "1", "NX", "PX", 60000), ("GET", "k"),
+                                ("SET", "k", "2", "NX"), ("INCR", "n"))
+    assert replies == [b"OK", b"1", None, 1]
+
+
+def test_an_error_reply_is_raised_after_every_reply_is_read(client: redis.Redis):
+    """An error in the middle is raised, the commands around it still run, and the next
+    round trip on the same connection gets its own replies, not the leftovers."""
+    client.set("text", "x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        roundtrip.execute(client, ("SET", "before", "1"), ("HGET", "text", "f"),
+                          ("SET", "after", "1"))
+    assert client.get("before") == b"1" and client.get("after") == b"1"
+    assert roundtrip.execute(client, ("GET", "text")) == [b"x"]
+
+
+def test_a_connection_closed_by_redis_is_replaced(client: redis.Redis):
+    """After Redis drops the thread's connection (a restart, an idle timeout, CLIENT KILL)
+    the next round trip reconnects instead of failing."""
+    assert roundtrip.execute(client, ("CLIENT", "ID"))[0]
+    own_id = roundtrip.execute(client, ("CLIENT", "ID"))[0]
+    client.execute_command("CLIENT", "KILL", "ID", own_id)
+    assert roundtrip.execute(client, ("SET", "k", "v"), ("GET", "k")) == [b"OK", b"v"]
+    assert roundtrip.execute(client, ("CLIENT", "ID"))[0] != own_id
+
+
+def test_each_thread_keeps_its_own_connection(client: redis.Redis):
+    """Threads never share a connection (their replies would mix); one thread reuses its
+    own across round trips."""
+    ids: dict[str, list[int]] = {}
+
+    def work(name: str) -> None:
+        ids[name] = [roundtrip.execute(client, ("CLIENT", "ID"))[0] for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(len(set(found)) == 1 for found in ids.values())
+    assert len({found[0] for found in ids.values()}) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_use_its_parents_connection(client: redis.Redis):
+    """A worker process forked after its parent made a round trip opens its own
+    connection: sharing the socket would interleave both processes' replies."""
+    parent_id = roundtrip.execute(client, ("CLIENT", "ID"))[0]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            child_id = roundtrip.execute(client, ("CLIENT", "ID"))[0]
+            os.write(write, str(child_id).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_id = int(os.read(read, 100) or b"0")
+    os.waitpid(pid, 0)
+    assert child_id and child_id != parent_id
+    assert roundtrip.execute(client, ("CLIENT", "ID"))[0] == parent_id
