@@ -125,17 +125,24 @@ class _Heartbeat:
         self._due: dict[Lease, float] = {}
         self._sending: set[Lease] = set()
         self._wake = threading.Condition()
+        #: When the thread will next wake by itself (monotonic clock).
+        self._wake_at = 0.0
+        #: Times the thread woke up (for tests: it should sleep between renewals).
+        self.wakeups = 0
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(RENEWAL_THREADS, thread_name_prefix="lease-renewal")
 
     def add(self, lease: Lease) -> None:
         with self._wake:
-            self._due[lease] = time.monotonic() + lease.ttl_ms / 3000
+            due = self._due[lease] = time.monotonic() + lease.ttl_ms / 3000
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="lease-heartbeat",
                                                 daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            # Wake the thread only when this lease is due before it would wake anyway: a
+            # wake-up per stage would cost every stage two thread switches.
+            if due < self._wake_at:
+                self._wake.notify()
 
     def remove(self, lease: Lease) -> None:
         with self._wake:
@@ -153,7 +160,10 @@ class _Heartbeat:
                 due = [lease for lease, when in self._due.items()
                        if when <= now and lease not in self._sending]
                 if not due:
-                    self._wake.wait(min(self._due.values(), default=now + 60) - now)
+                    self._wake_at = min(self._due.values(), default=now + 60)
+                    self._wake.wait(self._wake_at - now)
+                    self.wakeups += 1
+                    self._wake_at = 0.0  # awake: whoever adds a lease now need not notify
                     continue
                 for lease in due:
                     self._due[lease] = now + lease.ttl_ms / 3000

@@ -146,3 +146,23 @@ def test_release_can_carry_more_commands_in_the_same_round_trip(client: fakeredi
     assert client.get("ns:before") == b"1"
     assert client.get("ns:after") == b"1"
     assert client.get(held.key) is None
+
+
+def test_starting_a_lease_does_not_wake_the_heartbeat_thread(client: fakeredis.FakeRedis):
+    """Leases that fall due after the thread's next wake-up leave it asleep: a wake-up per
+    stage would cost every stage two thread switches under the GIL."""
+    first = Lease(client, "ns", "run-first", 30)
+    assert first.acquire()
+    first.start_heartbeat()
+    time.sleep(0.2)  # the thread is now asleep until the first lease falls due
+    before = lease_module._heartbeat.wakeups
+    later = [Lease(client, "ns", f"run-{n}", 30) for n in range(50)]
+    try:
+        for held in later:
+            assert held.acquire()
+            held.start_heartbeat()
+            time.sleep(0.001)
+        assert lease_module._heartbeat.wakeups == before
+    finally:
+        for held in [first, *later]:
+            held.release()
