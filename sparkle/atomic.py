@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,7 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     folder = folder or "."
     # Not mkstemp: it makes 0600 files. State files follow the umask like the media beside
     # them, so a team sharing a runs folder by group permissions can read checkpoints.
-    tmp = f"{folder}/.{name}.{secrets.token_hex(6)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        fd = os.open(tmp, flags, 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, flags, 0o666)
+    tmp, fd = _create_temp(folder, name)
     try:
         try:
             write_all(fd, data)
@@ -59,6 +53,24 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         raise
     if durable:
         fsync_dir(folder)
+
+
+def _create_temp(folder: str, name: str) -> tuple[str, int]:
+    """Create a new temp file for ``name`` in ``folder`` (made if missing): path and fd.
+
+    The name is random, not secret: ``random`` (reseeded in forked children) costs no
+    system call, where ``secrets`` would ask the kernel, and ``O_EXCL`` catches a clash.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for _ in range(100):
+        tmp = f"{folder}/.{name}.{random.getrandbits(48):012x}.tmp"
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+    raise FileExistsError(f"no free temp name for {name!r} in {folder!r} after 100 tries")
 
 
 def write_all(fd: int, data: bytes) -> None:

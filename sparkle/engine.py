@@ -101,8 +101,12 @@ def error_text(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+#: The host's name, read once: the system call would cost every stage a switch of threads.
+HOSTNAME = socket.gethostname()
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+    return f"{HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
 
 
 def crashed_begins(run: Run, stage: str) -> int:

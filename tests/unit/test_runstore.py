@@ -339,6 +339,22 @@ def test_crash_between_temp_write_and_replace_keeps_previous_json(tmp_path: Path
     assert json.loads(temp.read_text("utf-8"))["version"] == 2
 
 
+def test_a_temp_name_already_taken_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Temp names are random, not unique by construction: a name another writer holds (a
+    crashed writer's leftover, or a clash) is left alone and another one tried."""
+    # Given a leftover temp file under the first name the writer will draw
+    draws = iter([0xABC, 0xABC, 0xDEF])
+    monkeypatch.setattr(atomic.random, "getrandbits", lambda bits: next(draws))
+    leftover = tmp_path / f".state.json.{0xABC:012x}.tmp"
+    leftover.write_text("someone else's")
+    # When the file is written
+    atomic.write_json(tmp_path / "state.json", {"version": 1})
+    # Then it is written through the next free name, and the leftover is untouched
+    assert json.loads((tmp_path / "state.json").read_text("utf-8")) == {"version": 1}
+    assert leftover.read_text() == "someone else's"
+    assert not list(tmp_path.glob(f".state.json.{0xDEF:012x}.tmp"))
+
+
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_checkpoint(run: Run):
     """A worker dying while it replaces a checkpoint leaves the previous one readable."""
     run.write_checkpoint(checkpoint("images", "begin"))
