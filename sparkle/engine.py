@@ -210,7 +210,7 @@ class Engine:
                                  reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         self._run_attempts(run, stage, lease, state.attempts(stage))
-        return Outcome.succeeded, self._after_success(run, stage)
+        return Outcome.succeeded, self._after_success(run, stage, state)
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way."""
@@ -222,7 +222,7 @@ class Engine:
             return None
         return stage
 
-    def _after_success(self, run: Run, stage: str) -> str | None:
+    def _after_success(self, run: Run, stage: str, before: RunState) -> str | None:
         if run.cancelled:
             log.info("run %s: cancelled after %s; not continuing", run.run_id, stage)
             return None
@@ -230,9 +230,9 @@ class Engine:
             regenerate = self._qa_regenerate_from(run)
             if regenerate is not None:
                 return regenerate
-        # A fresh look, not the state read before the adapter ran: `sparkle resume --from`
-        # may have reset later (or earlier) stages meanwhile, leaving their message to us.
-        return run.next_stage()
+        # Not simply the state read before the adapter ran: `sparkle resume --from` may
+        # have reset earlier (or later) stages meanwhile, leaving their message to us.
+        return before.next_stage_after(stage)
 
     def _qa_regenerate_from(self, run: Run) -> str | None:
         checkpoint = run.checkpoint("qa")

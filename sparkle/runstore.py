@@ -132,6 +132,8 @@ class Run:
             raise UnsafePathError(f"run id {run_id!r} is not a path-safe id")
         self.run_id = run_id
         self.dir = root / run_id
+        #: (end of the manifest before, end after) of each event this object appended.
+        self.appended: list[tuple[int, int]] = []
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r})"
@@ -242,16 +244,21 @@ class Run:
         A run folder made before the manifest became append-only keeps its earlier history
         in ``manifest.json``; it is read first.
         """
+        return self._events()[0]
+
+    def _events(self) -> tuple[list[StageEvent], int | None]:
+        """:meth:`events`, and how many bytes of the manifest they were read from (None
+        when it could not be read)."""
         path = f"{self.dir}/{MANIFEST_FILE}"
         events = self._legacy_events()
         try:
             data = _read(path)
         except FileNotFoundError:
-            return events
+            return events, 0
         except OSError as exc:
             log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
                         self.run_id, path, exc.strerror)
-            return events
+            return events, None
         lines = data.split(b"\n")
         # Without a final newline the last line is an append still being written (or one a
         # power loss cut short, which the next append leaves on its own line): not yet news.
@@ -263,7 +270,7 @@ class Run:
             except ValidationError as exc:
                 log.warning("run %s: %s line %d is not a stage event (%s); skipping it",
                             self.run_id, path, number, exc.errors(include_url=False)[0]["msg"])
-        return events
+        return events, len(data)
 
     def _legacy_events(self) -> list[StageEvent]:
         path = f"{self.dir}/{LEGACY_MANIFEST_FILE}"
@@ -323,6 +330,7 @@ class Run:
                 if end and os.pread(fd, 1, end - 1) != b"\n":
                     record = b"\n" + record  # the last one was cut short: leave it alone
                 atomic.write_all(fd, record)
+                self.appended.append((end, end + len(record)))
                 if durable:
                     os.fdatasync(fd)
             finally:
@@ -386,6 +394,8 @@ class RunState:
         self.run = run
         self._checkpoints: dict[str, Checkpoint | None] = {}
         self._events: list[StageEvent] | None = None
+        self._manifest_size: int | None = None
+        self._appended_before = len(run.appended)
 
     def checkpoint(self, stage: str) -> Checkpoint | None:
         if stage not in self._checkpoints:
@@ -395,8 +405,30 @@ class RunState:
     @property
     def events(self) -> list[StageEvent]:
         if self._events is None:
-            self._events = self.run.events()
+            self._events, self._manifest_size = self.run._events()
         return self._events
+
+    def appended_only_by_us(self) -> bool:
+        """Whether every event added to the manifest since this look was read came from
+        this process's :class:`Run` object (checked by file offsets and the manifest's
+        size now, without reading it).
+
+        Every change to a run's stages by someone else (``sparkle resume --from/--only``,
+        another worker's attempt) appends to the manifest before it touches a checkpoint,
+        so while this holds, the stages this look found done are still done.
+        """
+        if self._events is None or self._manifest_size is None:
+            return False
+        expected = self._manifest_size
+        for before, after in self.run.appended[self._appended_before:]:
+            if before != expected:
+                return False
+            expected = after
+        try:
+            return os.stat(f"{self.run.dir}/{MANIFEST_FILE}", follow_symlinks=False).st_size \
+                == expected
+        except OSError:
+            return False
 
     def last_event(self, stage: str) -> StageEvent | None:
         for event in reversed(self.events):
@@ -419,6 +451,23 @@ class RunState:
             if not self.stage_done(stage):
                 return stage
         return None
+
+    def next_stage_after(self, stage: str) -> str | None:
+        """The first unfinished stage now that ``stage``, this look's next stage, succeeded.
+
+        A fresh look at the run, made cheap: while only this process appended to the
+        manifest since this look was read (:meth:`appended_only_by_us`), the stages before
+        ``stage`` are still done, so only the later ones are read again.
+        """
+        found = None
+        for later in STAGES[STAGES.index(stage) + 1:]:
+            self._checkpoints.pop(later, None)  # read it afresh
+            if not self.stage_done(later):
+                found = later
+                break
+        # (checked after those reads: a reset appends its event before it removes
+        # checkpoints, so a reset that the check misses had not removed any yet)
+        return found if self.appended_only_by_us() else self.run.next_stage()
 
     def attempts(self, stage: str) -> int:
         """Attempts started for ``stage`` so far (the highest attempt number recorded)."""

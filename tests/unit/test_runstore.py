@@ -647,6 +647,38 @@ def test_manifest_append_does_not_rewrite_the_history(run: Run):
     assert manifest.read_bytes().startswith(before)
 
 
+def test_a_look_knows_whether_only_its_own_run_object_appended_since(run: Run):
+    """The engine's cheap fresh look after a success relies on this: a look stays current
+    while every event appended since it was read came through the same Run object (one
+    worker's own attempt), and stops being current once anyone else appends (a reset by
+    `sparkle resume`, another process)."""
+    run.append_event("script", "begin", 1)
+    look = run.state()
+    assert not look.appended_only_by_us()  # the history was not read yet: unknown
+    assert look.next_stage() == "script" and look.crashed_begins("script") == 1
+    run.append_event("script", "success", 1)
+    run.append_event("images", "begin", 1)
+    assert look.appended_only_by_us()
+    Run(run.dir.parent, run.run_id).append_event("images", "reset", 1)  # someone else
+    assert not look.appended_only_by_us()
+    run.append_event("images", "success", 1)
+    assert not look.appended_only_by_us()
+
+
+def test_next_stage_after_a_success_reads_later_stages_afresh(run: Run):
+    """After ``script`` succeeds the next stage is the first later one not done now,
+    including a checkpoint written after the look was read (a re-run with --only)."""
+    look = run.state()
+    assert look.next_stage() == "script" and look.attempts("script") == 0
+    for stage in ("script", "images"):
+        run.write_checkpoint(checkpoint(stage, "success"))
+    run.append_event("script", "success", 1)
+    assert look.next_stage_after("script") == "videos"
+    Run(run.dir.parent, run.run_id).append_event("script", "reset", 1)
+    run.remove_checkpoint("script")
+    assert look.next_stage_after("script") == "script"  # someone appended: a full look
+
+
 def test_unreadable_manifest_reads_as_empty_with_a_warning(
     run: Run, caplog: pytest.LogCaptureFixture
 ):
