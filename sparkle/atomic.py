@@ -27,7 +27,7 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; with ``durable``, also survive a power loss.
 
     Without ``durable`` the rename is still atomic (a crashed process leaves the old file
@@ -81,7 +81,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_json(
-    path: Path, value: BaseModel | dict[str, Any] | list[Any], durable: bool = True
+    path: str | Path, value: BaseModel | dict[str, Any] | list[Any], durable: bool = True
 ) -> None:
     """Write a model or plain JSON value to ``path`` atomically (indented, UTF-8)."""
     if isinstance(value, BaseModel):

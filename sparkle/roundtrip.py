@@ -22,6 +22,7 @@ import threading
 import weakref
 from typing import Any
 
+import hiredis
 import redis
 
 #: One Redis command: its name and arguments, as ``redis-cli`` takes them.
@@ -47,7 +48,8 @@ def execute(client: redis.Redis, *commands: Command) -> list[Any]:
     connection = connections.connection
     if connection is None or connection.pid != os.getpid() or _closed(connection):
         connection = connections.connection = _connect(client)
-    request = connection.pack_commands(commands)
+    # hiredis packs directly; redis-py's packer checks and copies every argument first.
+    request = [b"".join([hiredis.pack_command(command) for command in commands])]
     try:
         connection.send_packed_command(request, check_health=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError):

@@ -153,7 +153,7 @@ class Run:
         return candidate
 
     def exists(self) -> bool:
-        return (self.dir / PLAN_FILE).is_file()
+        return os.path.isfile(f"{self.dir}/{PLAN_FILE}")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -195,7 +195,7 @@ class Run:
             return AssetRefs()
 
     def save_asset_refs(self, refs: AssetRefs) -> None:
-        atomic.write_json(self.dir / ASSET_REFS_FILE, refs)
+        atomic.write_json(f"{self.dir}/{ASSET_REFS_FILE}", refs)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -230,7 +230,9 @@ class Run:
             return None
 
     def write_checkpoint(self, checkpoint: Checkpoint, durable: bool = True) -> None:
-        atomic.write_json(self.checkpoint_path(checkpoint.stage), checkpoint, durable)
+        # (a string path: pathlib's joins cost more than the write's Python code here)
+        atomic.write_json(f"{self.dir}/{CHECKPOINTS_DIR}/{checkpoint.stage}.json", checkpoint,
+                          durable)
 
     def remove_checkpoint(self, stage: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -356,7 +358,7 @@ class Run:
 
     @property
     def cancelled(self) -> bool:
-        return (self.dir / CANCELLED_FILE).exists()
+        return os.path.exists(f"{self.dir}/{CANCELLED_FILE}")
 
     def set_cancelled(self, cancelled: bool) -> None:
         marker = self.dir / CANCELLED_FILE
