@@ -84,3 +84,31 @@ def test_a_forked_child_does_not_use_its_parents_connection(client: redis.Redis)
     os.waitpid(pid, 0)
     assert child_id and child_id != parent_id
     assert roundtrip.execute(client, ("CLIENT", "ID"))[0] == parent_id
+
+
+def test_the_broker_reloads_its_scripts_when_redis_lost_them(redis_server: RedisServer):
+    """The broker's Lua calls go through the threads' own connections; after Redis forgets
+    its scripts (a restart, SCRIPT FLUSH) the next enqueue, fetch and ack send the script
+    text again instead of failing with NOSCRIPT."""
+    import dramatiq
+
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    broker = build_broker(Settings(redis_url=redis_server.url))  # type: ignore[call-arg]
+    client = redis_server.client()
+    broker.declare_queue("q")
+    sent = dramatiq.Message(queue_name="q", actor_name="a", args=(1,), kwargs={}, options={})
+    client.script_flush()
+    broker.enqueue(sent)
+    client.script_flush()
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    try:
+        received = next(consumer)
+        assert received is not None and received.message_id == sent.message_id
+        client.script_flush()
+        consumer.ack(received)
+    finally:
+        consumer.close()
+    assert client.llen(f"{broker.namespace}:q") == 0
+    assert client.hlen(f"{broker.namespace}:q.msgs") == 0
