@@ -95,16 +95,22 @@ def _metrics() -> _Metrics:
 # -- recording ---------------------------------------------------------------------------
 
 
+@functools.cache
+def _child(metric: str, *labels: str) -> Any:
+    """The series of ``metric`` for ``labels``, looked up once: ``labels()`` takes a lock
+    and builds a key on every call, three times per stage."""
+    return getattr(_metrics(), metric).labels(*labels)
+
+
 def attempt_started(stage: str) -> None:
-    _metrics().attempts.labels(stage).inc()
+    _child("attempts", stage).inc()
 
 
 def attempt_finished(stage: str, duration_sec: float, failure: str | None = None) -> None:
     """One attempt ended: ``failure`` is None on success, else ``transient``/``permanent``."""
-    m = _metrics()
-    m.durations.labels(stage, "success" if failure is None else "fail").observe(duration_sec)
+    _child("durations", stage, "success" if failure is None else "fail").observe(duration_sec)
     if failure is not None:
-        m.attempt_failures.labels(stage, failure).inc()
+        _metrics().attempt_failures.labels(stage, failure).inc()
 
 
 def stage_failed(stage: str, reason: str) -> None:
@@ -113,7 +119,7 @@ def stage_failed(stage: str, reason: str) -> None:
 
 
 def message_handled(stage: str, outcome: str) -> None:
-    _metrics().messages.labels(stage, outcome).inc()
+    _child("messages", stage, outcome).inc()
 
 
 def redriven(stage: str, reason: str) -> None:
