@@ -5,16 +5,21 @@ Starts a private redis-server, then measures, each with one worker process of 8 
 - **bare, 1 queue** (the baseline): 7 dramatiq actors on one queue, each sending the next,
   run by ``dramatiq bench_hops_bare -p 1 -t 8`` with dramatiq's defaults;
 - **bare, 7 queues**: the same chain with one queue per actor, as Sparkle's stages have,
-  polled as often as Sparkle's workers poll (``SPARKLE_WORKER_POLL_MS``), so the difference
-  to Sparkle is the engine alone;
-- **bare, 7 queues, one durable checkpoint per hop**: as above, each hop first writing one
-  JSON file with Sparkle's atomic writer (fsync of file and folder), for scale: Sparkle
-  writes five records per hop, three of them durable;
+  polled as often as Sparkle's workers poll (``SPARKLE_WORKER_POLL_MS``);
+- **bare, 7 queues, Sparkle's broker connections**: as above, the broker sending its Lua
+  calls on a connection each thread keeps, as Sparkle's broker does: the share of
+  Sparkle's rate that comes from that, not from the engine;
+- **bare, 7 queues, DESIGN's records by hand** (the floor): as above, each hop first doing
+  by hand, with nothing else, the Redis commands and file records that DESIGN's "Stage
+  execution" asks of every stage (lease, fencing, release; a ``begin`` checkpoint and
+  event; durable asset refs, ``success`` checkpoint and event), without any of the
+  engine's checks, validation, logs or metrics. It shows how much of the gap to the
+  baseline is the design's contract and how much is Sparkle's engine;
 - **Sparkle**: ``sparkle worker --processes 1 --threads 8`` as shipped, with no-op adapters
   for all seven stages, so a hop costs only the engine's work (lease, checkpoints, manifest,
   asset refs, pending marks, dispatch).
 
-Prints the median rate of each and its ratio to the baseline.
+Prints the median rate of each and its ratios to the baseline and to the floor.
 
     python scripts/bench_hops.py [--runs 200] [--repeat 3]
 """
@@ -100,9 +105,10 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
 
 
 def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
-               checkpoints: bool = False) -> float:
-    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues (with
-    ``checkpoints``, 7 queues and one durable file written per hop)."""
+               thread_connections: bool = False, records: bool = False) -> float:
+    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues. With 7:
+    ``thread_connections`` has the broker send its calls as Sparkle's does, and ``records``
+    has each hop do DESIGN's per-stage records by hand."""
     module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
                                                                           "bare7")
     env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": str(ROOT / "scripts")}
@@ -110,8 +116,10 @@ def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
         from sparkle.settings import Settings
 
         env["dramatiq_worker_timeout"] = str(Settings().worker_poll_ms)
-    if checkpoints:
-        env["BENCH_CHECKPOINT_DIR"] = str(folder / f"bare-checkpoints-{time.time_ns()}")
+    if thread_connections:
+        env["BENCH_THREAD_CONNECTIONS"] = "1"
+    if records:
+        env["BENCH_RECORDS_DIR"] = str(folder / f"bare-records-{time.time_ns()}")
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
@@ -145,7 +153,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="runs (and bare chains) per trial")
     parser.add_argument("--repeat", type=int, default=3, help="trials; the median is reported")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_files": [], "sparkle": []}
+    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_conn": [], "floor": [],
+                                     "sparkle": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
@@ -153,8 +162,10 @@ def main() -> None:
             for trial in range(args.repeat):
                 rates["bare"].append(bench_bare(server, args.runs, Path(tmp)))
                 rates["bare7"].append(bench_bare(server, args.runs, Path(tmp), queues=7))
-                rates["bare7_files"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
-                                                       checkpoints=True))
+                rates["bare7_conn"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
+                                                      thread_connections=True))
+                rates["floor"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
+                                                 thread_connections=True, records=True))
                 runs_dir = Path(tmp) / f"runs-{trial}"
                 runs_dir.mkdir()
                 rates["sparkle"].append(bench_sparkle(server, args.runs, runs_dir))
@@ -167,14 +178,16 @@ def main() -> None:
     rows = [
         ("bare dramatiq, 7 actors on 1 queue (baseline)", "bare"),
         ("bare dramatiq, 7 actors on 7 queues, Sparkle's polling", "bare7"),
-        ("the same, each hop writing one durable checkpoint file", "bare7_files"),
+        ("the same, with Sparkle's broker connections", "bare7_conn"),
+        ("the same, each hop doing DESIGN's per-stage records by hand (the floor)", "floor"),
         ("Sparkle, 7 stages, no-op adapters, `sparkle worker`", "sparkle"),
     ]
-    print(f"| chain | hops/s (median of {args.repeat}) | ratio to baseline |")
-    print("|---|---:|---:|")
+    floor = statistics.median(rates["floor"])
+    print(f"| chain | hops/s (median of {args.repeat}) | ratio to baseline | ratio to floor |")
+    print("|---|---:|---:|---:|")
     for label, key in rows:
         rate = statistics.median(rates[key])
-        print(f"| {label} | {rate:.0f} | {rate / bare:.2f} |")
+        print(f"| {label} | {rate:.0f} | {rate / bare:.2f} | {rate / floor:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,37 +2,99 @@
 Sparkle's stages are, each sending the next, on the Redis at BENCH_REDIS_URL. Imported by
 ``dramatiq bench_hops_bare7``.
 
-With BENCH_CHECKPOINT_DIR set, each hop first writes one durable JSON checkpoint there
-with Sparkle's own atomic writer (temp file, fsync, rename, fsync of the folder): the
-least a chain that survives a crash at every step must do.
+With BENCH_THREAD_CONNECTIONS set, the broker sends its Lua calls as Sparkle's does, on a
+connection each thread keeps (:func:`sparkle.broker.use_thread_connections`).
+
+With BENCH_RECORDS_DIR set, each hop first does, by hand and with nothing else, what
+DESIGN's "Stage execution" asks of every stage: the floor under any implementation of it.
+
+- Redis: take the lease (``SET NX PX``) and clear the pending mark, in one round trip;
+  check the lease before writing results; release it and mark the next stage, in one.
+- Files: read the plan, the asset refs, the checkpoints up to this stage and the manifest;
+  write a ``begin`` checkpoint (atomic, not fsynced) and append a ``begin`` event; then
+  ``asset_refs.json`` and the ``success`` checkpoint (atomic and durable: temp file, fsync,
+  rename, fsync of the folder) and a ``success`` event (appended, fdatasync).
+
+It uses Sparkle's own atomic writer and round-trip helper (both a few lines over the
+system calls), and none of the engine: no validation, no lock for shared storage, no
+checks for cancelled, stale or out-of-order runs, no logs or metrics.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
+import secrets
+import time
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from sparkle import atomic, roundtrip
+from sparkle.broker import use_thread_connections
+
 URL = os.environ["BENCH_REDIS_URL"]
-dramatiq.set_broker(RedisBroker(url=URL, namespace="bare7"))
+broker = RedisBroker(url=URL, namespace="bare7")
+if os.environ.get("BENCH_THREAD_CONNECTIONS"):  # as Sparkle's broker does
+    use_thread_connections(broker)
+dramatiq.set_broker(broker)
 client = redis.Redis.from_url(URL)
-CHECKPOINTS = os.environ.get("BENCH_CHECKPOINT_DIR")
+RECORDS = os.environ.get("BENCH_RECORDS_DIR")
 
 HOPS = 7
 ACTORS: list[Any] = []
 
 
+def _read(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def _append(path: str, record: bytes, durable: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, record)
+        if durable:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def records(chain: int, step: int) -> None:
+    """One hop's Redis commands and file records, as DESIGN asks and nothing more."""
+    run = f"{RECORDS}/{chain}"
+    if step == 0:
+        os.makedirs(f"{run}/checkpoints", exist_ok=True)
+    lease, token = f"bare7:lease:{chain}", secrets.token_hex(16)
+    roundtrip.execute(client, ("SET", lease, token, "NX", "PX", "60000"),
+                      ("DEL", f"bare7:pending:{chain}"))
+    for name in ("movie_plan.json", "asset_refs.json", "manifest.jsonl",
+                 *(f"checkpoints/{k}.json" for k in range(step + 1))):
+        _read(f"{run}/{name}")
+    begin = json.dumps({"stage": step, "status": "begin", "attempt": 1,
+                        "timestamp": time.time()}).encode()
+    atomic.write_bytes(f"{run}/checkpoints/{step}.json", begin, durable=False)
+    _append(f"{run}/manifest.jsonl", begin + b"\n", durable=False)
+    roundtrip.execute(client, ("GET", lease))
+    atomic.write_bytes(f"{run}/asset_refs.json", b'{"shots": {}, "extras": {}}')
+    success = begin.replace(b'"begin"', b'"success"')
+    atomic.write_bytes(f"{run}/checkpoints/{step}.json", success)
+    _append(f"{run}/manifest.jsonl", success + b"\n", durable=True)
+    roundtrip.execute(client, ("DEL", lease), ("SET", f"bare7:pending:{chain}", str(step + 1)))
+
+
 def _declare(step: int) -> Any:
     def hop(chain: int) -> None:
-        if CHECKPOINTS:
-            from sparkle import atomic
-
-            atomic.write_json(Path(CHECKPOINTS) / str(chain) / f"{step}.json",
-                              {"chain": chain, "step": step, "status": "success"})
+        if RECORDS:
+            records(chain, step)
         if step + 1 < HOPS:
             ACTORS[step + 1].send(chain)
         else:
