@@ -10,15 +10,20 @@ client's own pool settings (host, TLS, password, timeouts, or fakeredis in embed
 
 Before a request goes out, a non-blocking poll checks the connection is still open (Redis
 may have closed it: a restart, an idle timeout); a closed one is replaced, and so is one
-that fails while the request is being *sent*: Redis never saw it. A failure while reading
-replies is raised, since the commands may have run; the connection is dropped, as its
-replies would be out of step.
+that fails while the request is being *sent*: Redis never saw it. A connection idle for
+more than :data:`IDLE_RECONNECT_SEC` is replaced too, unchecked: a thread's connection
+sits idle while its stage runs, and a NAT or cloud load balancer may have forgotten it
+meanwhile without telling either end (the first request would then be reset after it was
+sent, when it can no longer be safely resent). A failure while reading replies is raised,
+since the commands may have run; the connection is dropped, as its replies would be out
+of step.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -29,9 +34,17 @@ import redis
 Command = tuple[Any, ...]
 
 
+#: A thread's connection idle longer than this is replaced before its next request. Well
+#: under the idle timeouts of NATs and load balancers (30 s and more), and long enough
+#: that a busy worker keeps its connections.
+IDLE_RECONNECT_SEC = 10.0
+
+
 class _Connections(threading.local):
     # A redis.connection.AbstractConnection; its methods are untyped, hence Any.
     connection: Any = None
+    #: When the connection was last used (time.monotonic()).
+    used: float = 0.0
 
 
 _local: weakref.WeakKeyDictionary[redis.Redis, _Connections] = weakref.WeakKeyDictionary()
@@ -46,8 +59,13 @@ def execute(client: redis.Redis, *commands: Command) -> list[Any]:
     """
     connections = _connections(client)
     connection = connections.connection
-    if connection is None or connection.pid != os.getpid() or _closed(connection):
+    now = time.monotonic()
+    if (connection is None or connection.pid != os.getpid()
+            or now - connections.used > IDLE_RECONNECT_SEC or _closed(connection)):
+        if connection is not None and connection.pid == os.getpid():
+            connection.disconnect()
         connection = connections.connection = _connect(client)
+    connections.used = now
     # hiredis packs directly; redis-py's packer checks and copies every argument first.
     request = [b"".join([hiredis.pack_command(command) for command in commands])]
     try:

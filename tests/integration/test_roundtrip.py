@@ -5,7 +5,11 @@ from a connection Redis closed meanwhile."""
 from __future__ import annotations
 
 import os
+import select
+import socket
+import struct
 import threading
+import time
 
 import pytest
 import redis
@@ -21,6 +25,49 @@ def client(redis_server: RedisServer) -> redis.Redis:
     return redis_server.client()
 
 
+class IdleProxy:
+    """A TCP proxy that forgets a connection idle for ``idle`` seconds without telling
+    either end, and resets it at the client's next request: what a NAT or a cloud load
+    balancer with an idle timeout does."""
+
+    def __init__(self, upstream: tuple[str, int], idle: float) -> None:
+        self.upstream = upstream
+        self.idle = idle
+        self.resets = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+
+    def _pipe(self, client: socket.socket, server: socket.socket) -> None:
+        last = time.monotonic()
+        try:
+            while True:
+                ready, _, _ = select.select([client, server], [], [], 0.05)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client and time.monotonic() - last > self.idle:
+                        self.resets += 1  # forgotten: reset the client, drop the request
+                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                        return
+                    (server if sock is client else client).sendall(data)
+                    last = time.monotonic()
+        finally:
+            client.close()
+            server.close()
+
+
 def test_replies_come_back_in_order(client: redis.Redis):
     """Several commands in one round trip return one reply each, in the order sent."""
     replies = roundtrip.execute(client, ("SET", "k", "1", "NX", "PX", 60000), ("GET", "k"),
@@ -32,11 +79,12 @@ def test_an_error_reply_is_raised_after_every_reply_is_read(client: redis.Redis)
     """An error in the middle is raised, the commands around it still run, and the next
     round trip on the same connection gets its own replies, not the leftovers."""
     client.set("text", "x")
+    own_id = roundtrip.execute(client, ("CLIENT", "ID"))[0]
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         roundtrip.execute(client, ("SET", "before", "1"), ("HGET", "text", "f"),
                           ("SET", "after", "1"))
     assert client.get("before") == b"1" and client.get("after") == b"1"
-    assert roundtrip.execute(client, ("GET", "text")) == [b"x"]
+    assert roundtrip.execute(client, ("GET", "text"), ("CLIENT", "ID")) == [b"x", own_id]
 
 
 def test_a_connection_closed_by_redis_is_replaced(client: redis.Redis):
@@ -112,3 +160,19 @@ def test_the_broker_reloads_its_scripts_when_redis_lost_them(redis_server: Redis
         consumer.close()
     assert client.llen(f"{broker.namespace}:q") == 0
     assert client.hlen(f"{broker.namespace}:q.msgs") == 0
+
+
+def test_a_connection_idle_too_long_is_replaced_before_a_middlebox_resets_it(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch):
+    """A thread's connection sits idle while its stage runs; a NAT or load balancer may
+    forget it meanwhile and reset the next request after it was sent, when it can no
+    longer be resent (the fencing check would fail and the stage's work be lost). A
+    connection idle longer than IDLE_RECONNECT_SEC is replaced before it is used."""
+    proxy = IdleProxy(("127.0.0.1", redis_server.port), idle=0.5)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5)
+    monkeypatch.setattr(roundtrip, "IDLE_RECONNECT_SEC", 0.3)
+    assert roundtrip.execute(client, ("SET", "k", "v")) == [b"OK"]
+    time.sleep(1.0)  # a stage runs; the proxy forgets the connection
+    assert roundtrip.execute(client, ("GET", "k")) == [b"v"]
+    assert proxy.resets == 0
+    proxy.listener.close()
