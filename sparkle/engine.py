@@ -185,7 +185,10 @@ class Engine:
         if run.cancelled:
             log.info("run %s stage %s: run is cancelled; not starting", run.run_id, stage)
             return Outcome.cancelled, None
-        state = run.state()
+        # The history first: next_stage_after() trusts this look's checkpoints only while
+        # the manifest grew by our own appends since it was read, which holds only if it
+        # was read before any of them (a reset appends before it removes a checkpoint).
+        state = run.state(history_first=True)
         if _sent_before_failure(state, stage):
             log.warning("run %s stage %s: this message was sent before the stage failed "
                         "(a redelivered copy); not running it", run.run_id, stage)

@@ -343,9 +343,13 @@ class Run:
 
     # -- derived state -------------------------------------------------------------------
 
-    def state(self) -> RunState:
-        """A fresh look at the run's checkpoints and history (each file read once)."""
-        return RunState(self)
+    def state(self, history_first: bool = False) -> RunState:
+        """A fresh look at the run's checkpoints and history (each file read once, when
+        first needed; with ``history_first``, the history now)."""
+        state = RunState(self)
+        if history_first:
+            state.events  # noqa: B018 (read for its effect)
+        return state
 
     def stage_done(self, stage: str) -> bool:
         return self.state().stage_done(stage)
@@ -398,10 +402,13 @@ class RunState:
         self._events: list[StageEvent] | None = None
         self._manifest_size: int | None = None
         self._appended_before = len(run.appended)
+        self._checkpoint_before_history = False
 
     def checkpoint(self, stage: str) -> Checkpoint | None:
         if stage not in self._checkpoints:
             self._checkpoints[stage] = self.run.checkpoint(stage)
+            if self._events is None:
+                self._checkpoint_before_history = True
         return self._checkpoints[stage]
 
     @property
@@ -417,9 +424,13 @@ class RunState:
 
         Every change to a run's stages by someone else (``sparkle resume --from/--only``,
         another worker's attempt) appends to the manifest before it touches a checkpoint,
-        so while this holds, the stages this look found done are still done.
+        so while this holds, the stages this look found done are still done, provided
+        the history was read before any checkpoint (``Run.state(history_first=True)``):
+        else a reset could have appended before the history was read but removed a
+        checkpoint after this look had read it. Without that order this says False.
         """
-        if self._events is None or self._manifest_size is None:
+        if self._events is None or self._manifest_size is None \
+                or self._checkpoint_before_history:
             return False
         expected = self._manifest_size
         for before, after in self.run.appended[self._appended_before:]:
@@ -427,10 +438,14 @@ class RunState:
                 return False
             expected = after
         try:
-            return os.stat(f"{self.run.dir}/{MANIFEST_FILE}", follow_symlinks=False).st_size \
-                == expected
+            # open + fstat, not stat: over NFS only an open revalidates a cached size.
+            fd = os.open(f"{self.run.dir}/{MANIFEST_FILE}", os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return False
+        try:
+            return os.fstat(fd).st_size == expected
+        finally:
+            os.close(fd)
 
     def last_event(self, stage: str) -> StageEvent | None:
         for event in reversed(self.events):
@@ -467,7 +482,8 @@ class RunState:
             if not self.stage_done(later):
                 found = later
                 break
-        # (checked after those reads: a reset appends its event before it removes
+        # (checked after those reads, and the history was read before any checkpoint
+        # (Run.state(history_first=True)): a reset appends its event before it removes
         # checkpoints, so a reset that the check misses had not removed any yet)
         return found if self.appended_only_by_us() else self.run.next_stage()
 

@@ -13,6 +13,7 @@ from sparkle.adapters.testing import FIXED, read_trace
 from sparkle.engine import Outcome
 from sparkle.errors import ConfigError
 from sparkle.runner import force_rerun
+from sparkle.runstore import Run
 from sparkle.schemas import STAGES, Checkpoint
 from sparkle.stages import Adapter
 
@@ -150,6 +151,41 @@ def test_a_reset_made_while_a_stage_runs_is_continued_by_that_stage(pipeline, pl
     assert results[0].status.value == "succeeded"
     counts = calls(run)
     assert [counts[s] for s in STAGES] == [1, 2, 2, 2, 2, 2, 2]
+
+
+def test_a_reset_made_while_the_worker_reads_the_run_is_not_missed(
+        pipeline, plans_dir, monkeypatch):
+    """`sparkle resume --only images` made while a worker, handling the qa message of an
+    earlier resume, has read images' checkpoint but not yet the history: resume's kick
+    leaves the chain to the lease holder, so after qa the worker must still go back to
+    images. (The worker reads the history before any checkpoint; its cheap look after
+    the success trusts only what was read after the history.)"""
+    run = pipeline.create(plans_dir / "rooftop.json", fault_qa="permanent")
+    assert pipeline.work(run).status.value == "failed"
+    pipeline.engine.adapters["qa"] = Adapter("qa", "fixed", FIXED["qa"], ())
+    real_checkpoint = Run.checkpoint
+    fired = threading.Event()
+
+    def checkpoint(self: Run, stage: str) -> Checkpoint | None:
+        value = real_checkpoint(self, stage)
+        if stage == "images" and not fired.is_set() and \
+                threading.current_thread().name not in ("foreground", "MainThread"):
+            fired.set()
+            other = Run(self.dir.parent, self.run_id)  # another process: `sparkle resume`
+            assert force_rerun(other, only="images") == ["images"]
+            assert pipeline.engine.dispatcher.kick(other) is None  # the lease is held
+        return value
+
+    monkeypatch.setattr(Run, "checkpoint", checkpoint)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True,
+                              name="foreground")
+    worker.start()
+    worker.join(60)
+    assert fired.is_set()
+    assert results, "the chain stopped: images was reset but never re-run"
+    assert results[0].status.value == "succeeded"
+    assert calls(run)["images"] == 2
 
 
 def test_resume_only_refuses_when_an_earlier_stage_is_not_done(pipeline, plans_dir):

@@ -653,9 +653,14 @@ def test_a_look_knows_whether_only_its_own_run_object_appended_since(run: Run):
     worker's own attempt), and stops being current once anyone else appends (a reset by
     `sparkle resume`, another process)."""
     run.append_event("script", "begin", 1)
-    look = run.state()
-    assert not look.appended_only_by_us()  # the history was not read yet: unknown
+    unordered = run.state()
+    assert not unordered.appended_only_by_us()  # the history was not read yet: unknown
+    assert unordered.next_stage() == "script" and unordered.crashed_begins("script") == 1
+    # a checkpoint read before the history: a reset may fall between, so never trusted
+    assert not unordered.appended_only_by_us()
+    look = run.state(history_first=True)
     assert look.next_stage() == "script" and look.crashed_begins("script") == 1
+    assert look.appended_only_by_us()
     run.append_event("script", "success", 1)
     run.append_event("images", "begin", 1)
     assert look.appended_only_by_us()
@@ -668,8 +673,9 @@ def test_a_look_knows_whether_only_its_own_run_object_appended_since(run: Run):
 def test_next_stage_after_a_success_reads_later_stages_afresh(run: Run):
     """After ``script`` succeeds the next stage is the first later one not done now,
     including a checkpoint written after the look was read (a re-run with --only)."""
-    look = run.state()
+    look = run.state(history_first=True)
     assert look.next_stage() == "script" and look.attempts("script") == 0
+    assert look.checkpoint("images") is None  # (now in the look, but read again below)
     for stage in ("script", "images"):
         run.write_checkpoint(checkpoint(stage, "success"))
     run.append_event("script", "success", 1)
