@@ -160,7 +160,11 @@ class _Heartbeat:
                 due = [lease for lease, when in self._due.items()
                        if when <= now and lease not in self._sending]
                 if not due:
-                    self._wake_at = min(self._due.values(), default=now + 60)
+                    # (a lease whose renewal is still on its way is not due again until it
+                    # is back, and _renew then wakes the thread: its past due time must
+                    # not make the wait below return at once, again and again)
+                    self._wake_at = min((when for lease, when in self._due.items()
+                                         if lease not in self._sending), default=now + 60)
                     self._wake.wait(self._wake_at - now)
                     self.wakeups += 1
                     self._wake_at = 0.0  # awake: whoever adds a lease now need not notify
@@ -177,6 +181,8 @@ class _Heartbeat:
         finally:
             with self._wake:
                 self._sending.discard(lease)
+                if self._due.get(lease, self._wake_at) < self._wake_at:
+                    self._wake.notify()  # due again before the thread would wake
 
     def _send(self, lease: Lease) -> None:
         try:

@@ -151,18 +151,48 @@ def test_release_can_carry_more_commands_in_the_same_round_trip(client: fakeredi
 def test_starting_a_lease_does_not_wake_the_heartbeat_thread(client: fakeredis.FakeRedis):
     """Leases that fall due after the thread's next wake-up leave it asleep: a wake-up per
     stage would cost every stage two thread switches under the GIL."""
+    heartbeat = lease_module._Heartbeat()  # (not the process's: other tests' leases)
     first = Lease(client, "ns", "run-first", 30)
     assert first.acquire()
-    first.start_heartbeat()
+    heartbeat.add(first)
     time.sleep(0.2)  # the thread is now asleep until the first lease falls due
-    before = lease_module._heartbeat.wakeups
+    before = heartbeat.wakeups
     later = [Lease(client, "ns", f"run-{n}", 30) for n in range(50)]
     try:
         for held in later:
             assert held.acquire()
-            held.start_heartbeat()
+            heartbeat.add(held)
             time.sleep(0.001)
-        assert lease_module._heartbeat.wakeups == before
+        assert heartbeat.wakeups == before
     finally:
         for held in [first, *later]:
+            heartbeat.remove(held)
             held.release()
+
+
+class _SlowLease(Lease):
+    """A lease whose renewals take longer than the time between them (TTL / 3), yet less
+    than the time its last renewal has left (2 TTL / 3)."""
+
+    def renew(self) -> bool:
+        time.sleep(self.ttl_ms / 2000)
+        return super().renew()
+
+
+def test_a_renewal_still_on_its_way_does_not_make_the_heartbeat_spin(
+        client: fakeredis.FakeRedis):
+    """While a renewal is slower than the lease's renewal interval, the heartbeat thread
+    sleeps until it is back instead of waking again and again for a lease already being
+    renewed (that spin burned a core), and renews it again as soon as it is back (else
+    the lease would expire one TTL after that renewal: 4.4 s here)."""
+    heartbeat = lease_module._Heartbeat()
+    slow = _SlowLease(client, "ns", "run-slow", 2.4)  # due every 0.8 s, renewed in 1.2 s
+    assert slow.acquire()
+    heartbeat.add(slow)
+    try:
+        time.sleep(5.0)
+        assert heartbeat.wakeups < 20
+        assert slow.held() and not slow.lost.is_set()
+    finally:
+        heartbeat.remove(slow)
+        slow.release()
