@@ -476,6 +476,12 @@ class RunState:
         manifest since this look was read (:meth:`appended_only_by_us`), the stages before
         ``stage`` are still done, so only the later ones are read again.
         """
+        # A stage before this one whose last event is a reset is being reset now: its
+        # event came before the history was read but its checkpoint may have been removed
+        # only after this look read it (a reset appends, then removes, stage by stage).
+        if any((last := self.last_event(earlier)) is not None and last.status == "reset"
+               for earlier in STAGES[:STAGES.index(stage)]):
+            return self.run.next_stage()
         found = None
         for later in STAGES[STAGES.index(stage) + 1:]:
             self._checkpoints.pop(later, None)  # read it afresh

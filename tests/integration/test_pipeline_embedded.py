@@ -6,6 +6,7 @@ import json
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,6 +187,69 @@ def test_a_reset_made_while_the_worker_reads_the_run_is_not_missed(
     assert results, "the chain stopped: images was reset but never re-run"
     assert results[0].status.value == "succeeded"
     assert calls(run)["images"] == 2
+
+
+def test_a_reset_appended_before_the_history_read_is_not_missed_either(
+        pipeline, plans_dir, monkeypatch):
+    """The other order: `sparkle resume --only images` appends its reset event just before
+    the worker reads the history, and removes images' checkpoint just after the worker
+    read it. The look holds the reset event but saw the checkpoint: the worker must not
+    trust it, and must go back to images after qa."""
+    run = pipeline.create(plans_dir / "rooftop.json", fault_qa="permanent")
+    assert pipeline.work(run).status.value == "failed"
+    pipeline.engine.adapters["qa"] = Adapter("qa", "fixed", FIXED["qa"], ())
+    real_events, real_checkpoint = Run._events, Run.checkpoint
+    other = Run(run.dir.parent, run.run_id)  # `sparkle resume --only images`
+    attempt = max(1, other.attempts("images"))
+    appended, removed = threading.Event(), threading.Event()
+
+    def in_worker() -> bool:
+        return threading.current_thread().name not in ("foreground", "MainThread")
+
+    def events(self: Run) -> Any:
+        if in_worker() and not appended.is_set():
+            appended.set()  # reset_stages, first the event
+            other.append_event("images", "reset", attempt, metadata={"reason": "--only"})
+        return real_events(self)
+
+    def checkpoint(self: Run, stage: str) -> Checkpoint | None:
+        value = real_checkpoint(self, stage)
+        if stage == "images" and in_worker() and appended.is_set() and not removed.is_set():
+            removed.set()  # then the checkpoint, after the worker read it
+            other.remove_checkpoint("images")
+            assert pipeline.engine.dispatcher.kick(other) is None  # the lease is held
+        return value
+
+    monkeypatch.setattr(Run, "_events", events)
+    monkeypatch.setattr(Run, "checkpoint", checkpoint)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True,
+                              name="foreground")
+    worker.start()
+    worker.join(60)
+    assert appended.is_set() and removed.is_set()
+    assert results, "the chain stopped: images was reset but never re-run"
+    assert results[0].status.value == "succeeded"
+    assert calls(run)["images"] == 2
+
+
+def test_a_plain_run_never_needs_the_full_look_after_a_success(pipeline, plans_dir,
+                                                              monkeypatch):
+    """With nobody else touching the run, the look after each success re-reads only the
+    later stages: the full look (every checkpoint and the whole history again) is never
+    taken by the worker. (A look taken in the wrong order would always fall back to it.)"""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    full_looks: list[str] = []
+    real_next_stage = Run.next_stage
+
+    def next_stage(self: Run) -> str | None:
+        if threading.current_thread().name != "MainThread":
+            full_looks.append(threading.current_thread().name)
+        return real_next_stage(self)
+
+    monkeypatch.setattr(Run, "next_stage", next_stage)
+    assert pipeline.work(run).status.value == "succeeded"
+    assert full_looks == []
 
 
 def test_resume_only_refuses_when_an_earlier_stage_is_not_done(pipeline, plans_dir):
