@@ -82,7 +82,7 @@ class Lease:
 
     def held(self) -> bool:
         """The fencing check: is the lease still ours right now?"""
-        value = roundtrip.execute(self.client, ("GET", self.key))[0]
+        value = roundtrip.execute(self.client, ("GET", self.key), idempotent=True)[0]
         return value is not None and _text(value) == self.token
 
     def release(self, also: tuple[Command, ...] = ()) -> bool:

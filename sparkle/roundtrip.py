@@ -51,13 +51,29 @@ _local: weakref.WeakKeyDictionary[redis.Redis, _Connections] = weakref.WeakKeyDi
 _local_lock = threading.Lock()
 
 
-def execute(client: redis.Redis, *commands: Command) -> list[Any]:
+def execute(client: redis.Redis, *commands: Command, idempotent: bool = False) -> list[Any]:
     """Send ``commands`` in one round trip and return their replies, in order.
+
+    With ``idempotent`` (reads, such as the fencing check), a connection that fails after
+    the request was sent is replaced and the request sent once more: running it twice
+    does no harm. Otherwise that failure is raised, as the commands may have run.
 
     Raises the first error reply (``redis.ResponseError``) once every reply is read, and
     ``redis.ConnectionError``/``redis.TimeoutError`` when Redis cannot be reached.
     """
+    # hiredis packs directly; redis-py's packer checks and copies every argument first.
+    request = [b"".join([hiredis.pack_command(command) for command in commands])]
     connections = _connections(client)
+    try:
+        return _round_trip(client, connections, request, len(commands))
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        if not idempotent:
+            raise
+        return _round_trip(client, connections, request, len(commands))
+
+
+def _round_trip(client: redis.Redis, connections: _Connections, request: list[bytes],
+                count: int) -> list[Any]:
     connection = connections.connection
     now = time.monotonic()
     if (connection is None or connection.pid != os.getpid()
@@ -66,8 +82,6 @@ def execute(client: redis.Redis, *commands: Command) -> list[Any]:
             connection.disconnect()
         connection = connections.connection = _connect(client)
     connections.used = now
-    # hiredis packs directly; redis-py's packer checks and copies every argument first.
-    request = [b"".join([hiredis.pack_command(command) for command in commands])]
     try:
         connection.send_packed_command(request, check_health=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -77,7 +91,7 @@ def execute(client: redis.Redis, *commands: Command) -> list[Any]:
     replies: list[Any] = []
     error: redis.ResponseError | None = None
     try:
-        for _ in commands:
+        for _ in range(count):
             try:
                 replies.append(connection.read_response())
             except redis.ResponseError as exc:

@@ -176,3 +176,23 @@ def test_a_connection_idle_too_long_is_replaced_before_a_middlebox_resets_it(
     assert roundtrip.execute(client, ("GET", "k")) == [b"v"]
     assert proxy.resets == 0
     proxy.listener.close()
+
+
+def test_a_read_is_sent_again_when_its_connection_fails_after_sending(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch):
+    """A connection dropped sooner than IDLE_RECONNECT_SEC (a NAT evicting flows early, a
+    load balancer failing over) fails a request after it was sent. A read, such as the
+    fencing check at the end of a stage, is sent again on a new connection instead of
+    failing the stage; a write is not, as it may have run."""
+    proxy = IdleProxy(("127.0.0.1", redis_server.port), idle=0.5)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5)
+    monkeypatch.setattr(roundtrip, "IDLE_RECONNECT_SEC", 30.0)
+    assert roundtrip.execute(client, ("SET", "k", "v")) == [b"OK"]
+    time.sleep(1.0)
+    assert roundtrip.execute(client, ("GET", "k"), idempotent=True) == [b"v"]
+    assert proxy.resets == 1
+    time.sleep(1.0)
+    with pytest.raises(redis.ConnectionError):
+        roundtrip.execute(client, ("INCR", "n"))
+    assert proxy.resets == 2
+    proxy.listener.close()
