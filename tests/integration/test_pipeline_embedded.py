@@ -26,6 +26,30 @@ def calls(run: object) -> Counter[str]:
     return Counter(record["stage"] for record in read_trace(run.dir))  # type: ignore[attr-defined]
 
 
+def work_in_background(pipeline: Any, run: Any) -> list[Any]:
+    """Work the run's chain in a thread named "foreground", for at most 60 s: if nothing
+    continues the chain, the worker would wait forever. Returns its result, or nothing."""
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True,
+                              name="foreground")
+    worker.start()
+    worker.join(60)
+    return results
+
+
+def in_worker() -> bool:
+    """Whether the calling thread is one of the pipeline's worker threads."""
+    return threading.current_thread().name not in ("foreground", "MainThread")
+
+
+def qa_failed_then_fixed(pipeline: Any, plans_dir: Path) -> Any:
+    """A run whose qa failed for good, with qa's adapter fixed since: resuming it runs qa."""
+    run = pipeline.create(plans_dir / "rooftop.json", fault_qa="permanent")
+    assert pipeline.work(run).status.value == "failed"
+    pipeline.engine.adapters["qa"] = Adapter("qa", "fixed", FIXED["qa"], ())
+    return run
+
+
 def test_chain_runs_all_seven_stages_in_order(pipeline, plans_dir):
     """A run ends with seven success checkpoints and a manifest of begin/success pairs."""
     # Given a new run of the lighthouse plan
@@ -143,11 +167,7 @@ def test_a_reset_made_while_a_stage_runs_is_continued_by_that_stage(pipeline, pl
 
     pipeline.engine.adapters["images"] = Adapter("images", "resetting",
                                                  images_while_someone_resets, ())
-    # (in a thread: if nothing continues the chain, the foreground worker waits forever)
-    results: list = []
-    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True)
-    worker.start()
-    worker.join(60)
+    results = work_in_background(pipeline, run)
     assert results, "nothing continued the chain after images: videos was never queued"
     assert results[0].status.value == "succeeded"
     counts = calls(run)
@@ -161,16 +181,13 @@ def test_a_reset_made_while_the_worker_reads_the_run_is_not_missed(
     leaves the chain to the lease holder, so after qa the worker must still go back to
     images. (The worker reads the history before any checkpoint; its cheap look after
     the success trusts only what was read after the history.)"""
-    run = pipeline.create(plans_dir / "rooftop.json", fault_qa="permanent")
-    assert pipeline.work(run).status.value == "failed"
-    pipeline.engine.adapters["qa"] = Adapter("qa", "fixed", FIXED["qa"], ())
+    run = qa_failed_then_fixed(pipeline, plans_dir)
     real_checkpoint = Run.checkpoint
     fired = threading.Event()
 
     def checkpoint(self: Run, stage: str) -> Checkpoint | None:
         value = real_checkpoint(self, stage)
-        if stage == "images" and not fired.is_set() and \
-                threading.current_thread().name not in ("foreground", "MainThread"):
+        if stage == "images" and not fired.is_set() and in_worker():
             fired.set()
             other = Run(self.dir.parent, self.run_id)  # another process: `sparkle resume`
             assert force_rerun(other, only="images") == ["images"]
@@ -178,11 +195,7 @@ def test_a_reset_made_while_the_worker_reads_the_run_is_not_missed(
         return value
 
     monkeypatch.setattr(Run, "checkpoint", checkpoint)
-    results: list = []
-    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True,
-                              name="foreground")
-    worker.start()
-    worker.join(60)
+    results = work_in_background(pipeline, run)
     assert fired.is_set()
     assert results, "the chain stopped: images was reset but never re-run"
     assert results[0].status.value == "succeeded"
@@ -195,16 +208,11 @@ def test_a_reset_appended_before_the_history_read_is_not_missed_either(
     the worker reads the history, and removes images' checkpoint just after the worker
     read it. The look holds the reset event but saw the checkpoint: the worker must not
     trust it, and must go back to images after qa."""
-    run = pipeline.create(plans_dir / "rooftop.json", fault_qa="permanent")
-    assert pipeline.work(run).status.value == "failed"
-    pipeline.engine.adapters["qa"] = Adapter("qa", "fixed", FIXED["qa"], ())
+    run = qa_failed_then_fixed(pipeline, plans_dir)
     real_events, real_checkpoint = Run._events, Run.checkpoint
     other = Run(run.dir.parent, run.run_id)  # `sparkle resume --only images`
     attempt = max(1, other.attempts("images"))
     appended, removed = threading.Event(), threading.Event()
-
-    def in_worker() -> bool:
-        return threading.current_thread().name not in ("foreground", "MainThread")
 
     def events(self: Run) -> Any:
         if in_worker() and not appended.is_set():
@@ -222,11 +230,7 @@ def test_a_reset_appended_before_the_history_read_is_not_missed_either(
 
     monkeypatch.setattr(Run, "_events", events)
     monkeypatch.setattr(Run, "checkpoint", checkpoint)
-    results: list = []
-    worker = threading.Thread(target=lambda: results.append(pipeline.work(run)), daemon=True,
-                              name="foreground")
-    worker.start()
-    worker.join(60)
+    results = work_in_background(pipeline, run)
     assert appended.is_set() and removed.is_set()
     assert results, "the chain stopped: images was reset but never re-run"
     assert results[0].status.value == "succeeded"
