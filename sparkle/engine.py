@@ -364,6 +364,11 @@ def _sent_before_failure(state: RunState, stage: str) -> bool:
     crash redelivery is not counted as a retry), and running it would restart a crash loop
     the engine already ended. Resume, replay and the reaper always send a new message.
     """
+    # (a failed checkpoint is written after its fail event, so the history says when one
+    # can be there, and the checkpoint is read only then)
+    last = state.last_event(stage)
+    if last is None or last.status != "fail":
+        return False
     checkpoint = state.checkpoint(stage)
     if checkpoint is None or checkpoint.status != "failed":
         return False

@@ -455,12 +455,20 @@ class RunState:
 
     def stage_done(self, stage: str) -> bool:
         """A stage is done when its checkpoint says success, or the manifest's last
-        event for it is a success (the seed contract's resume rule)."""
-        checkpoint = self.checkpoint(stage)
-        if checkpoint is not None:
-            return checkpoint.status == "success"
+        event for it is a success (the seed contract's resume rule: either one).
+
+        The history is asked first: it is one file read once per look, where each
+        checkpoint is a file of its own, so deciding that the stages before a run's
+        current one are done reads no checkpoint. The two agree whenever the engine wrote
+        them: a success event follows its success checkpoint; a reset appends its event
+        before it removes the checkpoint, a failure before it writes its own; and an
+        attempt starts only on a stage that is not done.
+        """
         last = self.last_event(stage)
-        return last is not None and last.status == "success"
+        if last is not None and last.status == "success":
+            return True
+        checkpoint = self.checkpoint(stage)
+        return checkpoint is not None and checkpoint.status == "success"
 
     def next_stage(self) -> str | None:
         """The first stage that is not done, or None when every stage is."""

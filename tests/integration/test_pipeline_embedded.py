@@ -176,25 +176,25 @@ def test_a_reset_made_while_a_stage_runs_is_continued_by_that_stage(pipeline, pl
 
 def test_a_reset_made_while_the_worker_reads_the_run_is_not_missed(
         pipeline, plans_dir, monkeypatch):
-    """`sparkle resume --only images` made while a worker, handling the qa message of an
-    earlier resume, has read images' checkpoint but not yet the history: resume's kick
+    """`sparkle resume --only images` made just after a worker, handling the qa message of
+    an earlier resume, read the run's history (which says images is done): resume's kick
     leaves the chain to the lease holder, so after qa the worker must still go back to
-    images. (The worker reads the history before any checkpoint; its cheap look after
-    the success trusts only what was read after the history.)"""
+    images. (Its cheap look after the success trusts its first look only while nobody
+    else appended to the history.)"""
     run = qa_failed_then_fixed(pipeline, plans_dir)
-    real_checkpoint = Run.checkpoint
+    real_events = Run._events
     fired = threading.Event()
 
-    def checkpoint(self: Run, stage: str) -> Checkpoint | None:
-        value = real_checkpoint(self, stage)
-        if stage == "images" and not fired.is_set() and in_worker():
+    def events(self: Run) -> Any:
+        value = real_events(self)
+        if not fired.is_set() and in_worker():
             fired.set()
             other = Run(self.dir.parent, self.run_id)  # another process: `sparkle resume`
             assert force_rerun(other, only="images") == ["images"]
             assert pipeline.engine.dispatcher.kick(other) is None  # the lease is held
         return value
 
-    monkeypatch.setattr(Run, "checkpoint", checkpoint)
+    monkeypatch.setattr(Run, "_events", events)
     results = work_in_background(pipeline, run)
     assert fired.is_set()
     assert results, "the chain stopped: images was reset but never re-run"

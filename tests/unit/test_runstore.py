@@ -655,8 +655,9 @@ def test_a_look_knows_whether_only_its_own_run_object_appended_since(run: Run):
     run.append_event("script", "begin", 1)
     unordered = run.state()
     assert not unordered.appended_only_by_us()  # the history was not read yet: unknown
+    assert unordered.checkpoint("script") is None  # a checkpoint read before the history
     assert unordered.next_stage() == "script" and unordered.crashed_begins("script") == 1
-    # a checkpoint read before the history: a reset may fall between, so never trusted
+    # a reset may fall between the two reads, so this look is never trusted
     assert not unordered.appended_only_by_us()
     look = run.state(history_first=True)
     assert look.next_stage() == "script" and look.crashed_begins("script") == 1
@@ -908,3 +909,53 @@ def test_a_symlinked_plan_is_refused_with_a_clear_error(run: Run, tmp_path: Path
     (run.dir / "movie_plan.json").symlink_to(outside)
     with pytest.raises(UnsafePathError, match=r"movie_plan\.json is a symbolic link"):
         run.plan()
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_status", "last_event", "done"),
+    [
+        ("success", None, True),
+        (None, "success", True),
+        ("success", "reset", True),  # a reset under way: its checkpoint not removed yet
+        ("begin", "success", True),  # a stray begin written over a success
+        ("failed", "fail", False),
+        (None, "reset", False),
+        ("begin", "begin", False),
+        (None, None, False),
+    ],
+)
+def test_a_stage_is_done_when_its_checkpoint_or_its_last_event_says_success(
+    run: Run, checkpoint_status: str | None, last_event: str | None, done: bool
+):
+    """The seed contract's resume rule: a stage is skipped when either its checkpoint says
+    success or the manifest's last event for it is a success."""
+    if last_event is not None:
+        run.append_event("script", "begin", 1)
+        run.append_event("script", last_event, 1)
+    if checkpoint_status is not None:
+        run.write_checkpoint(checkpoint("script", checkpoint_status))
+    assert run.stage_done("script") is done
+    assert run.state(history_first=True).stage_done("script") is done
+
+
+def test_stages_the_history_shows_done_are_decided_without_reading_their_checkpoints(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+):
+    """A worker's look at a run decides from the history (one file) that the stages before
+    the current one are done: with five stages done it reads only the checkpoint of the
+    sixth, instead of one file per stage for every message."""
+    for stage in STAGES[:5]:
+        run.write_checkpoint(checkpoint(stage, "success"))
+        run.append_event(stage, "success", 1)
+    reads: list[str] = []
+    real = Run.checkpoint
+
+    def counting(self: Run, stage: str) -> Checkpoint | None:
+        reads.append(stage)
+        return real(self, stage)
+
+    monkeypatch.setattr(Run, "checkpoint", counting)
+    look = run.state(history_first=True)
+    assert look.next_stage() == "assemble"
+    assert look.attempts("assemble") == 0 and look.crashed_begins("assemble") == 0
+    assert reads == ["assemble"]
