@@ -17,7 +17,7 @@ In embedded mode the same code runs against an in-process fakeredis server.
 from __future__ import annotations
 
 import logging
-import secrets
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +58,8 @@ class Lease:
         self.client = client
         self.key = keys.lease(namespace, run_id)
         self.run_id = run_id
-        self.token = secrets.token_hex(16)
+        # Unique, not secret: ``random`` (reseeded in forked children) costs no system call.
+        self.token = f"{random.getrandbits(128):032x}"
         self.ttl_ms = max(1, int(ttl_sec * 1000))
         self.lost = threading.Event()
 
