@@ -11,8 +11,8 @@ Layout of ``runs/<run_id>/``::
 
 Checkpoints are the state; the manifest is the history. Every JSON file is written
 atomically (:mod:`sparkle.atomic`). The manifest is append-only: each event is one
-``write`` to a file opened with ``O_APPEND``, under the run's ``flock`` (for shared
-storage), without reading the history first; a record cut short by a power loss spoils
+``write`` to a file opened with ``O_APPEND``, under an ``flock`` of the manifest (for
+shared storage), without reading the history first; a record cut short by a power loss spoils
 only itself (readers skip it, writers start a new line).
 
 Listing thousands of runs (``sparkle runs``, the reaper) or showing one (``sparkle status``)
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from sparkle import atomic, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
@@ -113,6 +113,10 @@ class RunSummary:
     status: RunStatus
     qa_decision: str | None
     next_stage: str | None
+
+
+#: Validates a list of events in one call (see :meth:`Run._events`).
+_EVENT_LIST = TypeAdapter(list[StageEvent])
 
 
 class _LegacyManifest(BaseModel):
@@ -264,6 +268,17 @@ class Run:
         lines = data.split(b"\n")
         # Without a final newline the last line is an append still being written (or one a
         # power loss cut short, which the next append leaves on its own line): not yet news.
+        records = [line for line in lines[:-1] if line.strip()]
+        try:
+            # All lines in one call, as one JSON array: a call per line costs more than
+            # its parsing. A bad line fails the whole array, and then each line is read
+            # on its own to skip only that one. (Joined records cannot parse as a different
+            # number of events: a torn record leaves a bracket or a string open.)
+            parsed = _EVENT_LIST.validate_json(b"[" + b",".join(records) + b"]")
+            if len(parsed) == len(records):
+                return events + parsed, len(data)
+        except ValidationError:
+            pass
         for number, line in enumerate(lines[:-1], 1):
             if not line.strip():
                 continue
@@ -300,11 +315,13 @@ class Run:
         metadata: dict[str, Any] | None = None,
         durable: bool = True,
     ) -> StageEvent:
-        """Append one event to the manifest: one ``O_APPEND`` write under the run's lock.
+        """Append one event to the manifest: one ``O_APPEND`` write under a lock on it.
 
-        Nothing is read or rewritten. The lock is for shared storage: on a local file system
-        ``O_APPEND`` writes from several processes would not interleave anyway, but over
-        NFS only a lock makes the client see the file's current end.
+        Nothing is read or rewritten. The lock (``flock`` on the manifest itself) is for
+        shared storage: on a local file system ``O_APPEND`` writes from several processes
+        would not interleave anyway, but over NFS only a lock makes the client see the
+        file's current end (Linux implements ``flock`` there with an NFS lock, and taking
+        one revalidates the locked file).
         """
         event = StageEvent.model_validate(
             {
@@ -320,23 +337,24 @@ class Run:
         record = event.model_dump_json().encode("utf-8") + b"\n"
         path = f"{self.dir}/{MANIFEST_FILE}"
         created = False
-        with self.locked():
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
-            except FileNotFoundError:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                             0o666)
-                created = True
-            try:
-                end = os.fstat(fd).st_size
-                if end and os.pread(fd, 1, end - 1) != b"\n":
-                    record = b"\n" + record  # the last one was cut short: leave it alone
-                atomic.write_all(fd, record)
-                self.appended.append((end, end + len(record)))
-                if durable:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            created = True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # (released by the close)
+            end = os.fstat(fd).st_size
+            # (a record of ours ending there ends with its newline: no need to look)
+            ours = bool(self.appended) and self.appended[-1][1] == end
+            if end and not ours and os.pread(fd, 1, end - 1) != b"\n":
+                record = b"\n" + record  # the last one was cut short: leave it alone
+            atomic.write_all(fd, record)
+            self.appended.append((end, end + len(record)))
+            if durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
         if created and durable:
             atomic.fsync_dir(self.dir)  # the new file's name must survive a power loss too
         return event

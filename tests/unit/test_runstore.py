@@ -959,3 +959,29 @@ def test_stages_the_history_shows_done_are_decided_without_reading_their_checkpo
     assert look.next_stage() == "assemble"
     assert look.attempts("assemble") == 0 and look.crashed_begins("assemble") == 0
     assert reads == ["assemble"]
+
+
+def test_an_append_waits_for_the_lock_on_the_manifest(run: Run):
+    """Appends take an exclusive ``flock`` on the manifest itself (on NFS the lock is what
+    shows a client the file's current end): one made while another process holds it
+    waits for the lock, then lands after what the holder wrote."""
+    import fcntl
+
+    manifest = run.dir / "manifest.jsonl"
+    holder = os.open(manifest, os.O_RDWR | os.O_APPEND)  # another open file: another holder
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    appender = threading.Thread(target=run.append_event, args=("script", "success", 1))
+    try:
+        appender.start()
+        appender.join(0.5)
+        assert appender.is_alive(), "the append did not wait for the lock"
+        theirs = (
+            '{"run_id":"%s","stage":"script","status":"begin","timestamp":1.0,"attempt":1,'
+            '"error":null,"metadata":{}}\n' % run.run_id
+        )
+        os.write(holder, theirs.encode())
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        appender.join(10)
+    assert [e.status for e in run.events()] == ["begin", "success"]
