@@ -25,10 +25,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.encoder import JSONEncoder
 from dramatiq.middleware import (
     AgeLimit,
-    Callbacks,
     CurrentMessage,
     Middleware,
-    Pipelines,
     Retries,
     ShutdownNotifications,
     TimeLimit,
@@ -57,13 +55,16 @@ _client: redis.Redis | None = None
 
 
 def middleware() -> list[Middleware]:
-    """The broker's middleware, listed explicitly rather than taken from dramatiq's defaults."""
+    """The broker's middleware, listed explicitly rather than taken from dramatiq's defaults.
+
+    Not dramatiq's ``Callbacks`` and ``Pipelines``: stages chain themselves through the
+    engine and use neither, and each would run on every message. Not ``Prometheus``
+    either: Sparkle's own metrics cover the workers (:mod:`sparkle.metrics`).
+    """
     return [
         AgeLimit(),
         TimeLimit(),
         ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
         Retries(
             max_retries=MESSAGE_MAX_RETRIES,
             min_backoff=MESSAGE_MIN_BACKOFF_MS,
