@@ -22,6 +22,8 @@ of step.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import threading
 import time
 import weakref
@@ -65,11 +67,18 @@ def execute(client: redis.Redis, *commands: Command, idempotent: bool = False) -
     request = [b"".join([hiredis.pack_command(command) for command in commands])]
     connections = _connections(client)
     try:
-        return _round_trip(client, connections, request, len(commands))
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        if not idempotent:
-            raise
-        return _round_trip(client, connections, request, len(commands))
+        try:
+            return _round_trip(client, connections, request, len(commands))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            if not idempotent:
+                raise
+            return _round_trip(client, connections, request, len(commands))
+    except redis.ConnectionError as exc:
+        if isinstance(exc.__context__, BlockingIOError):  # a kernel timeout (see below)
+            raise redis.TimeoutError(
+                f"Redis did not answer within the socket timeout ({exc})"
+            ) from exc
+        raise
 
 
 def _round_trip(client: redis.Redis, connections: _Connections, request: list[bytes],
@@ -129,4 +138,25 @@ def _connect(client: redis.Redis) -> Any:
     pool = client.connection_pool
     connection: Any = pool.connection_class(**pool.connection_kwargs)
     connection.connect()
+    _kernel_timeouts(connection)
     return connection
+
+
+def _kernel_timeouts(connection: Any) -> None:
+    """Have the kernel enforce the connection's socket timeout, not Python.
+
+    A Python socket with a timeout polls before every send and every receive: a system
+    call each, and each hands the GIL to another thread. A blocking socket with
+    ``SO_SNDTIMEO``/``SO_RCVTIMEO`` fails after the same time without the polls (the
+    call returns ``EAGAIN``; :func:`execute` raises that as a ``redis.TimeoutError``).
+    Sockets that are not plain kernel sockets (fakeredis) are left as they are.
+    """
+    sock = getattr(connection, "_sock", None)
+    timeout = sock.gettimeout() if isinstance(sock, socket.socket) else None
+    if not timeout:
+        return
+    seconds = int(timeout)
+    packed = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
+    sock.settimeout(None)

@@ -196,3 +196,20 @@ def test_a_read_is_sent_again_when_its_connection_fails_after_sending(
         roundtrip.execute(client, ("INCR", "n"))
     assert proxy.resets == 2
     proxy.listener.close()
+
+
+def test_the_socket_timeout_still_holds_without_polling(redis_server: RedisServer):
+    """The connection's socket timeout is enforced by the kernel (``SO_RCVTIMEO``) on a
+    blocking socket, which spares a poll before every send and receive: a reply slower
+    than the timeout still fails the call after about that long, as a TimeoutError."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=0.3)
+    assert roundtrip.execute(client, ("PING",)) == [b"PONG"]
+    sock = roundtrip._connections(client).connection._sock
+    assert sock.gettimeout() is None  # blocking: Python does not poll before each call
+    assert struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)) \
+        == (0, 300_000)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError, match="socket timeout"):
+        roundtrip.execute(client, ("BLPOP", "never-pushed", "5"))  # Redis answers after 5 s
+    assert time.monotonic() - started < 3
+    assert roundtrip.execute(client, ("PING",)) == [b"PONG"]  # a new connection works
