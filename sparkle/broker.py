@@ -105,10 +105,14 @@ class _ThreadScript:
     def __call__(self, keys: Sequence[object] = (), args: Sequence[object] = (),
                  client: object = None) -> Any:
         rest = [str(len(keys)), *map(_arg, keys), *map(_arg, args)]
+        # (an ack only removes the message from its queue's ack set: safe to send twice)
+        idempotent = bool(args) and args[0] == "ack"
         try:
-            return roundtrip.execute(self.client, ("EVALSHA", self.sha, *rest))[0]
+            return roundtrip.execute(self.client, ("EVALSHA", self.sha, *rest),
+                                     idempotent=idempotent)[0]
         except redis.exceptions.NoScriptError:
-            return roundtrip.execute(self.client, ("EVAL", self.text, *rest))[0]
+            return roundtrip.execute(self.client, ("EVAL", self.text, *rest),
+                                     idempotent=idempotent)[0]
 
 
 def _arg(value: object) -> str | bytes:

@@ -89,12 +89,16 @@ class Lease:
     def release(self, also: tuple[Command, ...] = ()) -> bool:
         """Give the lease up if it is still ours (never someone else's).
 
-        ``also`` may queue more commands after the release, in the same round trip.
+        ``also`` may queue more commands after the release, in the same round trip; like
+        the release, they must be safe to run twice (the round trip is sent again when
+        its connection fails after sending: a second release of a released lease deletes
+        nothing, whoever holds it now).
         Returns whether the round trip went through; a failure is logged, not raised.
         """
         self.stop_heartbeat()
         try:
-            roundtrip.execute(self.client, ("EVAL", _RELEASE, 1, self.key, self.token), *also)
+            roundtrip.execute(self.client, ("EVAL", _RELEASE, 1, self.key, self.token), *also,
+                              idempotent=True)
         except redis.RedisError as exc:
             # The lease expires on its own; the next owner waits at most one TTL.
             log.warning("run %s: could not release lease (%s)", self.run_id, exc)

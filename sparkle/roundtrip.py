@@ -58,7 +58,10 @@ def execute(client: redis.Redis, *commands: Command, idempotent: bool = False) -
 
     With ``idempotent`` (reads, such as the fencing check), a connection that fails after
     the request was sent is replaced and the request sent once more: running it twice
-    does no harm. Otherwise that failure is raised, as the commands may have run.
+    does no harm. Otherwise that failure is raised, as the commands may have run; such a
+    request is sent only after a poll found its connection still open, where an
+    idempotent one skips the poll (a system call) and is simply sent again when the
+    connection turns out closed.
 
     Raises the first error reply (``redis.ResponseError``) once every reply is read, and
     ``redis.ConnectionError``/``redis.TimeoutError`` when Redis cannot be reached.
@@ -68,11 +71,12 @@ def execute(client: redis.Redis, *commands: Command, idempotent: bool = False) -
     connections = _connections(client)
     try:
         try:
-            return _round_trip(client, connections, request, len(commands))
+            return _round_trip(client, connections, request, len(commands),
+                               check=not idempotent)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             if not idempotent:
                 raise
-            return _round_trip(client, connections, request, len(commands))
+            return _round_trip(client, connections, request, len(commands), check=False)
     except redis.ConnectionError as exc:
         if isinstance(exc.__context__, BlockingIOError):  # a kernel timeout (see below)
             raise redis.TimeoutError(
@@ -82,11 +86,11 @@ def execute(client: redis.Redis, *commands: Command, idempotent: bool = False) -
 
 
 def _round_trip(client: redis.Redis, connections: _Connections, request: list[bytes],
-                count: int) -> list[Any]:
+                count: int, check: bool) -> list[Any]:
     connection = connections.connection
     now = time.monotonic()
     if (connection is None or connection.pid != os.getpid()
-            or now - connections.used > IDLE_RECONNECT_SEC or _closed(connection)):
+            or now - connections.used > IDLE_RECONNECT_SEC or (check and _closed(connection))):
         if connection is not None and connection.pid == os.getpid():
             connection.disconnect()
         connection = connections.connection = _connect(client)

@@ -213,3 +213,23 @@ def test_the_socket_timeout_still_holds_without_polling(redis_server: RedisServe
         roundtrip.execute(client, ("BLPOP", "never-pushed", "5"))  # Redis answers after 5 s
     assert time.monotonic() - started < 3
     assert roundtrip.execute(client, ("PING",)) == [b"PONG"]  # a new connection works
+
+
+def test_requests_safe_to_repeat_skip_the_open_check_and_survive_a_killed_connection(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch):
+    """Only a request that must not run twice pays a poll to check its connection is
+    still open; one safe to repeat (the fencing read, the lease release, an ack) goes
+    straight out and, when Redis had closed the connection, is sent again on a new one:
+    either way the caller sees no error."""
+    polls: list[object] = []
+    real_closed = roundtrip._closed
+    monkeypatch.setattr(roundtrip, "_closed", lambda c: polls.append(c) or real_closed(c))
+    assert roundtrip.execute(client, ("SET", "k", "v")) == [b"OK"]  # (connects)
+    assert roundtrip.execute(client, ("INCR", "n")) == [1]
+    assert len(polls) == 1  # checked before the write
+    assert roundtrip.execute(client, ("GET", "k"), idempotent=True) == [b"v"]
+    assert len(polls) == 1  # not before the read
+    own_id = roundtrip.execute(client, ("CLIENT", "ID"))[0]
+    client.execute_command("CLIENT", "KILL", "ID", own_id)
+    assert roundtrip.execute(client, ("GET", "k"), idempotent=True) == [b"v"]
+    assert roundtrip.execute(client, ("CLIENT", "ID"))[0] != own_id
