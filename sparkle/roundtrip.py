@@ -156,7 +156,9 @@ def _kernel_timeouts(connection: Any) -> None:
     Sockets that are not plain kernel sockets (fakeredis) are left as they are.
     """
     sock = getattr(connection, "_sock", None)
-    timeout = sock.gettimeout() if isinstance(sock, socket.socket) else None
+    if not isinstance(sock, socket.socket):
+        return
+    timeout = sock.gettimeout()
     if not timeout:
         return
     seconds = int(timeout)

@@ -975,11 +975,9 @@ def test_an_append_waits_for_the_lock_on_the_manifest(run: Run):
         appender.start()
         appender.join(0.5)
         assert appender.is_alive(), "the append did not wait for the lock"
-        theirs = (
-            '{"run_id":"%s","stage":"script","status":"begin","timestamp":1.0,"attempt":1,'
-            '"error":null,"metadata":{}}\n' % run.run_id
-        )
-        os.write(holder, theirs.encode())
+        theirs = {"run_id": run.run_id, "stage": "script", "status": "begin",
+                  "timestamp": 1.0, "attempt": 1, "error": None, "metadata": {}}
+        os.write(holder, json.dumps(theirs).encode() + b"\n")
     finally:
         fcntl.flock(holder, fcntl.LOCK_UN)
         os.close(holder)
