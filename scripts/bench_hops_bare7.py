@@ -10,7 +10,9 @@ DESIGN's "Stage execution" asks of every stage: the floor under any implementati
 
 - Redis: take the lease (``SET NX PX``) and clear the pending mark, in one round trip;
   check the lease before writing results; release it and mark the next stage, in one.
-- Files: read the plan, the asset refs, the checkpoints up to this stage and the manifest;
+- Files: read the plan, the asset refs, the manifest and this stage's checkpoint (the
+  manifest's last events say whether the earlier stages are done: the seed contract's
+  resume rule takes a success checkpoint or a last success event);
   write a ``begin`` checkpoint (atomic, not fsynced) and append a ``begin`` event; then
   ``asset_refs.json`` and the ``success`` checkpoint (atomic and durable: temp file, fsync,
   rename, fsync of the folder) and a ``success`` event (appended, fdatasync).
@@ -77,7 +79,7 @@ def records(chain: int, step: int) -> None:
     roundtrip.execute(client, ("SET", lease, token, "NX", "PX", "60000"),
                       ("DEL", f"bare7:pending:{chain}"))
     for name in ("movie_plan.json", "asset_refs.json", "manifest.jsonl",
-                 *(f"checkpoints/{k}.json" for k in range(step + 1))):
+                 f"checkpoints/{step}.json"):
         _read(f"{run}/{name}")
     begin = json.dumps({"stage": step, "status": "begin", "attempt": 1,
                         "timestamp": time.time()}).encode()
