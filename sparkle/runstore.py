@@ -22,6 +22,7 @@ changed (:mod:`sparkle.statuscache`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,8 +117,84 @@ class RunSummary:
     next_stage: str | None
 
 
-#: Validates a list of events in one call (see :meth:`Run._events`).
+#: Validates a list of events in one call (see :func:`_parse_lines`).
 _EVENT_LIST = TypeAdapter(list[StageEvent])
+
+#: Manifests whose parsed events :class:`_Histories` keeps, per process.
+HISTORY_CACHE_RUNS = 1024
+
+
+def _parse_lines(run_id: str, path: str, data: bytes, start: int, end: int
+                 ) -> tuple[list[StageEvent], bool]:
+    """The events in ``data[start:end]`` (whole lines of the manifest at ``path``), and
+    whether every line was one. Lines that are not events are reported and skipped."""
+    lines = data[start:end].split(b"\n")[:-1]
+    records = [line for line in lines if line.strip()]
+    if not records:
+        return [], True
+    try:
+        # All lines in one call, as one JSON array: a call per line costs more than its
+        # parsing. A bad line fails the whole array, and then each line is read on its own
+        # to skip only that one. (Joined records cannot parse as a different number of
+        # events: a torn record leaves a bracket or a string open.)
+        parsed = _EVENT_LIST.validate_json(b"[" + b",".join(records) + b"]")
+        if len(parsed) == len(records):
+            return parsed, True
+    except ValidationError:
+        pass
+    events, clean = [], True
+    for number, line in enumerate(lines, data.count(b"\n", 0, start) + 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(StageEvent.model_validate_json(line))
+        except ValidationError as exc:
+            clean = False
+            log.warning("run %s: %s line %d is not a stage event (%s); skipping it",
+                        run_id, path, number, exc.errors(include_url=False)[0]["msg"])
+    return events, clean
+
+
+class _Histories:
+    """The events parsed from recently read manifests, by path, so that reading a run's
+    history again parses only the lines appended since.
+
+    A manifest only grows, by whole lines. The bytes a cached history was parsed from are
+    compared with the new read (in memory: no system call), never assumed: a manifest
+    rewritten or replaced by hand is parsed afresh. Only histories whose every line was an
+    event are kept, so a damaged line is still reported on every read.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._entries: collections.OrderedDict[str, tuple[bytes, tuple[StageEvent, ...]]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self._capacity = capacity
+
+    def parse(self, run_id: str, path: str, data: bytes) -> list[StageEvent]:
+        """The events of ``data``, the manifest at ``path`` as just read. The events are
+        shared with later reads: callers must not change them."""
+        # Without a final newline the last line is an append still being written (or one a
+        # power loss cut short, which the next append leaves on its own line): not yet news.
+        end = data.rfind(b"\n") + 1
+        with self._lock:
+            cached = self._entries.get(path)
+        start, known = 0, ()
+        if cached is not None and data.startswith(cached[0]):
+            start, known = len(cached[0]), cached[1]
+        new, clean = _parse_lines(run_id, path, data, start, end)
+        events = [*known, *new]
+        if clean:
+            with self._lock:
+                self._entries[path] = (data[:end], tuple(events))
+                self._entries.move_to_end(path)
+                if len(self._entries) > self._capacity:
+                    self._entries.popitem(last=False)
+        return events
+
+
+_histories = _Histories(HISTORY_CACHE_RUNS)
 
 
 class _LegacyManifest(BaseModel):
@@ -129,7 +207,8 @@ class _LegacyManifest(BaseModel):
 
 
 class Run:
-    """One run folder. Cheap to create; reads the disk on every call, caches nothing."""
+    """One run folder. Cheap to create; reads the disk on every call. (Only the parsing of
+    a history read before is reused, while the bytes read begin with the same ones.)"""
 
     def __init__(self, root: Path, run_id: str) -> None:
         if not ID_RE.fullmatch(run_id) or ".." in run_id:
@@ -248,7 +327,8 @@ class Run:
         """The run's history, oldest first. Unreadable lines are reported and skipped.
 
         A run folder made before the manifest became append-only keeps its earlier history
-        in ``manifest.json``; it is read first.
+        in ``manifest.json``; it is read first. The events are shared with later reads of
+        the same history: do not change them.
         """
         return self._events()[0]
 
@@ -265,29 +345,7 @@ class Run:
             log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
                         self.run_id, path, exc.strerror)
             return events, None
-        lines = data.split(b"\n")
-        # Without a final newline the last line is an append still being written (or one a
-        # power loss cut short, which the next append leaves on its own line): not yet news.
-        records = [line for line in lines[:-1] if line.strip()]
-        try:
-            # All lines in one call, as one JSON array: a call per line costs more than
-            # its parsing. A bad line fails the whole array, and then each line is read
-            # on its own to skip only that one. (Joined records cannot parse as a different
-            # number of events: a torn record leaves a bracket or a string open.)
-            parsed = _EVENT_LIST.validate_json(b"[" + b",".join(records) + b"]")
-            if len(parsed) == len(records):
-                return events + parsed, len(data)
-        except ValidationError:
-            pass
-        for number, line in enumerate(lines[:-1], 1):
-            if not line.strip():
-                continue
-            try:
-                events.append(StageEvent.model_validate_json(line))
-            except ValidationError as exc:
-                log.warning("run %s: %s line %d is not a stage event (%s); skipping it",
-                            self.run_id, path, number, exc.errors(include_url=False)[0]["msg"])
-        return events, len(data)
+        return events + _histories.parse(self.run_id, path, data), len(data)
 
     def _legacy_events(self) -> list[StageEvent]:
         path = f"{self.dir}/{LEGACY_MANIFEST_FILE}"
@@ -434,6 +492,13 @@ class RunState:
         if self._events is None:
             self._events, self._manifest_size = self.run._events()
         return self._events
+
+    @property
+    def manifest_size(self) -> int | None:
+        """Bytes of the manifest this look read its history from: 0 when it is empty or
+        missing, None when it could not be read."""
+        self.events  # noqa: B018 (read for its effect)
+        return self._manifest_size
 
     def appended_only_by_us(self) -> bool:
         """Whether every event added to the manifest since this look was read came from

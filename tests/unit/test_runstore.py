@@ -983,3 +983,65 @@ def test_an_append_waits_for_the_lock_on_the_manifest(run: Run):
         os.close(holder)
         appender.join(10)
     assert [e.status for e in run.events()] == ["begin", "success"]
+
+
+class _CountingEventList:
+    """Stands in for runstore._EVENT_LIST, counting the manifest lines it validates."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.lines = 0
+
+    def validate_json(self, data: bytes) -> Any:
+        parsed = self.real.validate_json(data)
+        self.lines += len(parsed)
+        return parsed
+
+
+def test_reading_a_history_again_parses_only_the_lines_appended_since(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+):
+    """Every stage message reads its run's whole history; the lines parsed by an earlier
+    read are not parsed again while the file still begins with them."""
+    from sparkle import runstore
+
+    counting = _CountingEventList(runstore._EVENT_LIST)
+    monkeypatch.setattr(runstore, "_EVENT_LIST", counting)
+    for stage in STAGES[:3]:
+        run.append_event(stage, "begin", 1)
+        run.append_event(stage, "success", 1)
+    assert len(run.events()) == 6 and counting.lines == 6
+    run.append_event("tts", "begin", 1)
+    run.append_event("tts", "success", 1)
+    events = Run(run.dir.parent, run.run_id).events()  # another look, as the next message's
+    assert [(e.stage, e.status) for e in events] == [
+        (stage, status) for stage in STAGES[:4] for status in ("begin", "success")]
+    assert counting.lines == 8  # only the two new lines
+
+
+def test_a_history_rewritten_by_hand_is_parsed_afresh(run: Run):
+    """The parsed history is reused only while the file begins with the bytes it came from:
+    a manifest edited or replaced by hand, even to the same size, reads as it is now."""
+    run.append_event("script", "begin", 1)
+    run.append_event("script", "fail", 1)
+    assert [e.status for e in run.events()] == ["begin", "fail"]
+    manifest = run.dir / "manifest.jsonl"
+    edited = manifest.read_bytes().replace(b'"begin"', b'"reset"')  # same length
+    manifest.write_bytes(edited)
+    assert [e.status for e in run.events()] == ["reset", "fail"]
+    manifest.write_bytes(b"")
+    assert run.events() == []
+
+
+def test_a_damaged_line_is_reported_on_every_read(run: Run, caplog: pytest.LogCaptureFixture):
+    """A history with a damaged line is not kept parsed: each read skips the line again and
+    says so again, naming its line number, also once more lines follow it."""
+    run.append_event("script", "begin", 1)
+    with (run.dir / "manifest.jsonl").open("ab") as handle:
+        handle.write(b"not an event\n")
+    with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
+        assert [e.status for e in run.events()] == ["begin"]
+        run.append_event("script", "success", 1)
+        assert [e.status for e in run.events()] == ["begin", "success"]
+    warnings = [r.getMessage() for r in caplog.records if "line 2" in r.getMessage()]
+    assert len(warnings) == 2
