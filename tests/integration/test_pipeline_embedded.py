@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from sparkle.adapters.testing import FIXED, read_trace
 from sparkle.engine import Outcome
 from sparkle.errors import ConfigError
+from sparkle.lease import holder as lease_holder
 from sparkle.runner import force_rerun
 from sparkle.runstore import Run
 from sparkle.schemas import STAGES, Checkpoint
@@ -277,6 +279,24 @@ def test_duplicate_message_for_done_stage_runs_nothing_and_sends_nothing(pipelin
     assert calls(run) == before
     queued = {q: pipeline.broker.queues[q].qsize() for q in pipeline.broker.queues}
     assert sum(queued.values()) == 0, queued
+
+
+@pytest.mark.parametrize("stage", ["script", "lipsync"])
+def test_message_for_a_removed_run_folder_runs_nothing_and_leaves_nothing(
+        pipeline, plans_dir, stage):
+    """A message whose run folder was removed meanwhile (first stage or later) is dropped:
+    no adapter runs, no file or folder is made again, nothing is queued and the run's
+    lease is left free."""
+    run = pipeline.create(plans_dir / "rooftop.json")
+    if stage != "script":
+        for earlier in STAGES[:STAGES.index(stage)]:
+            assert pipeline.engine.execute(earlier, run.run_id) is Outcome.succeeded
+        pipeline.broker.flush_all()
+    shutil.rmtree(run.dir)
+    assert pipeline.engine.execute(stage, run.run_id) is Outcome.missing
+    assert not run.dir.exists()
+    assert sum(q.qsize() for q in pipeline.broker.queues.values()) == 0
+    assert lease_holder(pipeline.engine.client, "sparkle", run.run_id) is None
 
 
 def test_duplicate_message_mid_run_does_not_start_a_second_chain(pipeline, plans_dir):
