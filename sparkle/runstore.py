@@ -180,7 +180,8 @@ class _Histories:
         end = data.rfind(b"\n") + 1
         with self._lock:
             cached = self._entries.get(path)
-        start, known = 0, ()
+        start = 0
+        known: tuple[StageEvent, ...] = ()
         if cached is not None and data.startswith(cached[0]):
             start, known = len(cached[0]), cached[1]
         new, clean = _parse_lines(run_id, path, data, start, end)
