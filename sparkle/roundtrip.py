@@ -153,10 +153,12 @@ def _kernel_timeouts(connection: Any) -> None:
     call each, and each hands the GIL to another thread. A blocking socket with
     ``SO_SNDTIMEO``/``SO_RCVTIMEO`` fails after the same time without the polls (the
     call returns ``EAGAIN``; :func:`execute` raises that as a ``redis.TimeoutError``).
-    Sockets that are not plain kernel sockets (fakeredis) are left as they are.
+    Other sockets (TLS, fakeredis) are left as they are: they keep Python's timeouts.
     """
     sock = getattr(connection, "_sock", None)
-    if not isinstance(sock, socket.socket):
+    # Exactly a kernel socket: not TLS, whose blocking reads retry the kernel's EAGAIN
+    # inside OpenSSL (want-read) and would then never time out.
+    if type(sock) is not socket.socket:
         return
     timeout = sock.gettimeout()
     if not timeout:

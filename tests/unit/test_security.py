@@ -714,3 +714,32 @@ def test_the_cli_refuses_hostile_run_ids_without_a_traceback(
     assert "not a path-safe id" in result.stderr
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.redis
+def test_a_silent_tls_connection_still_times_out(tls_redis: TlsRedis):
+    """Over TLS a request Redis does not answer in time fails after the socket timeout:
+    a thread's own connection (sparkle.roundtrip) keeps Python's timeout there, since a
+    blocking TLS read retries the kernel's timeout forever instead of failing."""
+    import threading
+
+    import redis
+
+    from sparkle import roundtrip
+
+    client = redis.Redis.from_url(tls_redis.url(), socket_timeout=0.5)
+    assert roundtrip.execute(client, ("PING",)) == [b"PONG"]
+    outcome: list[BaseException | None] = []
+
+    def blocked_read() -> None:
+        try:
+            roundtrip.execute(client, ("BLPOP", "never-pushed", "30"))  # answered in 30 s
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            outcome.append(exc)
+
+    reader = threading.Thread(target=blocked_read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "the read over TLS did not time out"
+    assert isinstance(outcome[0], redis.TimeoutError)
