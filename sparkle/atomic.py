@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from sparkle import unique
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -58,12 +59,12 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
 def _create_temp(folder: str, name: str) -> tuple[str, int]:
     """Create a new temp file for ``name`` in ``folder`` (made if missing): path and fd.
 
-    The name is random, not secret: ``random`` (reseeded in forked children) costs no
-    system call, where ``secrets`` would ask the kernel, and ``O_EXCL`` catches a clash.
+    The name is random, not secret (:mod:`sparkle.unique`: no system call, where
+    ``secrets`` would ask the kernel), and ``O_EXCL`` catches a clash.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for _ in range(100):
-        tmp = f"{folder}/.{name}.{random.getrandbits(48):012x}.tmp"
+        tmp = f"{folder}/.{name}.{unique.hex_token(48)}.tmp"
         try:
             return tmp, os.open(tmp, flags, 0o666)
         except FileExistsError:

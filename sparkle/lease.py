@@ -17,14 +17,13 @@ In embedded mode the same code runs against an in-process fakeredis server.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from sparkle import keys, roundtrip
+from sparkle import keys, roundtrip, unique
 from sparkle.roundtrip import Command
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,7 @@ class Lease:
         self.client = client
         self.key = keys.lease(namespace, run_id)
         self.run_id = run_id
-        # Unique, not secret: ``random`` (reseeded in forked children) costs no system call.
-        self.token = f"{random.getrandbits(128):032x}"
+        self.token = unique.hex_token(128)
         self.ttl_ms = max(1, int(ttl_sec * 1000))
         self.lost = threading.Event()
 

@@ -196,3 +196,35 @@ def test_a_renewal_still_on_its_way_does_not_make_the_heartbeat_spin(
     finally:
         heartbeat.remove(slow)
         slow.release()
+
+
+def test_seeding_the_global_random_does_not_repeat_lease_tokens(client: fakeredis.FakeRedis):
+    """Adapters seed ``random`` for reproducible media; two workers that ran the same stage
+    with the same seed must still draw different lease tokens, or a worker paused past its
+    lease would pass the fencing check of the worker that took it over."""
+    import random
+
+    random.seed(42)
+    first = Lease(client, "sparkle", "run-1", 10).token
+    random.seed(42)
+    second = Lease(client, "sparkle", "run-1", 10).token
+    assert first != second
+    assert len(first) == 32 and int(first, 16) >= 0
+
+
+def test_a_forked_child_draws_other_lease_tokens_than_its_parent(client: fakeredis.FakeRedis):
+    """Worker processes are forked: each must draw its own tokens, not its parent's next
+    ones (the token generator is seeded again in every child)."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next token and leave at once
+        os.write(write, Lease(client, "sparkle", "run-1", 10).token.encode())
+        os._exit(0)
+    os.close(write)
+    child_token = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child_token) == 32
+    assert child_token != Lease(client, "sparkle", "run-1", 10).token

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkle import atomic
+from sparkle import atomic, unique
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.plans import load_plan_file
 from sparkle.runstore import (
@@ -344,7 +344,7 @@ def test_a_temp_name_already_taken_is_skipped(tmp_path: Path, monkeypatch: pytes
     crashed writer's leftover, or a clash) is left alone and another one tried."""
     # Given a leftover temp file under the first name the writer will draw
     draws = iter([0xABC, 0xABC, 0xDEF])
-    monkeypatch.setattr(atomic.random, "getrandbits", lambda bits: next(draws))
+    monkeypatch.setattr(unique, "hex_token", lambda bits: f"{next(draws):0{bits // 4}x}")
     leftover = tmp_path / f".state.json.{0xABC:012x}.tmp"
     leftover.write_text("someone else's")
     # When the file is written
