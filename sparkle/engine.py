@@ -218,9 +218,15 @@ class Engine:
         return Outcome.succeeded, self._after_success(run, stage, state)
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
-        """The first unfinished stage, unless it already has a message on its way."""
+        """The first unfinished stage, unless it already has a message on its way or failed
+        for good (only `sparkle resume` or a dead-letter replay starts that again)."""
         stage = state.next_stage()
         if stage is None:
+            return None
+        checkpoint = state.checkpoint(stage)
+        if checkpoint is not None and checkpoint.status == "failed":
+            log.info("run %s: %s failed; not queueing it again (resume the run to retry)",
+                     run.run_id, stage)
             return None
         pending = self.dispatcher.pending(run.run_id)
         if pending is not None and pending[0] == stage:
@@ -370,10 +376,11 @@ def _sent_before_failure(state: RunState, stage: str) -> bool:
     crash redelivery is not counted as a retry), and running it would restart a crash loop
     the engine already ended. Resume, replay and the reaper always send a new message.
     """
-    # (a failed checkpoint is written after its fail event, so the history says when one
-    # can be there, and the checkpoint is read only then)
+    # (after a begin, a success or a reset the checkpoint cannot say failed: the begin and
+    # success checkpoints come before their events, and a reset removes it; after anything
+    # else, a cancel or a replay's redrive included, it may)
     last = state.last_event(stage)
-    if last is None or last.status != "fail":
+    if last is not None and last.status in ("begin", "success", "reset"):
         return False
     checkpoint = state.checkpoint(stage)
     if checkpoint is None or checkpoint.status != "failed":

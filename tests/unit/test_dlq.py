@@ -155,3 +155,35 @@ def test_redelivered_copy_of_a_failed_stage_message_runs_nothing(
     dlq_of(pipeline).replay()
     settle(pipeline, run)
     assert run.status().value == "succeeded"
+
+
+def test_a_redelivered_copy_runs_nothing_also_after_a_later_event_of_its_stage(
+        fake_redis_pipeline, plans_dir):
+    """The failed stage's history may go on after its fail (a replay's redrive event, a
+    cancel): the copy of a message sent before the failure still runs nothing."""
+    pipeline = fake_redis_pipeline
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    client = pipeline.engine.client
+    (entry,) = client.zrange(keys.dead_letters("sparkle", "videos"), 0, -1)
+    old_body = client.hget(keys.dead_letter_messages("sparkle", "videos"), entry)
+    fix_videos(pipeline)
+    run.append_event("videos", "redrive", 1, metadata={"reason": "test"})
+    pipeline.broker.enqueue(dramatiq.Message.decode(old_body))
+    settle(pipeline, run)
+    assert run.status().value == "failed"
+    assert sum(1 for r in read_trace(run.dir) if r["stage"] == "videos") == 1
+
+
+def test_a_replayed_message_of_an_earlier_stage_does_not_restart_a_failed_one(
+        fake_redis_pipeline, plans_dir):
+    """A duplicate of a done stage's message makes sure the next unfinished stage is
+    queued, but not one that failed for good: only `sparkle resume` or a dead-letter
+    replay starts that again."""
+    pipeline = fake_redis_pipeline
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    fix_videos(pipeline)
+    pipeline.engine.dispatcher.enqueue(run.run_id, "images")  # a replayed images message
+    settle(pipeline, run)
+    assert run.status().value == "failed"
+    assert sum(1 for r in read_trace(run.dir) if r["stage"] == "videos") == 1
+    assert sum(1 for r in read_trace(run.dir) if r["stage"] == "images") == 1
