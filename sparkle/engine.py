@@ -211,8 +211,8 @@ class Engine:
                 f"{self.settings.crash_loop_limit}). Fix the cause, then `sparkle resume "
                 f"{run.run_id}`"
             )
-            self._record_failure(run, stage, state.attempts(stage), message, event=True,
-                                 reason="crash_loop")
+            self._record_failure(run, stage, state.attempts(stage), message, lease,
+                                 event=True, reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         self._run_attempts(run, stage, lease, state.attempts(stage))
         return Outcome.succeeded, self._after_success(run, stage, state)
@@ -290,11 +290,11 @@ class Engine:
                 f"gave up after {self.settings.retry_attempts} attempt(s); "
                 f"last error: {error_text(exc.cause)}"
             )
-            self._record_failure(run, stage, attempt, message, event=False)
+            self._record_failure(run, stage, attempt, message, lease, event=False)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
         except _Permanent as exc:
             message = error_text(exc.cause)
-            self._record_failure(run, stage, attempt, message, event=not exc.recorded)
+            self._record_failure(run, stage, attempt, message, lease, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
     def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
@@ -322,6 +322,7 @@ class Engine:
         except Exception as exc:
             duration = round(time.monotonic() - started, 3)
             transient = adapter.is_transient(exc)
+            _fence(run, lease, f"attempt {attempt} failed")
             run.append_event(stage, "fail", attempt, error=error_text(exc),
                              metadata={"transient": transient, "duration_sec": duration})
             log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
@@ -330,8 +331,7 @@ class Engine:
             raise (_Transient(exc) if transient else _Permanent(exc, recorded=True)) from exc
         duration = round(time.monotonic() - started, 3)
         # Fencing: a worker paused past its lease must not overwrite the new owner's work.
-        if not lease.held() or lease.lost.is_set():
-            raise LeaseLostError(f"lease of run {run.run_id} lost during attempt {attempt}")
+        _fence(run, lease, f"attempt {attempt} succeeded")
         success_meta: dict[str, Any] = {
             **metadata,
             "adapter": adapter.name,
@@ -358,15 +358,23 @@ class Engine:
             if "://" not in path:  # URIs of remote assets are the adapter's business
                 run.path(path)  # raises UnsafePathError
 
-    def _record_failure(self, run: Run, stage: str, attempt: int, message: str,
+    def _record_failure(self, run: Run, stage: str, attempt: int, message: str, lease: Lease,
                         event: bool, reason: str = "error") -> None:
         attempt = max(1, attempt)
+        _fence(run, lease, f"{stage} failed for good")
         if event:
             run.append_event(stage, "fail", attempt, error=message)
         run.write_checkpoint(Checkpoint(stage=stage, status="failed", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
+
+
+def _fence(run: Run, lease: Lease, what: str) -> None:
+    """Raise LeaseLostError unless the lease is still ours: a worker paused past its lease
+    must not record anything over the new owner's work (a success, or a failure)."""
+    if lease.lost.is_set() or not lease.held():
+        raise LeaseLostError(f"lease of run {run.run_id} lost ({what}); nothing recorded")
 
 
 def _sent_before_failure(state: RunState, stage: str) -> bool:

@@ -360,3 +360,26 @@ def test_crash_loop_is_failed_instead_of_redelivered_forever(pipeline, plans_dir
         pipeline.engine.execute("script", run.run_id)
     assert run.checkpoint("script").status == "failed"
     assert calls(run)["script"] == 0
+
+
+def test_a_worker_that_lost_its_lease_records_no_failure(pipeline, plans_dir):
+    """A worker paused past its lease (another worker took the run over meanwhile) whose
+    adapter then fails must record nothing: a fail event or a failed checkpoint written
+    over the new owner's work would stop a run that is going fine."""
+    from sparkle import keys
+
+    run = pipeline.create(plans_dir / "rooftop.json")
+    for stage in STAGES[:2]:
+        assert pipeline.engine.execute(stage, run.run_id) is Outcome.succeeded
+    pipeline.broker.flush_all()
+
+    def taken_over_then_failing(plan: Any, refs: Any, run_dir: Path) -> Any:
+        pipeline.engine.client.set(keys.lease("sparkle", run.run_id), "the new owner")
+        raise ValueError("broken input")
+
+    pipeline.engine.adapters["videos"] = Adapter("videos", "taken-over",
+                                                 taken_over_then_failing, ())
+    assert pipeline.engine.execute("videos", run.run_id) is Outcome.lease_lost
+    assert [e.status for e in run.events() if e.stage == "videos"] == ["begin"]
+    checkpoint = run.checkpoint("videos")
+    assert checkpoint is not None and checkpoint.status == "begin"
