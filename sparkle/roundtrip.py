@@ -8,15 +8,24 @@ and gives it back, polls it for stray replies and updates observability counters
 docs/BENCHMARKS.md). So each thread that runs stages keeps one connection, made by the
 client's own pool settings (host, TLS, password, timeouts, or fakeredis in embedded mode).
 
-Before a request goes out, a non-blocking poll checks the connection is still open (Redis
-may have closed it: a restart, an idle timeout); a closed one is replaced, and so is one
-that fails while the request is being *sent*: Redis never saw it. A connection idle for
-more than :data:`IDLE_RECONNECT_SEC` is replaced too, unchecked: a thread's connection
-sits idle while its stage runs, and a NAT or cloud load balancer may have forgotten it
-meanwhile without telling either end (the first request would then be reset after it was
-sent, when it can no longer be safely resent). A failure while reading replies is raised,
-since the commands may have run; the connection is dropped, as its replies would be out
-of step.
+Before a request that must not run twice goes out, a non-blocking poll checks the
+connection is still open (Redis may have closed it: a restart, an idle timeout); a closed
+one is replaced, and so is one found closed or reset while the request is being *sent*:
+Redis never read it. A send that times out is raised instead, since Redis may yet read
+part of it. A connection idle for more than :data:`IDLE_RECONNECT_SEC` is replaced too,
+unchecked: a thread's connection sits idle while its stage runs, and a NAT or cloud load
+balancer may have forgotten it meanwhile without telling either end (the first request
+would then be reset after it was sent, when it can no longer be safely resent). A failure
+while reading replies is raised, since the commands may have run; the connection is
+dropped, as its replies would be out of step.
+
+A request that is safe to run twice (``idempotent``: the fencing read, the lease release,
+dramatiq's ack) skips the poll and, after any failure, is sent once more on a new
+connection.
+
+Socket timeouts are enforced by the kernel on plain TCP and Unix sockets (see
+:func:`_kernel_timeouts`). The savings quoted assume redis-py 8.1; older versions reset a
+socket's Python timeout on every readiness check, which is still correct, only slower.
 """
 
 from __future__ import annotations
@@ -78,7 +87,7 @@ def execute(client: redis.Redis, *commands: Command, idempotent: bool = False) -
                 raise
             return _round_trip(client, connections, request, len(commands), check=False)
     except redis.ConnectionError as exc:
-        if isinstance(exc.__context__, BlockingIOError):  # a kernel timeout (see below)
+        if _timed_out(exc):  # a kernel timeout, raised by redis-py as a ConnectionError
             raise redis.TimeoutError(
                 f"Redis did not answer within the socket timeout ({exc})"
             ) from exc
@@ -97,8 +106,11 @@ def _round_trip(client: redis.Redis, connections: _Connections, request: list[by
     connections.used = now
     try:
         connection.send_packed_command(request, check_health=False)
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         connection.disconnect()
+        connections.connection = None
+        if _timed_out(exc):
+            raise  # part of the request may be in Redis's buffer: not safe to send again
         connection = connections.connection = _connect(client)
         connection.send_packed_command(request, check_health=False)
     replies: list[Any] = []
@@ -117,6 +129,12 @@ def _round_trip(client: redis.Redis, connections: _Connections, request: list[by
     if error is not None:
         raise error
     return replies
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a socket timeout: Python's, or the kernel's ``EAGAIN``."""
+    return isinstance(exc, redis.TimeoutError | TimeoutError) or isinstance(
+        exc.__context__, BlockingIOError)
 
 
 def _connections(client: redis.Redis) -> _Connections:

@@ -10,7 +10,9 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 
+import dramatiq
 import pytest
 import redis
 from redis_server import RedisServer
@@ -233,3 +235,67 @@ def test_requests_safe_to_repeat_skip_the_open_check_and_survive_a_killed_connec
     client.execute_command("CLIENT", "KILL", "ID", own_id)
     assert roundtrip.execute(client, ("GET", "k"), idempotent=True) == [b"v"]
     assert roundtrip.execute(client, ("CLIENT", "ID"))[0] != own_id
+    # The lease release (with the next stage's mark) on a killed connection
+    from sparkle.lease import Lease
+
+    lease = Lease(client, "sparkle", "run-1", 10)
+    assert lease.acquire()
+    before = len(polls)
+    own_id = roundtrip.execute(client, ("CLIENT", "ID"))[0]
+    client.execute_command("CLIENT", "KILL", "ID", own_id)
+    assert lease.release(also=(("SET", "mark", "images 1"),))
+    assert len(polls) == before + 1  # (only the CLIENT ID above)
+    assert client.get(lease.key) is None and client.get("mark") == b"images 1"
+
+
+def test_the_brokers_ack_is_sent_as_safe_to_repeat(redis_server: RedisServer,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """Of the broker's Lua calls only the ack is sent as safe to repeat (it removes a
+    message from its queue's ack set); an enqueue or a fetch is not."""
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    broker = build_broker(Settings(redis_url=redis_server.url, namespace="ack-test"))
+    sent: list[tuple[str, bool]] = []
+    real_execute = roundtrip.execute
+
+    def execute(client: redis.Redis, *commands: Any, idempotent: bool = False) -> Any:
+        command = commands[0]  # (EVALSHA sha 1 namespace command ...)
+        if command[0] == "EVALSHA":
+            sent.append((command[4], idempotent))
+        return real_execute(client, *commands, idempotent=idempotent)
+
+    monkeypatch.setattr(roundtrip, "execute", execute)
+    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    broker.declare_queue("q")
+    broker.enqueue(message)
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    received = next(consumer)
+    consumer.ack(received)
+    consumer.close()
+    broker.close()
+    assert ("enqueue", False) in sent and ("fetch", False) in sent and ("ack", True) in sent
+
+
+def test_a_send_that_times_out_is_not_sent_again(redis_server: RedisServer,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """A request whose sending timed out may be partly in Redis's buffer, whole commands
+    of it included; sending it again on a new connection could run those twice. It is
+    raised as a timeout instead, and no new connection is made for it."""
+    import signal
+
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=0.5)
+    assert roundtrip.execute(client, ("DEL", "n", "big")) == [0]
+    connects: list[object] = []
+    real_connect = roundtrip._connect
+    monkeypatch.setattr(roundtrip, "_connect", lambda c: connects.append(c) or real_connect(c))
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # Redis stops reading
+    try:
+        with pytest.raises(redis.TimeoutError):
+            roundtrip.execute(client, ("INCR", "n"), ("APPEND", "big", b"x" * 50_000_000))
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert connects == []
+    assert roundtrip.execute(client, ("PING",)) == [b"PONG"]  # then a new connection
+    assert len(connects) == 1
