@@ -545,8 +545,9 @@ class RunState:
         checkpoint is a file of its own, so deciding that the stages before a run's
         current one are done reads no checkpoint. The two agree whenever the engine wrote
         them: a success event follows its success checkpoint; a reset appends its event
-        before it removes the checkpoint, a failure before it writes its own; and an
-        attempt starts only on a stage that is not done.
+        before it removes the checkpoint, a failure before it writes its own; an attempt
+        starts only on a stage that is not done; and a worker that lost the run's lease
+        records no outcome (the engine fences failures as well as successes).
         """
         last = self.last_event(stage)
         if last is not None and last.status == "success":
