@@ -151,6 +151,10 @@ class Engine:
 
     def _execute(self, stage: str, run_id: str) -> Outcome:
         run = Run(self.store.root, run_id)
+        if not run.exists():
+            log.error("run %s stage %s: no such run folder in %s; dropping the message",
+                      run_id, stage, self.store.root)
+            return Outcome.missing
         lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec)
         if not lease.acquire(also=(self.dispatcher.taken_command(run_id, stage),)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
@@ -185,12 +189,6 @@ class Engine:
         # the manifest grew by our own appends since it was read, which holds only if it
         # was read before any of them (a reset appends before it removes a checkpoint).
         state = run.state(history_first=True)
-        # (every run has a manifest, empty until its first stage begins: only then can the
-        # run folder be missing, so only then is it worth a look)
-        if state.manifest_size == 0 and not run.exists():
-            log.error("run %s stage %s: no such run folder in %s; dropping the message",
-                      run.run_id, stage, run.dir.parent)
-            return Outcome.missing, None
         if _sent_before_failure(state, stage):
             log.warning("run %s stage %s: this message was sent before the stage failed "
                         "(a redelivered copy); not running it", run.run_id, stage)

@@ -494,13 +494,6 @@ class RunState:
             self._events, self._manifest_size = self.run._events()
         return self._events
 
-    @property
-    def manifest_size(self) -> int | None:
-        """Bytes of the manifest this look read its history from: 0 when it is empty or
-        missing, None when it could not be read."""
-        self.events  # noqa: B018 (read for its effect)
-        return self._manifest_size
-
     def appended_only_by_us(self) -> bool:
         """Whether every event added to the manifest since this look was read came from
         this process's :class:`Run` object (checked by file offsets and the manifest's
