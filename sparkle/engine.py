@@ -38,6 +38,7 @@ from sparkle import metrics
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
+from sparkle.lease import holder as lease_holder
 from sparkle.logs import log_context
 from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
@@ -165,7 +166,12 @@ class Engine:
             outcome, follow_up = self._execute_leased(run, stage, lease)
         except LeaseLostError as exc:
             log.error("run %s stage %s: %s; results discarded", run_id, stage, exc)
-            return Outcome.lease_lost
+            outcome = Outcome.lease_lost
+            # Expired with nobody taking the run over (a process suspended past its TTL):
+            # nobody else will continue it, so this stage is sent again. (Taken over: the
+            # new owner continues the chain.)
+            if lease_holder(self.client, self.settings.namespace, run_id) is None:
+                follow_up = stage
         finally:
             # The next stage's pending mark goes with the release: one round trip, in order.
             marked = lease.release(
@@ -216,15 +222,14 @@ class Engine:
         return Outcome.succeeded, self._after_success(run, stage, state)
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
-        """The first unfinished stage, unless it already has a message on its way or failed
-        for good (only `sparkle resume` or a dead-letter replay starts that again)."""
+        """The first unfinished stage, unless it already has a message on its way.
+
+        Also a stage that failed for good: a resume's or a replay's message that found the
+        run's lease held by this one was dropped (busy), after clearing the pending mark,
+        and only this worker can still send it.
+        """
         stage = state.next_stage()
         if stage is None:
-            return None
-        checkpoint = state.checkpoint(stage)
-        if checkpoint is not None and checkpoint.status == "failed":
-            log.info("run %s: %s failed; not queueing it again (resume the run to retry)",
-                     run.run_id, stage)
             return None
         pending = self.dispatcher.pending(run.run_id)
         if pending is not None and pending[0] == stage:
@@ -320,11 +325,11 @@ class Engine:
         except Exception as exc:
             duration = round(time.monotonic() - started, 3)
             transient = adapter.is_transient(exc)
+            log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
+                        attempt, "transient" if transient else "permanent", error_text(exc))
             _fence(run, lease, f"attempt {attempt} failed")
             run.append_event(stage, "fail", attempt, error=error_text(exc),
                              metadata={"transient": transient, "duration_sec": duration})
-            log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
-                        attempt, "transient" if transient else "permanent", error_text(exc))
             metrics.attempt_finished(stage, duration, "transient" if transient else "permanent")
             raise (_Transient(exc) if transient else _Permanent(exc, recorded=True)) from exc
         duration = round(time.monotonic() - started, 3)

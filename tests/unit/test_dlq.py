@@ -174,16 +174,26 @@ def test_a_redelivered_copy_runs_nothing_also_after_a_later_event_of_its_stage(
     assert sum(1 for r in read_trace(run.dir) if r["stage"] == "videos") == 1
 
 
-def test_a_replayed_message_of_an_earlier_stage_does_not_restart_a_failed_one(
+def test_a_resume_dropped_as_busy_is_carried_on_by_the_lease_holder(
         fake_redis_pipeline, plans_dir):
-    """A duplicate of a done stage's message makes sure the next unfinished stage is
-    queued, but not one that failed for good: only `sparkle resume` or a dead-letter
-    replay starts that again."""
+    """A resume's message for the failed stage that finds the run's lease held (here by
+    a duplicate of an earlier stage's message) is dropped, and its pending mark with it;
+    the holder, finding its own stage done, sends the failed stage again, so the resume
+    is not lost. (The other side of it: a replayed earlier message restarts a failed
+    stage without a resume.)"""
+    from sparkle.engine import Outcome
+
     pipeline = fake_redis_pipeline
     (run,) = failed_runs(pipeline, plans_dir, 1)
     fix_videos(pipeline)
-    pipeline.engine.dispatcher.enqueue(run.run_id, "images")  # a replayed images message
+    engine = pipeline.engine
+    lease_key = keys.lease("sparkle", run.run_id)
+    engine.client.set(lease_key, "the duplicate images message")  # it holds the run
+    engine.dispatcher.mark(run.run_id, "videos")  # `sparkle resume` sent videos
+    assert engine.execute("videos", run.run_id) is Outcome.busy
+    assert engine.dispatcher.pending(run.run_id) is None
+    engine.client.delete(lease_key)
+    assert engine.execute("images", run.run_id) is Outcome.skipped  # the duplicate
+    assert engine.dispatcher.pending(run.run_id)[0] == "videos"
     settle(pipeline, run)
-    assert run.status().value == "failed"
-    assert sum(1 for r in read_trace(run.dir) if r["stage"] == "videos") == 1
-    assert sum(1 for r in read_trace(run.dir) if r["stage"] == "images") == 1
+    assert run.status().value == "succeeded"
