@@ -383,3 +383,62 @@ def test_a_worker_that_lost_its_lease_records_no_failure(pipeline, plans_dir):
     assert [e.status for e in run.events() if e.stage == "videos"] == ["begin"]
     checkpoint = run.checkpoint("videos")
     assert checkpoint is not None and checkpoint.status == "begin"
+
+
+def test_a_lease_that_expired_with_nobody_taking_over_sends_the_stage_again(
+        pipeline, plans_dir):
+    """A worker suspended past its lease's TTL (a laptop asleep during `sparkle run`)
+    records nothing when it wakes; when nobody took the run over meanwhile, nobody else
+    would continue it either, so the stage is queued again and the run goes on."""
+    from sparkle import keys
+
+    run = pipeline.create(plans_dir / "rooftop.json")
+    for stage in STAGES[:2]:
+        assert pipeline.engine.execute(stage, run.run_id) is Outcome.succeeded
+    pipeline.broker.flush_all()
+    calls_made: list[int] = []
+
+    def expired_then_fine(plan: Any, refs: Any, run_dir: Path) -> Any:
+        calls_made.append(1)
+        if len(calls_made) == 1:
+            pipeline.engine.client.delete(keys.lease("sparkle", run.run_id))  # expired
+            raise ValueError("failed while the lease was gone")
+        return refs
+
+    pipeline.engine.adapters["videos"] = Adapter("videos", "expires", expired_then_fine, ())
+    assert pipeline.engine.execute("videos", run.run_id) is Outcome.lease_lost
+    assert pipeline.broker.queues["sparkle.videos"].qsize() == 1
+    assert [e.status for e in run.events() if e.stage == "videos"] == ["begin"]
+    assert pipeline.engine.execute("videos", run.run_id) is Outcome.succeeded
+    assert [e.status for e in run.events() if e.stage == "videos"] == [
+        "begin", "begin", "success"]
+
+
+def test_a_lease_lost_after_the_fail_event_writes_no_failed_checkpoint(
+        pipeline, plans_dir, monkeypatch):
+    """The failed checkpoint is fenced on its own: a lease lost between an attempt's fail
+    event and the checkpoint leaves the new owner's checkpoint alone."""
+    from sparkle import keys
+
+    run = pipeline.create(plans_dir / "rooftop.json")
+    for stage in STAGES[:2]:
+        assert pipeline.engine.execute(stage, run.run_id) is Outcome.succeeded
+    pipeline.broker.flush_all()
+
+    def failing(plan: Any, refs: Any, run_dir: Path) -> Any:
+        raise ValueError("broken input")
+
+    pipeline.engine.adapters["videos"] = Adapter("videos", "failing", failing, ())
+    real_append = Run.append_event
+
+    def append_then_lose_the_lease(self: Run, stage: str, status: str, *args: Any,
+                                   **kwargs: Any) -> Any:
+        event = real_append(self, stage, status, *args, **kwargs)
+        if stage == "videos" and status == "fail":
+            pipeline.engine.client.set(keys.lease("sparkle", run.run_id), "the new owner")
+        return event
+
+    monkeypatch.setattr(Run, "append_event", append_then_lose_the_lease)
+    assert pipeline.engine.execute("videos", run.run_id) is Outcome.lease_lost
+    checkpoint = run.checkpoint("videos")
+    assert checkpoint is not None and checkpoint.status == "begin"
