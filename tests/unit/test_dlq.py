@@ -8,6 +8,7 @@ own. The same flow against real workers and a real Redis is in tests/integration
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import dramatiq
 
@@ -46,6 +47,14 @@ def failed_runs(pipeline, plans_dir, count: int):
     settle(pipeline, *runs)
     assert [r.status().value for r in runs] == ["failed"] * count
     return runs
+
+
+def failed_run_and_its_dead_message(pipeline, plans_dir) -> tuple[Any, bytes]:
+    """A run whose videos stage failed for good, and the body of its dead-lettered message."""
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    client = pipeline.engine.client
+    (entry,) = client.zrange(keys.dead_letters("sparkle", "videos"), 0, -1)
+    return run, client.hget(keys.dead_letter_messages("sparkle", "videos"), entry)
 
 
 def fix_videos(pipeline) -> None:
@@ -140,10 +149,7 @@ def test_redelivered_copy_of_a_failed_stage_message_runs_nothing(
     message back late, and crash redeliveries are not counted) must not restart a stage
     that failed for good; a new message (resume, replay) still does."""
     pipeline = fake_redis_pipeline
-    (run,) = failed_runs(pipeline, plans_dir, 1)
-    client = pipeline.engine.client
-    (entry,) = client.zrange(keys.dead_letters("sparkle", "videos"), 0, -1)
-    old_body = client.hget(keys.dead_letter_messages("sparkle", "videos"), entry)
+    run, old_body = failed_run_and_its_dead_message(pipeline, plans_dir)
     fix_videos(pipeline)
     # When the old message comes back
     pipeline.broker.enqueue(dramatiq.Message.decode(old_body))
@@ -162,10 +168,7 @@ def test_a_redelivered_copy_runs_nothing_also_after_a_later_event_of_its_stage(
     """The failed stage's history may go on after its fail (a replay's redrive event, a
     cancel): the copy of a message sent before the failure still runs nothing."""
     pipeline = fake_redis_pipeline
-    (run,) = failed_runs(pipeline, plans_dir, 1)
-    client = pipeline.engine.client
-    (entry,) = client.zrange(keys.dead_letters("sparkle", "videos"), 0, -1)
-    old_body = client.hget(keys.dead_letter_messages("sparkle", "videos"), entry)
+    run, old_body = failed_run_and_its_dead_message(pipeline, plans_dir)
     fix_videos(pipeline)
     run.append_event("videos", "redrive", 1, metadata={"reason": "test"})
     pipeline.broker.enqueue(dramatiq.Message.decode(old_body))
