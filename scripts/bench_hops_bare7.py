@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from sparkle import atomic, roundtrip
+from sparkle import atomic, roundtrip, unique
 from sparkle.broker import use_thread_connections
 
 URL = os.environ["BENCH_REDIS_URL"]
@@ -75,7 +74,7 @@ def records(chain: int, step: int) -> None:
     run = f"{RECORDS}/{chain}"
     if step == 0:
         os.makedirs(f"{run}/checkpoints", exist_ok=True)
-    lease, token = f"bare7:lease:{chain}", secrets.token_hex(16)
+    lease, token = f"bare7:lease:{chain}", unique.hex_token(128)
     roundtrip.execute(client, ("SET", lease, token, "NX", "PX", "60000"),
                       ("DEL", f"bare7:pending:{chain}"))
     for name in ("movie_plan.json", "asset_refs.json", "manifest.jsonl",
