@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -43,6 +43,7 @@ from sparkle.logs import log_context
 from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
+from sparkle.slots import Slots
 from sparkle.stages import Adapter, normalize_result
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ class Engine:
     adapters: dict[str, Adapter]
     settings: Settings
     sleep: Callable[[float], None] = time.sleep
+    #: The threads of this process doing bookkeeping at once (:mod:`sparkle.slots`).
+    slots: Slots = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.slots = Slots(self.settings.bookkeeping_threads)
 
     def execute(self, stage: str, run_id: str) -> Outcome:
         """Handle one message for ``stage`` of ``run_id``.
@@ -141,7 +147,8 @@ class Engine:
         Raises:
           StageFailed: the stage failed permanently (the message should be dead-lettered).
         """
-        with log_context(run_id, stage):
+        # The bookkeeping holds one of the process's few slots; the adapter runs outside.
+        with log_context(run_id, stage), self.slots.held():
             try:
                 outcome = self._execute(stage, run_id)
             except StageFailed:
@@ -276,7 +283,7 @@ class Engine:
                 jitter=self.settings.retry_base_sec,
             ),
             retry=tenacity.retry_if_exception_type(_Transient),
-            sleep=self.sleep,
+            sleep=self._backoff,
             reraise=True,
         )
 
@@ -300,6 +307,10 @@ class Engine:
             self._record_failure(run, stage, attempt, message, lease, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
+    def _backoff(self, seconds: float) -> None:
+        with self.slots.released():
+            self.sleep(seconds)
+
     def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
         if lease.lost.is_set():
             raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
@@ -312,8 +323,9 @@ class Engine:
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:
-            plan = run.plan()
-            result = adapter.fn(plan, run.asset_refs(), run.dir)
+            plan, refs_before = run.plan(), run.asset_refs()
+            with self.slots.released():
+                result = adapter.fn(plan, refs_before, run.dir)
             refs, metadata = normalize_result(result)
             self._check_paths(run, refs)
         except TimeLimitExceeded:

@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sparkle import atomic, statuscache
+from sparkle import atomic, slots, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
@@ -411,7 +411,8 @@ class Run:
             atomic.write_all(fd, record)
             self.appended.append((end, end + len(record)))
             if durable:
-                os.fdatasync(fd)
+                with slots.waiting_on_disk():
+                    os.fdatasync(fd)
         finally:
             os.close(fd)
         if created and durable:

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     #: own queue, so a message often arrives at a queue that was idle: this bounds the
     #: delay of every hop, at the price of more polling while idle.
     worker_poll_ms: int = Field(default=250, ge=10, le=60_000)
+    #: Threads of one worker process doing the engine's bookkeeping (lease, checkpoints,
+    #: history, next message) at once; the others wait, asleep. Adapters are not limited.
+    #: More than 2 only makes the threads take the GIL from each other more often.
+    bookkeeping_threads: int = Field(default=2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:

@@ -1,0 +1,157 @@
+"""sparkle.slots: at most N threads in the engine's bookkeeping, none lost to an exception."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+
+import pytest
+
+from sparkle.slots import Slots
+
+
+def _inside_at_once(slots: Slots, threads: int) -> int:
+    """The most threads ever inside ``slots.held()`` together, out of ``threads`` trying."""
+    inside, most = 0, 0
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        nonlocal inside, most
+        start.wait()
+        for _ in range(50):
+            with slots.held():
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.0005)  # give the others every chance to come in too
+                with lock:
+                    inside -= 1
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(30)
+    return most
+
+
+def test_no_more_threads_than_the_limit_are_inside_at_once():
+    """Eight threads competing for two slots: never more than two inside, and two do get in."""
+    assert _inside_at_once(Slots(2), threads=8) == 2
+
+
+def test_released_lets_another_thread_in_and_takes_a_slot_back():
+    """A thread stepping out (its adapter running) frees its slot for another one."""
+    slots = Slots(1)
+    other_got_in = threading.Event()
+
+    def other() -> None:
+        with slots.held():
+            other_got_in.set()
+
+    with slots.held():
+        with slots.released():
+            assert not slots.holding()
+            thread = threading.Thread(target=other)
+            thread.start()
+            assert other_got_in.wait(10), "the slot was not given up"
+            thread.join(10)
+        assert slots.holding()
+
+
+def test_held_again_by_its_holder_does_not_wait_for_itself():
+    """Nested held() in one thread (limit 1) goes straight in instead of deadlocking."""
+    slots = Slots(1)
+    with slots.held():
+        with slots.held():
+            assert slots.holding()
+        assert slots.holding()  # the inner block did not give the outer one's slot away
+    assert not slots.holding()
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in ``thread`` as dramatiq's time limit does."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                      ctypes.py_object(exc))
+    assert done == 1
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def test_a_thread_interrupted_while_waiting_loses_no_slot_and_frees_none():
+    """A waiting thread hit by an exception (a time limit) leaves; the holder keeps its slot
+    and, once it leaves, the slot is free again: none was lost, none given twice."""
+    slots = Slots(1)
+    waiting = threading.Event()
+    outcome: list[str] = []
+
+    def waiter() -> None:
+        waiting.set()
+        try:
+            with slots.held():
+                outcome.append("got in")
+        except _TimeUp:
+            outcome.append("interrupted")
+
+    with slots.held():
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        assert waiting.wait(10)
+        time.sleep(0.05)  # let it block on the slot
+        _raise_in(thread, _TimeUp)
+        thread.join(10)
+        assert outcome == ["interrupted"]
+        assert slots.holding()
+    # The holder's slot is free again, and only one fits (limit 1), as before.
+    assert _inside_at_once(slots, threads=4) == 1
+
+
+def test_an_exception_from_outside_the_slot_leaves_it_free_once():
+    """An adapter's exception (raised inside released()) ends with the slot taken back and
+    given back once: free, and still only one fits."""
+    slots = Slots(1)
+    with pytest.raises(RuntimeError), slots.held(), slots.released():
+        raise RuntimeError("adapter failed")
+    assert not slots.holding()
+    assert _inside_at_once(slots, threads=4) == 1
+
+
+def test_a_limit_below_one_is_refused():
+    """Zero slots would stop every stage: refused when the engine is built."""
+    with pytest.raises(ValueError, match="at least 1"):
+        Slots(0)
+
+
+def test_a_slow_disk_wait_gives_the_slot_up_and_a_quick_one_keeps_it(monkeypatch):
+    """While fsyncs are slow (a real disk) the slot is free during one, so another thread's
+    bookkeeping goes on; while they are quick (tmpfs) the hand-over is not worth it."""
+    from sparkle import slots as slots_module
+
+    slots = Slots(1)
+    with slots.held():
+        monkeypatch.setattr(slots_module, "_wait_ns", [10 * slots_module._SLOW_WAIT_NS])
+        with slots_module.waiting_on_disk():
+            assert not slots.holding()
+        assert slots.holding()
+        monkeypatch.setattr(slots_module, "_wait_ns", [0])
+        with slots_module.waiting_on_disk():
+            assert slots.holding()
+    with slots_module.waiting_on_disk():  # outside any slot: nothing to give up
+        assert not slots.holding()
+    assert _inside_at_once(slots, threads=4) == 1
+
+
+def test_the_average_disk_wait_follows_the_waits_measured(monkeypatch):
+    """The average moves towards what the waits take: quick waits bring it under the
+    threshold, so a tmpfs stops handing the slot over."""
+    from sparkle import slots as slots_module
+
+    monkeypatch.setattr(slots_module, "_wait_ns", [10 * slots_module._SLOW_WAIT_NS])
+    for _ in range(100):
+        with slots_module.waiting_on_disk():
+            pass
+    assert slots_module._wait_ns[0] < slots_module._SLOW_WAIT_NS
