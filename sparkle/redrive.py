@@ -146,11 +146,17 @@ class Reaper:
         stage = state.next_stage()
         if stage is None:
             return None
+        events = state.events
+        begin, redriven = _open_begin(events, stage)
+        # A run that moved lately is not stuck, whatever Redis says: its idle time below
+        # can only be shorter than this (a message sent or a later event only shortens
+        # it). Most runs in flight end here, without two round trips each.
+        latest = begin if begin is not None and not redriven else events[-1] if events else None
+        if latest is not None and now - latest.timestamp < older_than:
+            return None
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             return None  # a live worker renews it: the run is moving
-        events = state.events
         pending = self.dispatcher.pending(run.run_id)
-        begin, redriven = _open_begin(events, stage)
         # A message sent after the dead attempt began (resume, a restarted `serve`) is the
         # re-drive already: then only a lost message matters.
         resent = (begin is not None and pending is not None and pending[0] == stage

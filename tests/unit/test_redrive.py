@@ -104,6 +104,29 @@ def test_recent_begin_waits_for_the_lease_ttl(pipeline, plans_dir):
     assert [r.stage for r in reaper_for(pipeline).run_once(older_than=0)] == ["script"]
 
 
+def test_a_run_that_moved_lately_costs_no_round_trip(pipeline, plans_dir, monkeypatch):
+    """Runs in flight are the many: one whose last event is younger than the lease TTL is
+    passed over before the reaper asks Redis for its lease or its pending mark."""
+    import sparkle.redrive as redrive_module
+
+    asked: list[str] = []
+    monkeypatch.setattr(redrive_module.lease, "holder",
+                        lambda client, namespace, run_id: asked.append(run_id))
+    monkeypatch.setattr(pipeline.engine.dispatcher, "pending",
+                        lambda run_id: asked.append(run_id))
+    moving = pipeline.create(plans_dir / "rooftop.json")
+    moving.append_event("script", "begin", 1)
+    redriven = pipeline.create(plans_dir / "lighthouse.json")
+    redriven.append_event("script", "begin", 1)
+    redriven.append_event("script", "redrive", 1)
+    assert reaper_for(pipeline, lease_ttl_sec=30).run_once() == []
+    assert asked == []
+    # (and once still for long enough, both are looked at as before)
+    assert len(reaper_for(pipeline).run_once(older_than=0)) == 2
+    assert sorted(asked) == sorted([moving.run_id, moving.run_id, redriven.run_id,
+                                    redriven.run_id])
+
+
 def test_finished_failed_and_cancelled_runs_are_never_touched(pipeline, plans_dir, tmp_path):
     """Succeeded, failed and cancelled runs have no message and no lease, and stay so."""
     done = pipeline.create(plans_dir / "rooftop.json")
