@@ -21,7 +21,10 @@ Starts a private redis-server, then measures, each with one worker process of 8 
 
 Prints the median rate of each and its ratios to the baseline and to the floor.
 
-    python scripts/bench_hops.py [--runs 200] [--repeat 3]
+    python scripts/bench_hops.py [--runs 200] [--repeat 3] [--dir /dev/shm]
+
+``--dir`` puts the runs folders (and Redis's files) in another folder: on a tmpfs the
+result shows the engine's own cost without the disk's.
 """
 
 from __future__ import annotations
@@ -167,10 +170,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="runs (and bare chains) per trial")
     parser.add_argument("--repeat", type=int, default=3, help="trials; the median is reported")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="folder for the runs folders (default: the system's temp folder)")
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_conn": [], "floor": [],
                                      "sparkle": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
         try:
