@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sparkle import atomic, slots, statuscache
+from sparkle import atomic, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
@@ -411,8 +411,8 @@ class Run:
             atomic.write_all(fd, record)
             self.appended.append((end, end + len(record)))
             if durable:
-                with slots.waiting_on_disk():
-                    os.fdatasync(fd)
+                # (not giving the bookkeeping slot up meanwhile: the manifest is locked)
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         if created and durable:

@@ -9,23 +9,32 @@ keeps the machine busy and removes most of the switches; the rest wait on a lock
 The adapters, the real work, run outside: they are never held back. So do waits on a disk
 whose fsyncs are slow (:func:`waiting_on_disk`), which would otherwise keep a slot idle.
 
-Measured with ``scripts/bench_hops.py`` (docs/BENCHMARKS.md): about +30% hops per second
-with the runs on tmpfs, about +10% on this machine's disk.
+Nothing relies on the bound for correctness (the run's lease does that), so it is kept
+best-effort, and no thread can ever be stuck behind it:
 
-Waiting for a slot is done in short steps, so dramatiq's time limit and shutdown, which
-raise an exception in the waiting thread, still reach it.
+- a thread waits for a slot at most ``wait_sec``, then goes on without one (a holder stuck
+  on a dead connection or a hung disk holds nobody up for longer);
+- a slot whose lock was lost (an exception, such as dramatiq's time limit, raised into a
+  thread between taking the lock and recording it) is taken over by the next thread that
+  waits it out;
+- only plain locks are used, taken in C with a timeout: no Python-level lock that an
+  exception could leave held.
+
+Measured with ``scripts/bench_hops.py`` (docs/BENCHMARKS.md): about +25% hops per second
+with the runs on tmpfs, about +10% on this machine's disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
 
-#: Longest single wait for a slot, in seconds, before the waiting thread looks up again
-#: (an exception raised in it by dramatiq is delivered between waits).
-_STEP_SEC = 0.25
+#: Longest wait for a slot, in seconds, before a thread goes on without one. Bookkeeping
+#: takes milliseconds: a wait this long means a holder is stuck (or its slot was lost).
+WAIT_SEC = 0.25
 
 #: A wait on the disk longer than this on average (an fsync on a real disk, 0.2-1 ms) is
 #: worth giving the slot up for; a shorter one (tmpfs, a battery-backed cache) is not: the
@@ -40,54 +49,76 @@ _wait_ns = [_SLOW_WAIT_NS]
 @contextlib.contextmanager
 def waiting_on_disk() -> Iterator[None]:
     """For a wait on the disk (an fsync): while such waits are slow, the calling thread's
-    slot, if it holds one, is given up meanwhile."""
-    held: Slots | None = getattr(_current, "slots", None)
-    if _wait_ns[0] < _SLOW_WAIT_NS:
-        held = None  # quick waits: handing the slot over would cost more
-    if held is not None:
-        held._give()
+    slot, if it holds one, is given up meanwhile. (Not for a wait under a file lock: the
+    thread would then hold the lock while it waits for a slot.)"""
+    slots: Slots | None = getattr(_current, "slots", None)
+    if slots is not None and (_wait_ns[0] < _SLOW_WAIT_NS or not slots.holding()):
+        slots = None  # quick waits: handing the slot over would cost more
+    if slots is not None:
+        slots._give()
     started = time.perf_counter_ns()
     try:
         yield
     finally:
         _wait_ns[0] += (time.perf_counter_ns() - started - _wait_ns[0]) // 8
-        if held is not None:
-            held._take()
+        if slots is not None:
+            slots._take()
 
 
 class Slots:
-    """``limit`` threads at a time inside :meth:`held`; :meth:`released` steps out.
+    """``limit`` threads at a time inside :meth:`held` (best-effort, see the module);
+    :meth:`released` steps out."""
 
-    The holders are kept by thread, and giving a slot back is a no-op for a thread that
-    holds none, so an exception raised in a thread at any point (dramatiq's time limit
-    can arrive between two bytecodes) never loses a slot or frees another thread's.
-    """
-
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, wait_sec: float = WAIT_SEC) -> None:
         if limit < 1:
             raise ValueError(f"slots: the limit must be at least 1, not {limit}")
         self.limit = limit
-        self._changed = threading.Condition(threading.Lock())
-        self._holders: set[int] = set()
+        self.wait_sec = wait_sec
+        self._locks = [threading.Lock() for _ in range(limit)]
+        #: Thread holding each slot; None while free, or lost (locked with no owner).
+        self._owners: list[int | None] = [None] * limit
+        self._local = threading.local()
+        self._homes = itertools.count()
 
     def holding(self) -> bool:
         """Whether this thread holds a slot."""
-        return threading.get_ident() in self._holders
+        return getattr(self._local, "index", None) is not None
+
+    # The order of the steps below matters: an exception raised into the thread between
+    # any two of them leaves a slot either still to be given back by this thread, or
+    # locked with no owner, which the next thread to wait it out carries on.
+
+    def _record(self, index: int) -> None:
+        self._local.index = index
+        _current.slots = self
+        self._owners[index] = threading.get_ident()
 
     def _take(self) -> None:
-        me = threading.get_ident()
-        with self._changed:
-            while len(self._holders) >= self.limit:
-                self._changed.wait(_STEP_SEC)
-            self._holders.add(me)
-        _current.slots = self
+        for index, lock in enumerate(self._locks):
+            if lock.acquire(blocking=False):
+                self._record(index)
+                return
+        # All taken: wait on this thread's own one (spread round-robin, so the waiters
+        # of each slot are few), for a while.
+        home = getattr(self._local, "home", None)
+        if home is None:
+            home = self._local.home = next(self._homes) % self.limit
+        if self._locks[home].acquire(timeout=self.wait_sec):
+            self._record(home)
+        elif self._locks[home].locked() and self._owners[home] is None:
+            self._record(home)  # lost by its last holder: this thread carries it on
+        # else: its holder is stuck; go on without a slot rather than wait on it
 
     def _give(self) -> None:
-        me = threading.get_ident()
-        with self._changed:
-            if me in self._holders:
-                self._holders.remove(me)
-                self._changed.notify()
+        index = getattr(self._local, "index", None)
+        if index is None:
+            return
+        if self._owners[index] == threading.get_ident():
+            self._owners[index] = None
+            # (RuntimeError: two threads carried a lost slot on, the other gave it back)
+            with contextlib.suppress(RuntimeError):
+                self._locks[index].release()
+        self._local.index = None
         _current.slots = None
 
     @contextlib.contextmanager
@@ -105,7 +136,7 @@ class Slots:
     @contextlib.contextmanager
     def released(self) -> Iterator[None]:
         """Give this thread's slot up for the block, and take one again after it: for
-        work that may take long (an adapter, a backoff). Does nothing outside held()."""
+        work that may take long (an adapter, a backoff). Does nothing without a slot."""
         if not self.holding():
             yield
             return

@@ -450,7 +450,7 @@ def test_bookkeeping_holds_a_slot_and_adapters_run_outside_it(pipeline, plans_di
     from sparkle.slots import Slots
 
     engine = pipeline.engine
-    engine.slots = Slots(1)
+    engine.slots = Slots(1, wait_sec=60)
     script = engine.adapters["script"]
     both_inside = threading.Barrier(2, timeout=20)
     held_in_adapter: list[bool] = []

@@ -39,7 +39,7 @@ def _inside_at_once(slots: Slots, threads: int) -> int:
 
 def test_no_more_threads_than_the_limit_are_inside_at_once():
     """Eight threads competing for two slots: never more than two inside, and two do get in."""
-    assert _inside_at_once(Slots(2), threads=8) == 2
+    assert _inside_at_once(Slots(2, wait_sec=60), threads=8) == 2
 
 
 def test_released_lets_another_thread_in_and_takes_a_slot_back():
@@ -85,7 +85,7 @@ class _TimeUp(Exception):
 def test_a_thread_interrupted_while_waiting_loses_no_slot_and_frees_none():
     """A waiting thread hit by an exception (a time limit) leaves; the holder keeps its slot
     and, once it leaves, the slot is free again: none was lost, none given twice."""
-    slots = Slots(1)
+    slots = Slots(1, wait_sec=1)
     waiting = threading.Event()
     outcome: list[str] = []
 
@@ -107,13 +107,14 @@ def test_a_thread_interrupted_while_waiting_loses_no_slot_and_frees_none():
         assert outcome == ["interrupted"]
         assert slots.holding()
     # The holder's slot is free again, and only one fits (limit 1), as before.
+    slots.wait_sec = 60
     assert _inside_at_once(slots, threads=4) == 1
 
 
 def test_an_exception_from_outside_the_slot_leaves_it_free_once():
     """An adapter's exception (raised inside released()) ends with the slot taken back and
     given back once: free, and still only one fits."""
-    slots = Slots(1)
+    slots = Slots(1, wait_sec=60)
     with pytest.raises(RuntimeError), slots.held(), slots.released():
         raise RuntimeError("adapter failed")
     assert not slots.holding()
@@ -131,7 +132,7 @@ def test_a_slow_disk_wait_gives_the_slot_up_and_a_quick_one_keeps_it(monkeypatch
     bookkeeping goes on; while they are quick (tmpfs) the hand-over is not worth it."""
     from sparkle import slots as slots_module
 
-    slots = Slots(1)
+    slots = Slots(1, wait_sec=60)
     with slots.held():
         monkeypatch.setattr(slots_module, "_wait_ns", [10 * slots_module._SLOW_WAIT_NS])
         with slots_module.waiting_on_disk():
@@ -155,3 +156,61 @@ def test_the_average_disk_wait_follows_the_waits_measured(monkeypatch):
         with slots_module.waiting_on_disk():
             pass
     assert slots_module._wait_ns[0] < slots_module._SLOW_WAIT_NS
+
+
+def test_a_slot_lost_to_an_exception_is_carried_on_by_the_next_waiter():
+    """An exception between taking a slot's lock and recording it leaves the lock taken
+    by nobody: the next thread to wait it out takes the slot over, and gives it back."""
+    slots = Slots(1, wait_sec=0.05)
+    assert slots._locks[0].acquire()  # taken, never recorded: what the exception leaves
+    with slots.held():
+        assert slots.holding()
+    assert not slots._locks[0].locked()
+    slots.wait_sec = 60
+    assert _inside_at_once(slots, threads=4) == 1
+
+
+def test_a_stuck_holder_holds_the_others_up_only_for_the_wait():
+    """A holder stuck on a dead connection or a hung disk does not stop the process's
+    other stages: after the wait they do their bookkeeping without a slot."""
+    slots = Slots(1, wait_sec=0.05)
+    finished = threading.Event()
+    had_slot: list[bool] = []
+
+    def other() -> None:
+        with slots.held():
+            had_slot.append(slots.holding())
+        finished.set()
+
+    with slots.held():  # the stuck holder
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert finished.wait(30)
+        assert slots.holding()
+    thread.join(10)
+    assert had_slot == [False]
+    slots.wait_sec = 60
+    assert _inside_at_once(slots, threads=4) == 1  # nothing given back twice
+
+
+def test_a_manifest_append_keeps_its_slot_under_the_manifest_lock(tmp_path, monkeypatch):
+    """An append's fdatasync runs under the manifest's flock: giving the slot up there
+    would have the thread wait for a slot while holding the lock another holder may need."""
+    from sparkle import runstore
+    from sparkle import slots as slots_module
+
+    run = runstore.Run(tmp_path, "run-1")
+    run.dir.mkdir()
+    monkeypatch.setattr(slots_module, "_wait_ns", [10 * slots_module._SLOW_WAIT_NS])
+    slots = Slots(1, wait_sec=60)
+    held_while_syncing: list[bool] = []
+    fdatasync = runstore.os.fdatasync
+
+    def watched(fd: int) -> None:
+        held_while_syncing.append(slots.holding())
+        fdatasync(fd)
+
+    monkeypatch.setattr(runstore.os, "fdatasync", watched)
+    with slots.held():
+        run.append_event("script", "success", 1)
+    assert held_while_syncing == [True]
