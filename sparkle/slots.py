@@ -85,8 +85,9 @@ class Slots:
         return getattr(self._local, "index", None) is not None
 
     # The order of the steps below matters: an exception raised into the thread between
-    # any two of them leaves a slot either still to be given back by this thread, or
-    # locked with no owner, which the next thread to wait it out carries on.
+    # any two of them leaves a slot either still to be given back by this thread (its
+    # next held() does), or locked with no owner, which the next thread to wait it out
+    # carries on. tests/unit/test_slots.py raises one at every bytecode to check.
 
     def _record(self, index: int) -> None:
         self._local.index = index
@@ -123,11 +124,15 @@ class Slots:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Hold a slot for the block (at once, when this thread already holds one)."""
-        if self.holding():
-            yield
-            return
+        """Hold a slot for the block.
+
+        It first gives back a slot an exception kept this thread from giving back before,
+        so a thread never keeps one past its next message. (So a block inside another one
+        of the same thread takes the slot over, and the outer one goes on without a slot
+        after it: the engine does not nest them.)
+        """
         try:
+            self._give()
             self._take()
             yield
         finally:

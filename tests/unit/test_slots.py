@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
+import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -62,13 +65,13 @@ def test_released_lets_another_thread_in_and_takes_a_slot_back():
 
 
 def test_held_again_by_its_holder_does_not_wait_for_itself():
-    """Nested held() in one thread (limit 1) goes straight in instead of deadlocking."""
-    slots = Slots(1)
-    with slots.held():
-        with slots.held():
-            assert slots.holding()
-        assert slots.holding()  # the inner block did not give the outer one's slot away
+    """Nested held() in one thread (limit 1) goes straight in instead of deadlocking, and
+    leaves the slot free."""
+    slots = Slots(1, wait_sec=60)
+    with slots.held(), slots.held():
+        assert slots.holding()
     assert not slots.holding()
+    assert not slots._locks[0].locked()
 
 
 def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
@@ -214,3 +217,93 @@ def test_a_manifest_append_keeps_its_slot_under_the_manifest_lock(tmp_path, monk
     with slots.held():
         run.append_event("script", "success", 1)
     assert held_while_syncing == [True]
+
+
+class _Injected(BaseException):
+    pass
+
+
+def _slot_states(slots: Slots) -> list[str]:
+    """Each slot: free, lost (locked by nobody: the next waiter carries it on), or kept."""
+    return ["free" if not lock.locked() else "lost" if owner is None else "kept"
+            for lock, owner in zip(slots._locks, slots._owners, strict=True)]
+
+
+def _inject_once(scenario: Any, limit: int, target: int) -> tuple[str, list[str]]:
+    """Run ``scenario`` in a thread, raising an exception at the ``target``-th bytecode of
+    sparkle.slots it executes (as dramatiq's time limit can), then let the same thread
+    handle its next message. Returns where it was raised ("" if it ran out of bytecodes
+    first) and the slots' states after."""
+    from sparkle import slots as slots_module
+
+    slots = Slots(limit, wait_sec=0.01)
+    slots_module._wait_ns[0] = 10 * slots_module._SLOW_WAIT_NS  # fsyncs are slow
+    seen, where = [0], [""]
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != slots_module.__file__:
+            return None
+        frame.f_trace_opcodes = True
+
+        def each(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                seen[0] += 1
+                if seen[0] == target:
+                    where[0] = f"{frame.f_code.co_name}:{frame.f_lineno}"
+                    raise _Injected
+            return each
+        return each
+
+    def thread() -> None:
+        sys.settrace(tracer)
+        try:
+            scenario(slots)
+        except _Injected:
+            pass
+        finally:
+            sys.settrace(None)
+        with slots.held():  # the thread's next message
+            pass
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join(30)
+    return where[0], _slot_states(slots)
+
+
+def _inject_everywhere(scenario: Any, limit: int) -> tuple[int, list[tuple[str, list[str]]]]:
+    """:func:`_inject_once` at every bytecode in turn: how many, and where a slot was kept."""
+    wrong: list[tuple[str, list[str]]] = []
+    for target in itertools.count(1):
+        where, states = _inject_once(scenario, limit, target)
+        if not where:
+            return target - 1, wrong
+        if "kept" in states:
+            wrong.append((where, states))
+    raise AssertionError("unreachable")
+
+
+def _stage(slots: Slots) -> None:
+    with slots.held(), slots.released():  # the adapter
+        pass
+
+
+def _stage_with_fsync(slots: Slots) -> None:
+    from sparkle import slots as slots_module
+
+    with slots.held(), slots_module.waiting_on_disk():
+        pass
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+@pytest.mark.parametrize("scenario", [_stage, _stage_with_fsync])
+def test_an_exception_at_any_bytecode_never_keeps_a_slot_for_good(scenario, limit,
+                                                                  monkeypatch):
+    """Wherever an exception lands in the slot code, once the thread has handled its next
+    message no slot is left held by it: each is free or carried on by the next waiter."""
+    from sparkle import slots as slots_module
+
+    monkeypatch.setattr(slots_module, "_wait_ns", [0])
+    points, wrong = _inject_everywhere(scenario, limit)
+    assert points > 50  # (the tracer did reach the slot code)
+    assert wrong == []
