@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     worker_poll_ms: int = Field(default=250, ge=10, le=60_000)
     #: Threads of one worker process doing the engine's bookkeeping (lease, checkpoints,
     #: history, next message) at once; the others wait, asleep. Adapters are not limited.
-    #: More than 2 only makes the threads take the GIL from each other more often.
+    #: 2 and 3 measured alike, 4 worse, 8 (no bound) worst: more threads only take the GIL
+    #: from each other more often (docs/BENCHMARKS.md).
     bookkeeping_threads: int = Field(default=2, ge=1, le=64)
 
     @model_validator(mode="after")

@@ -3,11 +3,12 @@
 A stage's bookkeeping (lease, history, checkpoints, asset refs, next message) is short
 Python between short system calls, and every system call hands the GIL on. With eight
 worker threads in it together, nearly every one of those hand-overs wakes another thread
-and puts the caller to sleep until it gets the GIL back: most of the worker's time went to
-switching threads. Letting two in at a time (one working while the other waits for Redis)
-keeps the machine busy and removes most of the switches; the rest wait on a lock, asleep.
-The adapters, the real work, run outside: they are never held back. So do waits on a disk
-whose fsyncs are slow (:func:`waiting_on_disk`), which would otherwise keep a slot idle.
+and puts the caller to sleep until it gets the GIL back: ``perf`` put about 40% of the
+worker's samples in switching and waking threads. Letting two in at a time (one working
+while the other waits for Redis) keeps the machine busy with far fewer threads to hand the
+GIL to; the rest wait on a lock, asleep. The adapters, the real work, run outside: they
+are never held back. So do waits on a disk whose fsyncs are slow (:func:`waiting_on_disk`),
+which would otherwise keep a slot idle.
 
 Nothing relies on the bound for correctness (the run's lease does that), so it is kept
 best-effort, and no thread can ever be stuck behind it:
@@ -20,8 +21,9 @@ best-effort, and no thread can ever be stuck behind it:
 - only plain locks are used, taken in C with a timeout: no Python-level lock that an
   exception could leave held.
 
-Measured with ``scripts/bench_hops.py`` (docs/BENCHMARKS.md): about +25% hops per second
-with the runs on tmpfs, about +10% on this machine's disk.
+Measured with ``scripts/bench_hops.py``'s Sparkle trial, 8 against 2 threads in the same
+run (docs/BENCHMARKS.md): +49% hops per second with the runs on tmpfs, +7% on this
+machine's disk.
 """
 
 from __future__ import annotations
@@ -52,17 +54,14 @@ def waiting_on_disk() -> Iterator[None]:
     slot, if it holds one, is given up meanwhile. (Not for a wait under a file lock: the
     thread would then hold the lock while it waits for a slot.)"""
     slots: Slots | None = getattr(_current, "slots", None)
-    if slots is not None and (_wait_ns[0] < _SLOW_WAIT_NS or not slots.holding()):
+    if _wait_ns[0] < _SLOW_WAIT_NS:
         slots = None  # quick waits: handing the slot over would cost more
-    if slots is not None:
-        slots._give()
-    started = time.perf_counter_ns()
-    try:
-        yield
-    finally:
-        _wait_ns[0] += (time.perf_counter_ns() - started - _wait_ns[0]) // 8
-        if slots is not None:
-            slots._take()
+    with slots.released() if slots is not None else contextlib.nullcontext():
+        started = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            _wait_ns[0] += (time.perf_counter_ns() - started - _wait_ns[0]) // 8
 
 
 class Slots:
