@@ -2,7 +2,9 @@
 
 JSON goes through a temp file in the same folder, flush, fsync, ``os.replace`` and an fsync
 of the folder. Media files are produced under a temporary name (``temp_path_for``) and
-renamed into place only when complete, so a half-written file never looks finished.
+renamed into place only when complete, so a half-written file never looks finished; before
+a stage's success is recorded, the engine flushes the files it reports (:func:`sync_changed`),
+so that a record that survives a power cut never vouches for media that did not.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,48 @@ def fsync_dir(folder: str | Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: File times come from a coarse clock that runs a few milliseconds behind ``time.time()``:
+#: :func:`sync_changed` takes a file changed this long before its ``since`` as changed after.
+CLOCK_SLACK_SEC = 1.0
+
+
+def sync_changed(paths: Collection[Path], since: float, root: Path) -> int:
+    """Flush to disk every file among ``paths`` (resolved) changed since ``since`` (a
+    ``time.time()``), then every folder between those files and ``root`` (included) that
+    changed since. Returns how many files were flushed.
+
+    A file counts as changed by its ``ctime``, which nothing can set back: a copy that keeps
+    its source's ``mtime`` (``shutil.copy2``) and a file renamed into place both have a new
+    one. Only regular files are flushed (opening a FIFO would block); missing ones are
+    skipped. Folders go deepest first, so that a new folder's entry in its parent is
+    flushed after its own entries.
+    """
+    since -= CLOCK_SLACK_SEC
+    root = Path(os.path.realpath(root)) if paths else root
+    folders: set[Path] = set()
+    flushed = 0
+    for path in dict.fromkeys(paths):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_ctime < since:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with slots.waiting_on_disk():
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        flushed += 1
+        folders.update(p for p in path.parents if p == root or root in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(folder).st_ctime >= since:
+                fsync_dir(folder)
+    return flushed
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:

@@ -9,8 +9,9 @@ This is DESIGN.md's "Stage execution", step by step:
 3. Write a ``begin`` checkpoint and manifest event (attempts count from 1 across resumes).
 4. Call the adapter under tenacity: bounded attempts, exponential backoff with jitter, only
    for transient errors; every attempt is its own ``begin``/``fail``/``success`` event.
-5. Check the lease is still ours (fencing), then write ``asset_refs.json``, the ``success``
-   checkpoint and the manifest event, in that order; release the lease; send the next stage.
+5. Flush the files the adapter reported (those it changed) to disk; check the lease is
+   still ours (fencing), then write ``asset_refs.json``, the ``success`` checkpoint and the
+   manifest event, in that order; release the lease; send the next stage.
 6. On permanent failure: ``failed`` checkpoint, ``fail`` event, no next stage, and
    :class:`StageFailed` is raised so dramatiq dead-letters the message.
 
@@ -28,13 +29,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import metrics
+from sparkle import atomic, metrics
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
@@ -321,13 +323,15 @@ class Engine:
         run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
         metrics.attempt_started(stage)
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         try:
             plan, refs_before = run.plan(), run.asset_refs()
             with self.slots.released():
                 result = adapter.fn(plan, refs_before, run.dir)
             refs, metadata = normalize_result(result)
-            self._check_paths(run, refs)
+            outputs = self._check_paths(run, refs)
+            # The success recorded next survives a power cut: so must what it vouches for.
+            atomic.sync_changed(outputs, began, run.dir)
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")
@@ -362,16 +366,16 @@ class Engine:
                  duration, attempt)
 
     @staticmethod
-    def _check_paths(run: Run, refs: AssetRefs) -> None:
-        """Every path an adapter reports must lie inside the run folder."""
+    def _check_paths(run: Run, refs: AssetRefs) -> list[Path]:
+        """Every path an adapter reports must lie inside the run folder. Returns them
+        resolved (URIs of remote assets left out)."""
         paths: list[str] = list(refs.extras.values())
         for shot in refs.shots.values():
             paths += [p for p in (shot.start_frame, shot.end_frame, shot.raw_clip,
                                   shot.final_video_clip) if p]
             paths += shot.dialogue_audio
-        for path in paths:
-            if "://" not in path:  # URIs of remote assets are the adapter's business
-                run.path(path)  # raises UnsafePathError
+        # (run.path raises UnsafePathError; URIs of remote assets are the adapter's business)
+        return [run.path(path) for path in paths if "://" not in path]
 
     def _record_failure(self, run: Run, stage: str, attempt: int, message: str, lease: Lease,
                         event: bool, reason: str = "error") -> None:

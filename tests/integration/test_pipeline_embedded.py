@@ -349,6 +349,47 @@ def test_adapter_writing_outside_the_run_folder_fails_permanently(pipeline, plan
     assert "evil" not in run.asset_refs().extras
 
 
+def test_a_success_is_recorded_only_after_the_files_it_names_are_on_disk(
+        pipeline, plans_dir, monkeypatch):
+    """Before asset_refs.json (and so the success) names a file an attempt wrote, the file
+    and every new folder on its way are fsynced: a record that survives a power cut must
+    not vouch for media that did not."""
+    import os
+
+    script = pipeline.engine.adapters["script"]
+
+    def with_outline(plan: Any, refs: Any, run_dir: Path) -> Any:
+        refs, metadata = script.fn(plan, refs, run_dir)
+        (run_dir / "notes" / "deep").mkdir(parents=True)
+        (run_dir / "notes" / "deep" / "outline.txt").write_text("beats")
+        refs.extras["outline"] = "notes/deep/outline.txt"
+        return refs, metadata
+
+    pipeline.engine.adapters["script"] = Adapter("script", "outline", with_outline, ())
+    seen: list[str] = []
+    fsync, save_asset_refs = os.fsync, Run.save_asset_refs
+
+    def recorded_fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def recorded_save(self: Run, refs: Any) -> None:
+        seen.append(f"asset_refs naming the outline: {'outline' in refs.extras}")
+        save_asset_refs(self, refs)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(Run, "save_asset_refs", recorded_save)
+    run = pipeline.create(plans_dir / "rooftop.json")
+    assert pipeline.work(run).status.value == "succeeded"
+    named = seen.index("asset_refs naming the outline: True")
+    root = str(run.dir.resolve())
+    for path in (f"{root}/notes/deep/outline.txt", f"{root}/notes/deep", f"{root}/notes",
+                 root):
+        assert path in seen[:named], f"{path} was not fsynced before the refs named it"
+    # (deepest first: a new folder's entry in its parent is flushed after its contents)
+    assert seen.index(f"{root}/notes/deep") < seen.index(f"{root}/notes")
+
+
 def test_crash_loop_is_failed_instead_of_redelivered_forever(pipeline, plans_dir):
     """Three begins without an outcome (the worker died each time) fail the stage."""
     run = pipeline.create(plans_dir / "rooftop.json")
