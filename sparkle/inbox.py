@@ -36,6 +36,7 @@ import errno
 import fcntl
 import fnmatch
 import functools
+import hashlib
 import itertools
 import logging
 import os
@@ -109,14 +110,26 @@ RETRY_MAX_SEC: Final = 5.0
 #: Seconds :meth:`Inbox.stop` waits for each thread.
 JOIN_TIMEOUT_SEC: Final = 10.0
 
-#: Errors of ``enqueue`` meaning "the broker is unreachable": the file is held and retried,
-#: never rejected.
+#: Errors of ``enqueue`` meaning "the broker cannot take it now": the file is held and
+#: retried, never rejected. Every Redis error counts, replies included: a replica during a
+#: failover (READONLY), a full server (OOM) and a busy one (BUSY, TRYAGAIN) pass (the one
+#: exception, a client-side ``DataError``, is a bug and is raised).
 BROKER_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisError,
     dramatiq.errors.BrokerConnectionError,  # dramatiq < 2.2 called it ConnectionError
     OSError,
 )
+
+#: Seconds an empty file must stay empty before it is taken (and rejected as empty). A
+#: shell's ``generate > inbox/plan.json`` creates the file at once and fills it when the
+#: generator is done: until then it is empty, and never complete.
+EMPTY_STABLE_SEC: Final = 60.0
+
+#: Longest file name, in bytes, kept as it is when claimed. A longer one is shortened
+#: (its start, ``~``, 8 hex digits of its hash, its extension) so that the claim, its
+#: place in processed/ or rejected/ with a ``-N`` suffix, and the error record's temporary
+#: name all stay within the 255 bytes a file name may have.
+MAX_KEPT_NAME_BYTES: Final = 160
 
 #: ``os.link`` errors meaning "no hard link here" (a folder, a filesystem without links).
 _LINK_UNSUPPORTED: Final = frozenset(
@@ -162,6 +175,20 @@ def is_plan_name(name: str, glob: str = "*.json") -> bool:
     if lower.endswith(TEMP_SUFFIXES) or name in (PROCESSED_DIR, REJECTED_DIR):
         return False
     return fnmatch.fnmatchcase(lower, glob.lower())
+
+
+def fitted_name(name: str) -> str:
+    """``name``, or a shorter name standing for it when it is longer than
+    :data:`MAX_KEPT_NAME_BYTES` (see there); the extension is kept."""
+    raw = os.fsencode(name)
+    if len(raw) <= MAX_KEPT_NAME_BYTES:
+        return name
+    dot = raw.rfind(b".")
+    suffix = raw[dot:] if dot > 0 and len(raw) - dot <= 16 else b""
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    room = MAX_KEPT_NAME_BYTES - len(suffix) - len(digest) - 1
+    stem = raw[:room].decode("utf-8", "ignore")  # (whole characters only)
+    return f"{stem}~{digest}{os.fsdecode(suffix)}"
 
 
 def claim_name(owner: str, seq: int, name: str) -> str:
@@ -559,6 +586,8 @@ class Inbox:
                 self._watch_changed = True
             elif how == "changed":
                 candidate.since = now  # a write: the stability window starts again
+                # (and is checked after it, not later: an empty file waited longer)
+                candidate.due = min(candidate.due, now + self.stable_seconds)
             self._cond.notify_all()
 
     def _forget(self, name: str) -> None:
@@ -615,6 +644,13 @@ class Inbox:
                     stable = self.stable_seconds <= 0
                 else:
                     stable = now - candidate.since >= self.stable_seconds
+                if stable and info.st_size == 0 and stat.S_ISREG(info.st_mode):
+                    # still being written, most likely: give the writer time
+                    stable = now - candidate.since >= max(self.stable_seconds, EMPTY_STABLE_SEC)
+                    if not stable:
+                        candidate.due = candidate.since + max(self.stable_seconds,
+                                                              EMPTY_STABLE_SEC)
+                        continue
                 if stable:
                     del self._watching[name]
                     self._push_ready_locked(self.dir / name)
@@ -726,6 +762,11 @@ class Inbox:
     def _run_job(self, path: Path) -> None:
         try:
             self._handle(path)
+        except Exception:
+            # (the inbox worker thread must outlive any file: it stays where it is, in the
+            # inbox or claimed, for the next scan or start)
+            self._count("failed")
+            log.exception("inbox: %s could not be taken; it stays in place", path.name)
         finally:
             with self._cond:
                 self._active -= 1
@@ -754,7 +795,11 @@ class Inbox:
 
     def _claim(self, path: Path) -> Path | None:
         """Rename ``path`` into ``.claimed/``; None when another watcher took it first."""
-        target = self.claimed_dir / claim_name(self._owner_id, next(self._seq), path.name)
+        kept = fitted_name(path.name)
+        if kept != path.name:
+            log.warning("inbox: %s: the name is longer than %d bytes; it is kept as %s",
+                        path.name, MAX_KEPT_NAME_BYTES, kept)
+        target = self.claimed_dir / claim_name(self._owner_id, next(self._seq), kept)
         for _ in range(2):
             try:
                 os.rename(path, target)
@@ -798,6 +843,8 @@ class Inbox:
             raise _InfraError(None, created)
         try:
             self.enqueue(run)
+        except redis.exceptions.DataError:
+            raise
         except BROKER_ERRORS as exc:
             raise _InfraError(exc, created) from exc
         try:
@@ -970,7 +1017,7 @@ class Inbox:
             # Locked under a temporary name and then renamed, so no one ever sees it unlocked
             # (which would mean "dead" and let them take over our claims).
             tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, path)
             self._owner_fd = fd
@@ -986,13 +1033,23 @@ class Inbox:
 
     def _owner_alive(self, owner: str) -> bool:
         """Whether watcher ``owner`` holds its lock (a missing lock file means gone)."""
+        path = self._owner_lock_path(owner)
         try:
-            fd = os.open(self._owner_lock_path(owner), os.O_RDONLY)
+            # (read-write: over NFS an exclusive lock needs a file open for writing)
+            fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            log.warning("inbox: cannot check watcher %s's lock %s (%s); taking it for alive",
+                        owner, path, exc)
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            return True
+        except OSError as exc:
+            log.warning("inbox: cannot check watcher %s's lock %s (%s); taking it for alive",
+                        owner, path, exc)
             return True
         finally:
             os.close(fd)
@@ -1047,14 +1104,14 @@ class Inbox:
                 continue
             path = self.claimed_dir / lock_name
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
+                fd = os.open(path, os.O_RDWR)  # (read-write: see _owner_alive)
+            except OSError:
+                continue  # gone, or not ours to check: left alone
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink(missing_ok=True)  # unlinked while we hold it: no one sees it free
-            except BlockingIOError:
-                pass  # alive
+            except OSError:
+                pass  # alive (BlockingIOError), or not ours to remove
             finally:
                 os.close(fd)
 

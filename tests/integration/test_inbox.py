@@ -322,7 +322,6 @@ BAD_PLANS = [
     ("truncated", plan_bytes()[:200], "", "invalid JSON"),
     ("non-utf8", b'{"title": "caf\xe9"}', "", "not UTF-8"),
     ("deep-nesting", b'{"title": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "", "nested"),
-    ("empty", b"", "", "empty"),
     ("top-level-array", b"[1, 2, 3]", "", "array"),
 ]
 
@@ -711,3 +710,144 @@ def test_plans_dropped_while_redis_is_down_are_processed_when_it_returns(
         assert inbox.rejected == 0
     finally:
         client.close()
+
+
+# -- review of 2026-11-27: slow writers, long names, broker replies, owner locks ------------
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+def test_a_file_still_empty_while_its_writer_works_is_not_taken(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path, poll: bool
+) -> None:
+    # Protects: `generate > inbox/plan.json` creates the file at once and fills it only
+    # when the generator is done; an empty file is not stable, however long it sits.
+    recorder = Recorder()
+    inbox = make_inbox(recorder, poll=poll)
+    # Given a writer that opened the plan file and has not written yet
+    with open(inbox_dir / "slow.json", "wb") as writer:
+        time.sleep(STABLE * 4)  # longer than the stability wait
+        # When it finally writes and closes
+        writer.write(plan_bytes("Slow Generator"))
+    # Then the plan is taken whole, not rejected as empty
+    wait_until(lambda: inbox.processed == 1, what="the slow plan processed")
+    assert inbox.rejected == 0
+    assert names(inbox.processed_dir) == ["slow.json"]
+
+
+def test_an_empty_file_left_empty_is_rejected_after_its_grace(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Protects: an empty file dropped by mistake is not left waiting forever either.
+    monkeypatch.setattr("sparkle.inbox.EMPTY_STABLE_SEC", 1.0)
+    inbox = make_inbox(Recorder())
+    (inbox_dir / "nothing.json").write_bytes(b"")
+    time.sleep(STABLE * 2)
+    assert inbox.rejected == 0  # still within its grace
+    wait_until(lambda: inbox.rejected == 1, what="the empty file rejected")
+    record = json.loads((inbox.rejected_dir / ("nothing.json" + ERROR_SUFFIX)).read_text())
+    assert "empty" in record["errors"][0]["message"]
+
+
+def test_files_with_very_long_names_are_handled_and_hold_up_nothing(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path
+) -> None:
+    # Protects: a name near the 255-byte limit once made the error record's temporary
+    # name too long: the file was held forever and every plan behind it waited. A name
+    # too long to claim with its prefix stayed in the inbox, unreported.
+    recorder = Recorder()
+    inbox = make_inbox(recorder)
+    bad_name = "é" * 113 + ".json"  # 231 bytes
+    good_long = "g" * 245 + ".json"  # 250 bytes
+    (inbox_dir / bad_name).write_text("{")
+    time.sleep(STABLE * 2)
+    (inbox_dir / good_long).write_bytes(plan_bytes("Long Name"))
+    (inbox_dir / "after.json").write_bytes(plan_bytes("Behind It"))
+    wait_until(lambda: inbox.processed == 2 and inbox.rejected == 1, what="all three taken")
+    assert inbox.wait_idle(5)
+    # The long names are kept recognisable: their start, a hash, the extension
+    [rejected] = [n for n in names(inbox.rejected_dir) if not n.endswith(ERROR_SUFFIX)]
+    assert rejected.startswith("é" * 20) and rejected.endswith(".json")
+    assert len(os.fsencode(rejected)) <= 160
+    assert (inbox.rejected_dir / (rejected + ERROR_SUFFIX)).exists()
+    processed = names(inbox.processed_dir)
+    assert "after.json" in processed
+    assert any(n.startswith("g" * 100) and n.endswith(".json") for n in processed)
+    assert [p for p in inbox_dir.iterdir() if p.is_file()] == []
+
+
+def test_a_redis_reply_error_holds_the_file_until_the_broker_takes_it(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path
+) -> None:
+    # Protects: a replica answering READONLY during a failover (a reply error, not a
+    # connection error) once left the file stranded in .claimed/ until a restart.
+    recorder = Recorder()
+    failing = threading.Event()
+    failing.set()
+
+    def enqueue(run: Run) -> None:
+        if failing.is_set():
+            raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+        recorder(run)
+
+    inbox = make_inbox(enqueue)
+    (inbox_dir / "failover.json").write_bytes(plan_bytes("During Failover"))
+    wait_until(lambda: inbox.stats().held == 1, what="the file held")
+    assert inbox.failed == 0 and inbox.rejected == 0
+    failing.clear()
+    wait_until(lambda: inbox.processed == 1, what="the file processed after the failover")
+    assert names(inbox.claimed_dir) == []
+
+
+def test_the_inbox_worker_survives_an_error_while_claiming(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Protects: an error while claiming (the claimed folder cannot be made again: a full
+    # or read-only disk) once killed the only worker thread; later files piled up.
+    recorder = Recorder()
+    inbox = make_inbox(recorder)
+    claim = Inbox._claim
+    broken = threading.Event()
+    broken.set()
+
+    def claim_once_broken(self: Inbox, path: Path) -> Path | None:
+        if broken.is_set():
+            broken.clear()
+            raise OSError(28, "No space left on device")
+        return claim(self, path)
+
+    monkeypatch.setattr(Inbox, "_claim", claim_once_broken)
+    (inbox_dir / "first.json").write_bytes(plan_bytes("First"))
+    wait_until(lambda: inbox.failed == 1, what="the failed claim")
+    (inbox_dir / "second.json").write_bytes(plan_bytes("Second"))
+    wait_until(lambda: inbox.processed == 1, what="the next file still processed")
+    # And the first file was not lost: it is still in the inbox for the next scan
+    assert (inbox_dir / "first.json").exists()
+    inbox.scan()
+    wait_until(lambda: inbox.processed == 2, what="the first file taken by a rescan")
+
+
+def test_an_owner_lock_that_cannot_be_checked_counts_as_alive(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Protects: over NFS, flock(LOCK_EX) on another watcher's lock file fails with EBADF
+    # (or EACCES for another user's file); that error once escaped scan() and stopped the
+    # watcher from starting. Such a watcher must be taken for alive and its claims left.
+    import fcntl as real_fcntl
+
+    inbox = make_inbox(Recorder(), start=False)
+    inbox.scan()  # makes the folders and our own lock
+    other = "0123456789ab"
+    lock = inbox.claimed_dir / f".owner-{other}.lock"
+    lock.write_bytes(b"")
+    claimed = inbox.claimed_dir / f"{other}-1_theirs.json"
+    claimed.write_bytes(plan_bytes("Theirs"))
+    flock = real_fcntl.flock
+
+    def nfs_flock(fd: int, operation: int) -> None:
+        if os.fstat(fd).st_ino == lock.stat().st_ino:
+            raise OSError(9, "Bad file descriptor")
+        flock(fd, operation)
+
+    monkeypatch.setattr("sparkle.inbox.fcntl.flock", nfs_flock)
+    inbox.scan()  # does not raise
+    assert claimed.exists() and lock.exists()
