@@ -3,14 +3,15 @@
 JSON goes through a temp file in the same folder, flush, fsync, ``os.replace`` and an fsync
 of the folder. Media files are produced under a temporary name (``temp_path_for``) and
 renamed into place only when complete, so a half-written file never looks finished; before
-a stage's success is recorded, the engine flushes the files it reports (:func:`sync_changed`),
-so that a record that survives a power cut never vouches for media that did not.
+a stage's success is recorded, the engine flushes the files it reports (:func:`sync_outputs`),
+so that a record that survives a power cut does not vouch for media that did not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -20,6 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from sparkle import slots, unique
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -32,46 +35,76 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-#: File times come from a coarse clock that runs a few milliseconds behind ``time.time()``:
-#: :func:`sync_changed` takes a file changed this long before its ``since`` as changed after.
-CLOCK_SLACK_SEC = 1.0
+def sync_outputs(paths: Collection[Path], root: Path) -> int:
+    """Flush to disk what a stage reports, before its success is recorded: each path in
+    ``paths`` (inside ``root``, as named, symlinks not resolved) and the folders between it
+    and ``root``, included. Returns how many files were flushed.
 
+    Every path is flushed, not only those written by this attempt: a retry may reuse what
+    an attempt that failed (and flushed nothing) wrote. A flush of a file with nothing
+    unwritten is cheap. A symlink is flushed as its target, and both the folders on the
+    way to the link and those on the way to the target are; a folder is flushed with the
+    regular files directly inside it. Missing paths and anything else (a FIFO, a device)
+    are skipped, as is a file that cannot be opened (logged). Folders go deepest first, so
+    a new folder's entry in its parent is flushed after its own entries.
 
-def sync_changed(paths: Collection[Path], since: float, root: Path) -> int:
-    """Flush to disk every file among ``paths`` (resolved) changed since ``since`` (a
-    ``time.time()``), then every folder between those files and ``root`` (included) that
-    changed since. Returns how many files were flushed.
-
-    A file counts as changed by its ``ctime``, which nothing can set back: a copy that keeps
-    its source's ``mtime`` (``shutil.copy2``) and a file renamed into place both have a new
-    one. Only regular files are flushed (opening a FIFO would block); missing ones are
-    skipped. Folders go deepest first, so that a new folder's entry in its parent is
-    flushed after its own entries.
+    Raises:
+      OSError: a flush failed (``EIO``, ``ENOSPC``); the message names the file.
     """
-    since -= CLOCK_SLACK_SEC
-    root = Path(os.path.realpath(root)) if paths else root
-    folders: set[Path] = set()
+    if not paths:
+        return 0
+    real_root = Path(os.path.realpath(root))
+    folders: dict[str, int] = {}  # real path -> depth
+
+    def folders_up(path: Path, top: Path) -> None:
+        for folder in path.parents:
+            if folder != top and top not in folder.parents:
+                break
+            real = os.path.realpath(folder)
+            folders[real] = real.count("/")
+
     flushed = 0
     for path in dict.fromkeys(paths):
-        try:
-            info = os.stat(path)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(info.st_mode) or info.st_ctime < since:
-            continue
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with slots.waiting_on_disk():
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        flushed += 1
-        folders.update(p for p in path.parents if p == root or root in p.parents)
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        real = Path(os.path.realpath(path))
+        folders_up(path, root)
+        folders_up(real, real_root)
+        kind = _flush(real)
+        if kind == "folder":
+            folders[str(real)] = str(real).count("/")
+            with os.scandir(real) as entries:
+                inside = [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
+            flushed += sum(_flush(p) == "file" for p in inside)
+        elif kind == "file":
+            flushed += 1
+    for folder in sorted(folders, key=folders.__getitem__, reverse=True):
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(folder).st_ctime >= since:
-                fsync_dir(folder)
+            _flush(Path(folder))
     return flushed
+
+
+def _flush(path: Path) -> str | None:
+    """fsync ``path``: "file" or "folder" when flushed, None when skipped."""
+    fd = None
+    try:
+        # (non-blocking: a FIFO put there would otherwise block the open for good)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return None
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot flush {path} to disk: {exc.strerror}") from exc
+        return "file" if stat.S_ISREG(mode) else "folder"
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError as exc:
+        log.warning("cannot open %s to flush it to disk (%s); a power cut may lose it",
+                    path, exc.strerror)
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:

@@ -323,15 +323,17 @@ class Engine:
         run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
         metrics.attempt_started(stage)
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
-        started, began = time.monotonic(), time.time()
+        started = time.monotonic()
         try:
             plan, refs_before = run.plan(), run.asset_refs()
             with self.slots.released():
                 result = adapter.fn(plan, refs_before, run.dir)
             refs, metadata = normalize_result(result)
             outputs = self._check_paths(run, refs)
-            # The success recorded next survives a power cut: so must what it vouches for.
-            atomic.sync_changed(outputs, began, run.dir)
+            # The success recorded next survives a power cut: so must what it names. (Out
+            # of the bookkeeping slot, like the adapter: flushing media may take a while.)
+            with self.slots.released():
+                atomic.sync_outputs(outputs, run.dir)
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")
@@ -367,15 +369,17 @@ class Engine:
 
     @staticmethod
     def _check_paths(run: Run, refs: AssetRefs) -> list[Path]:
-        """Every path an adapter reports must lie inside the run folder. Returns them
-        resolved (URIs of remote assets left out)."""
+        """Every path an adapter reports must lie inside the run folder. Returns them as
+        named, under the run folder (URIs of remote assets left out)."""
         paths: list[str] = list(refs.extras.values())
         for shot in refs.shots.values():
             paths += [p for p in (shot.start_frame, shot.end_frame, shot.raw_clip,
                                   shot.final_video_clip) if p]
             paths += shot.dialogue_audio
-        # (run.path raises UnsafePathError; URIs of remote assets are the adapter's business)
-        return [run.path(path) for path in paths if "://" not in path]
+        local = [path for path in paths if "://" not in path]  # (remote: the adapter's)
+        for path in local:
+            run.path(path)  # raises UnsafePathError
+        return [run.dir / path for path in local]
 
     def _record_failure(self, run: Run, stage: str, attempt: int, message: str, lease: Lease,
                         event: bool, reason: str = "error") -> None:

@@ -1,4 +1,4 @@
-"""Crash-safe writes: which files a stage's success flushes to disk first."""
+"""Crash-safe writes: what a stage's success flushes to disk first (atomic.sync_outputs)."""
 
 from __future__ import annotations
 
@@ -24,46 +24,74 @@ def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_files_changed_before_the_attempt_are_left_alone(tmp_path, fsynced):
-    """Only what changed since the attempt began is flushed: older outputs were flushed by
-    the attempt that wrote them, and flushing each again would cost every stage."""
+def test_a_file_written_long_before_is_flushed_too(tmp_path, fsynced):
+    """An output kept from an earlier attempt (one that failed, and flushed nothing) is
+    flushed as well: its age says nothing about whether it reached the disk."""
     old = tmp_path / "frames" / "start.png"
     old.parent.mkdir()
     old.write_bytes(b"png")
-    assert atomic.sync_changed([old], time.time() + 60, tmp_path) == 0
-    assert fsynced == []
-
-
-def test_a_copy_that_kept_its_old_mtime_is_still_flushed(tmp_path, fsynced):
-    """A file copied with its source's times (shutil.copy2, rsync -t) is new all the same:
-    ctime, which nothing can set back, decides."""
-    began = time.time()
-    copy = tmp_path / "clip.mp4"
-    copy.write_bytes(b"mp4")
-    os.utime(copy, (began - 86400, began - 86400))
-    assert atomic.sync_changed([copy], began, tmp_path) == 1
-    assert fsynced == [str(copy), str(tmp_path)]
+    os.utime(old, (time.time() - 86400, time.time() - 86400))
+    assert atomic.sync_outputs([old], tmp_path) == 1
+    assert fsynced == [str(old), str(tmp_path / "frames"), str(tmp_path)]
 
 
 def test_missing_paths_and_fifos_are_skipped_without_blocking(tmp_path, fsynced):
-    """An output that is gone or is not a regular file is not opened: opening a FIFO for
-    reading would wait for a writer forever."""
-    began = time.time()
+    """An output that is gone or is not a regular file is not flushed, and a FIFO is
+    opened without blocking (a blocking open would wait for a writer forever)."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     real = tmp_path / "voice.wav"
     real.write_bytes(b"wav")
     paths = [tmp_path / "gone.png", fifo, real, real]
-    assert atomic.sync_changed(paths, began, tmp_path) == 1
+    assert atomic.sync_outputs(paths, tmp_path) == 1
     assert fsynced == [str(real), str(tmp_path)]
 
 
 def test_folders_outside_the_root_are_not_flushed(tmp_path, fsynced):
     """Folders are flushed from the file up to the run folder, not beyond it."""
-    began = time.time()
     run_dir = tmp_path / "runs" / "r1"
     (run_dir / "audio").mkdir(parents=True)
     voice = run_dir / "audio" / "line.wav"
     voice.write_bytes(b"wav")
-    atomic.sync_changed([voice], began, run_dir)
+    atomic.sync_outputs([voice], run_dir)
     assert fsynced == [str(voice), str(run_dir / "audio"), str(run_dir)]
+
+
+def test_a_symlink_flushes_its_target_and_the_folder_holding_the_link(tmp_path, fsynced):
+    """A link is flushed as its target, and the folder holding the link is flushed too:
+    else a power cut could lose the link while the success names it."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "frames").mkdir()
+    target = tmp_path / "cache" / "x.png"
+    target.write_bytes(b"png")
+    link = tmp_path / "frames" / "a.png"
+    link.symlink_to("../cache/x.png")
+    assert atomic.sync_outputs([link], tmp_path) == 1
+    assert fsynced[0] == str(target)
+    assert {str(tmp_path / "frames"), str(tmp_path / "cache"), str(tmp_path)} <= set(fsynced)
+    assert fsynced[-1] == str(tmp_path)
+
+
+def test_a_folder_named_as_an_output_is_flushed_with_its_files(tmp_path, fsynced):
+    """A folder among the outputs vouches for what is in it: the folder and the regular
+    files directly inside are flushed."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "c1.gif").write_bytes(b"gif")
+    (clips / "c2.gif").write_bytes(b"gif")
+    assert atomic.sync_outputs([clips], tmp_path) == 2
+    assert {str(clips / "c1.gif"), str(clips / "c2.gif"), str(clips), str(tmp_path)} == set(
+        fsynced)
+
+
+def test_a_failed_flush_names_the_file(tmp_path, monkeypatch):
+    """An fsync error (EIO, ENOSPC) fails the attempt with a message naming the file."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"mp4")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match=r"cannot flush .*clip\.mp4 to disk: Input/output error"):
+        atomic.sync_outputs([clip], tmp_path)
