@@ -865,7 +865,8 @@ class Inbox:
             atomic.write_json(dest.with_name(dest.name + ERROR_SUFFIX), record)
 
         try:
-            dest = self._place(claimed, self.rejected_dir, name, before_release=write_record)
+            dest = self._place(claimed, self.rejected_dir, name, before_release=write_record,
+                               record_suffix=ERROR_SUFFIX)
         except OSError as exc:
             raise _InfraError(exc, created=False) from exc
         self._count("rejected")
@@ -879,18 +880,26 @@ class Inbox:
         folder: Path,
         name: str,
         before_release: Callable[[Path], None] | None = None,
+        record_suffix: str | None = None,
     ) -> Path:
         """Move ``claimed`` into ``folder`` as ``name`` (``name-1``, ... when taken).
 
         A hard link reserves the name without ever replacing a file, then the claim is
         removed; ``before_release`` runs in between. A link to the same file found there is
         ours from before a crash and is reused, so a retry never makes a second copy. A
-        symlink is moved as itself (never followed).
+        symlink is moved as itself (never followed). Where hard links cannot be made (a
+        folder, a filesystem without them, another user's file under
+        ``protected_hardlinks``), a placeholder created with ``O_EXCL`` reserves the name
+        instead and the claim is renamed over it. With ``record_suffix``, a name is taken
+        only if the name with that suffix (its error record's) is free as well.
         """
         folder.mkdir(parents=True, exist_ok=True)
         names = candidate_names(name)
         while True:
             dest = folder / next(names)
+            if record_suffix is not None and os.path.lexists(
+                    dest.with_name(dest.name + record_suffix)) and not os.path.lexists(dest):
+                continue  # (the record's name is another file's: never write over it)
             try:
                 os.link(claimed, dest, follow_symlinks=False)
             except FileExistsError:
@@ -899,8 +908,7 @@ class Inbox:
             except OSError as exc:
                 if exc.errno not in _LINK_UNSUPPORTED:
                     raise
-                # No hard links (a folder, or a filesystem without them): rename instead.
-                if os.path.lexists(dest):
+                if not _reserve(claimed, dest):
                     continue
                 if before_release is not None:
                     before_release(dest)
@@ -1123,6 +1131,34 @@ def _folder_id(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return info.st_dev, info.st_ino
+
+
+def _reserve(claimed: Path, dest: Path) -> bool:
+    """Reserve ``dest`` for ``claimed`` without a hard link; False when it is taken.
+
+    A regular placeholder naming the claim is created with ``O_EXCL`` (a placeholder of
+    ours left by a crash is reused). A claimed folder, which cannot be renamed over a file,
+    takes a free name as it is: renaming a folder never replaces a file.
+    """
+    if stat.S_ISDIR(os.lstat(claimed).st_mode):
+        return not os.path.lexists(dest)
+    marker = f"sparkle inbox: reserved for {claimed.name}\n".encode()
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        try:
+            fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            return os.read(fd, len(marker) + 1) == marker
+        finally:
+            os.close(fd)
+    try:
+        atomic.write_all(fd, marker)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -851,3 +851,60 @@ def test_an_owner_lock_that_cannot_be_checked_counts_as_alive(
     monkeypatch.setattr("sparkle.inbox.fcntl.flock", nfs_flock)
     inbox.scan()  # does not raise
     assert claimed.exists() and lock.exists()
+
+
+def test_without_hard_links_a_name_taken_meanwhile_is_never_overwritten(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Protects: where hard links cannot be made (another user's file under
+    # protected_hardlinks, CIFS, FUSE) the name in rejected/ was checked free and then
+    # renamed onto: a second watcher taking it meanwhile lost its file.
+    import errno
+
+    from sparkle import atomic
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr("sparkle.inbox.os.link", no_links)
+    write_json = atomic.write_json
+    competitor: list[bool] = []
+
+    def record_while_another_watcher_places(path: Any, value: Any, *args: Any) -> None:
+        # Another watcher places its own bad.json the way the inbox does (never replacing)
+        data = Path(str(path)[: -len(ERROR_SUFFIX)])
+        try:
+            fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            competitor.append(False)
+        else:
+            os.write(fd, b"theirs")
+            os.close(fd)
+            competitor.append(True)
+        write_json(path, value, *args)
+
+    monkeypatch.setattr(atomic, "write_json", record_while_another_watcher_places)
+    inbox = make_inbox(Recorder())
+    (inbox_dir / "bad.json").write_text("{")
+    wait_until(lambda: inbox.rejected == 1, what="the rejection")
+    contents = sorted((inbox.rejected_dir / n).read_bytes() for n in names(inbox.rejected_dir)
+                      if not n.endswith(ERROR_SUFFIX))
+    # Then neither file was lost: ours is there, and theirs if it got the name
+    assert competitor == [False]
+    assert contents == [b"{"]
+
+
+def test_an_error_record_never_overwrites_a_rejected_file_of_that_name(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path
+) -> None:
+    # Protects: a file rejected earlier under the name x.json.error.json (an error record
+    # dropped back into the inbox) was replaced by x.json's record.
+    inbox = make_inbox(Recorder())
+    inbox.rejected_dir.mkdir(parents=True, exist_ok=True)
+    earlier = inbox.rejected_dir / ("x.json" + ERROR_SUFFIX)
+    earlier.write_bytes(b"an earlier rejected file")
+    (inbox_dir / "x.json").write_text("{")
+    wait_until(lambda: inbox.rejected == 1, what="the rejection")
+    assert earlier.read_bytes() == b"an earlier rejected file"
+    assert (inbox.rejected_dir / "x-1.json").read_text() == "{"
+    assert (inbox.rejected_dir / ("x-1.json" + ERROR_SUFFIX)).exists()
