@@ -111,19 +111,34 @@ RETRY_MAX_SEC: Final = 5.0
 JOIN_TIMEOUT_SEC: Final = 10.0
 
 #: Errors of ``enqueue`` meaning "the broker cannot take it now": the file is held and
-#: retried, never rejected. Every Redis error counts, replies included: a replica during a
-#: failover (READONLY), a full server (OOM) and a busy one (BUSY, TRYAGAIN) pass (the one
-#: exception, a client-side ``DataError``, is a bug and is raised).
+#: retried, never rejected. Besides a broker out of reach, the replies of one that will
+#: take it later (:data:`PASSING_REPLIES`).
 BROKER_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    redis.exceptions.RedisError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a replica, during a failover
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.OutOfMemoryError,
     dramatiq.errors.BrokerConnectionError,  # dramatiq < 2.2 called it ConnectionError
     OSError,
 )
 
-#: Seconds an empty file must stay empty before it is taken (and rejected as empty). A
-#: shell's ``generate > inbox/plan.json`` creates the file at once and fills it when the
-#: generator is done: until then it is empty, and never complete.
-EMPTY_STABLE_SEC: Final = 60.0
+#: Error replies of a Redis that will take the message later, by their first word: busy
+#: with a script, full (maxmemory), refusing writes after a failed save, no replicas yet.
+#: Other replies (WRONGTYPE, NOPERM, ...) will not pass by waiting: such a file fails
+#: (logged with its traceback) and stays claimed until the next start.
+PASSING_REPLIES: Final = frozenset(
+    {"BUSY", "OOM", "MISCONF", "NOREPLICAS", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY",
+     "CLUSTERDOWN"}
+)
+
+#: An empty file is never taken: a shell's ``generate > inbox/plan.json`` creates the file
+#: at once and fills it when the generator is done, however long that takes. One still
+#: empty after this many seconds is reported once in the log and left in the inbox.
+EMPTY_WARN_SEC: Final = 60.0
 
 #: Longest file name, in bytes, kept as it is when claimed. A longer one is shortened
 #: (its start, ``~``, 8 hex digits of its hash, its extension) so that the claim, its
@@ -187,7 +202,8 @@ def fitted_name(name: str) -> str:
     suffix = raw[dot:] if dot > 0 and len(raw) - dot <= 16 else b""
     digest = hashlib.sha256(raw).hexdigest()[:8]
     room = MAX_KEPT_NAME_BYTES - len(suffix) - len(digest) - 1
-    stem = raw[:room].decode("utf-8", "ignore")  # (whole characters only)
+    # (whole characters only, and never a dotfile, which the inbox's folders hide)
+    stem = raw[:room].decode("utf-8", "ignore").lstrip(".")
     return f"{stem}~{digest}{os.fsdecode(suffix)}"
 
 
@@ -246,6 +262,8 @@ class _Candidate:
     due: float
     size: int = -1
     mtime_ns: int = -1
+    #: Empty for longer than EMPTY_WARN_SEC (reported): waits for a write, not for work.
+    parked: bool = False
 
 
 @dataclasses.dataclass
@@ -495,12 +513,14 @@ class Inbox:
                 self._run_job(path)
             self._retry_held_once()
             with self._cond:
-                next_due = min((c.due for c in self._watching.values()), default=None)
+                next_due = min((c.due for c in self._watching.values() if not c.parked),
+                               default=None)
                 if next_due is None:
                     return not self._held
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            time.sleep(max(0.0, next_due - time.monotonic()))
+            wake = next_due if deadline is None else min(next_due, deadline)
+            time.sleep(max(0.0, wake - time.monotonic()))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no file is waiting, queued, in work or held. False on timeout."""
@@ -588,6 +608,7 @@ class Inbox:
                 candidate.since = now  # a write: the stability window starts again
                 # (and is checked after it, not later: an empty file waited longer)
                 candidate.due = min(candidate.due, now + self.stable_seconds)
+                candidate.parked = False
             self._cond.notify_all()
 
     def _forget(self, name: str) -> None:
@@ -628,6 +649,7 @@ class Inbox:
                 info = None
             seen.append((name, candidate, info))
         now = time.monotonic()
+        still_empty: list[str] = []
         with self._cond:
             for name, candidate, info in seen:
                 if self._watching.get(name) is not candidate:
@@ -641,16 +663,18 @@ class Inbox:
                 elif signature != (candidate.size, candidate.mtime_ns):
                     candidate.size, candidate.mtime_ns = signature
                     candidate.since = now
+                    candidate.parked = False
                     stable = self.stable_seconds <= 0
                 else:
                     stable = now - candidate.since >= self.stable_seconds
                 if stable and info.st_size == 0 and stat.S_ISREG(info.st_mode):
-                    # still being written, most likely: give the writer time
-                    stable = now - candidate.since >= max(self.stable_seconds, EMPTY_STABLE_SEC)
-                    if not stable:
-                        candidate.due = candidate.since + max(self.stable_seconds,
-                                                              EMPTY_STABLE_SEC)
-                        continue
+                    # Never taken: its writer may not have begun (see EMPTY_WARN_SEC).
+                    if not candidate.parked and now - candidate.since >= EMPTY_WARN_SEC:
+                        candidate.parked = True
+                        still_empty.append(name)
+                    candidate.due = (now + self.rescan_interval if candidate.parked
+                                     else candidate.since + EMPTY_WARN_SEC)
+                    continue
                 if stable:
                     del self._watching[name]
                     self._push_ready_locked(self.dir / name)
@@ -658,10 +682,16 @@ class Inbox:
                     candidate.due = candidate.since + self.stable_seconds
             if seen:
                 self._cond.notify_all()
-            return min((c.due for c in self._watching.values()), default=None)
+            next_due = min((c.due for c in self._watching.values()), default=None)
+        for name in still_empty:
+            log.warning("inbox: %s is still empty after %.0f s; it stays in the inbox until "
+                        "something is written to it (remove it if it was dropped by mistake)",
+                        name, EMPTY_WARN_SEC)
+        return next_due
 
     def _idle_locked(self) -> bool:
-        return not (self._watching or self._ready or self._active or self._held)
+        waiting = any(not c.parked for c in self._watching.values())
+        return not (waiting or self._ready or self._active or self._held)
 
     # -- threads -------------------------------------------------------------------------
 
@@ -843,9 +873,11 @@ class Inbox:
             raise _InfraError(None, created)
         try:
             self.enqueue(run)
-        except redis.exceptions.DataError:
-            raise
         except BROKER_ERRORS as exc:
+            raise _InfraError(exc, created) from exc
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).split(" ", 1)[0] not in PASSING_REPLIES:
+                raise
             raise _InfraError(exc, created) from exc
         try:
             self._place(claimed, self.processed_dir, name)
@@ -1043,8 +1075,7 @@ class Inbox:
         """Whether watcher ``owner`` holds its lock (a missing lock file means gone)."""
         path = self._owner_lock_path(owner)
         try:
-            # (read-write: over NFS an exclusive lock needs a file open for writing)
-            fd = os.open(path, os.O_RDWR)
+            fd = _open_lock(path)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -1086,11 +1117,16 @@ class Inbox:
                     alive[owner] = self._owner_alive(owner)
                 if alive[owner]:
                     continue
-            target = self.claimed_dir / claim_name(me, next(self._seq), name)
+            # (fitted: a claim left by an older version may bear a name too long to place)
+            target = self.claimed_dir / claim_name(me, next(self._seq), fitted_name(name))
             try:
                 os.rename(self.claimed_dir / claimed, target)
             except FileNotFoundError:
                 continue  # another watcher took it over first
+            except OSError as exc:
+                log.warning("inbox: cannot take over the claim %s (%s); the next scan retries",
+                            claimed, exc)
+                continue
             log.info(
                 "inbox: %s: finishing a claim left by %s",
                 name,
@@ -1112,7 +1148,7 @@ class Inbox:
                 continue
             path = self.claimed_dir / lock_name
             try:
-                fd = os.open(path, os.O_RDWR)  # (read-write: see _owner_alive)
+                fd = _open_lock(path)
             except OSError:
                 continue  # gone, or not ours to check: left alone
             try:
@@ -1131,6 +1167,18 @@ def _folder_id(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return info.st_dev, info.st_ino
+
+
+def _open_lock(path: Path) -> int:
+    """Open another watcher's lock file to test its lock: read-write where allowed (over
+    NFS an exclusive lock needs a file open for writing), else read-only (a lock file of
+    another user, 0644 under the usual umask: a local ``flock`` needs no write access)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
 
 
 def _reserve(claimed: Path, dest: Path) -> bool:

@@ -734,18 +734,28 @@ def test_a_file_still_empty_while_its_writer_works_is_not_taken(
     assert names(inbox.processed_dir) == ["slow.json"]
 
 
-def test_an_empty_file_left_empty_is_rejected_after_its_grace(
-    make_inbox: Callable[..., Inbox], inbox_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_empty_file_is_never_taken_and_is_reported_once(
+    make_inbox: Callable[..., Inbox],
+    inbox_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Protects: an empty file dropped by mistake is not left waiting forever either.
-    monkeypatch.setattr("sparkle.inbox.EMPTY_STABLE_SEC", 1.0)
+    # Protects: a writer slower than any grace (a long generation) still gets its plan
+    # taken whole: an empty file is left in the inbox, reported once, and taken once
+    # written. (Claimed empty, the writer's open file would follow it into rejected/.)
+    caplog.set_level(logging.WARNING, logger="sparkle.inbox")
+    monkeypatch.setattr("sparkle.inbox.EMPTY_WARN_SEC", 0.6)
     inbox = make_inbox(Recorder())
-    (inbox_dir / "nothing.json").write_bytes(b"")
-    time.sleep(STABLE * 2)
-    assert inbox.rejected == 0  # still within its grace
-    wait_until(lambda: inbox.rejected == 1, what="the empty file rejected")
-    record = json.loads((inbox.rejected_dir / ("nothing.json" + ERROR_SUFFIX)).read_text())
-    assert "empty" in record["errors"][0]["message"]
+    with open(inbox_dir / "late.json", "wb") as writer:
+        wait_until(lambda: "late.json is still empty" in caplog.text, what="the warning")
+        time.sleep(STABLE * 3)
+        assert inbox.rejected == 0 and inbox.processed == 0
+        assert (inbox_dir / "late.json").exists()
+        assert inbox.wait_idle(1)  # (a file parked empty is not work in progress)
+        writer.write(plan_bytes("Very Late"))
+    wait_until(lambda: inbox.processed == 1, what="the plan taken once written")
+    assert inbox.rejected == 0
+    assert caplog.text.count("late.json is still empty") == 1
 
 
 def test_files_with_very_long_names_are_handled_and_hold_up_nothing(
@@ -908,3 +918,68 @@ def test_an_error_record_never_overwrites_a_rejected_file_of_that_name(
     assert earlier.read_bytes() == b"an earlier rejected file"
     assert (inbox.rejected_dir / "x-1.json").read_text() == "{"
     assert (inbox.rejected_dir / ("x-1.json" + ERROR_SUFFIX)).exists()
+
+
+def test_a_permanent_redis_reply_fails_its_file_without_holding_the_others(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path
+) -> None:
+    # Protects: a reply that waiting will not change (WRONGTYPE, NOPERM) is not taken for
+    # an outage: holding that file forever would hold every plan behind it.
+    recorder = Recorder()
+
+    def enqueue(run: Run) -> None:
+        if run.plan().title == "Clashing Key":
+            raise redis.exceptions.ResponseError(
+                "WRONGTYPE Operation against a key holding the wrong kind of value")
+        recorder(run)
+
+    inbox = make_inbox(enqueue)
+    (inbox_dir / "clash.json").write_bytes(plan_bytes("Clashing Key"))
+    wait_until(lambda: inbox.failed == 1, what="the failed file")
+    (inbox_dir / "next.json").write_bytes(plan_bytes("Next In Line"))
+    wait_until(lambda: inbox.processed == 1, what="the next plan processed")
+    assert inbox.stats().held == 0
+    assert [n.split("_", 1)[1] for n in names(inbox.claimed_dir)] == ["clash.json"]
+
+
+def test_a_long_named_claim_left_by_an_older_version_is_taken_over(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path
+) -> None:
+    # Protects: a claim with a name too long to place (left by a version without name
+    # fitting, whose watcher is gone) is renamed to a fitted name when taken over, instead
+    # of being held forever or failing the scan.
+    (inbox_dir / ".claimed").mkdir(parents=True)
+    long_name = "L" * 225 + ".json"
+    (inbox_dir / ".claimed" / f"0123456789ab-1_{long_name}").write_bytes(plan_bytes("Old Claim"))
+    inbox = make_inbox(Recorder())
+    wait_until(lambda: inbox.processed == 1, what="the old claim processed")
+    [placed] = names(inbox.processed_dir)
+    assert placed.startswith("L" * 100) and len(os.fsencode(placed)) <= 160
+
+
+def test_another_users_lock_file_is_checked_read_only_when_it_cannot_be_opened_to_write(
+    make_inbox: Callable[..., Inbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Protects: watchers of different users share a folder: a 0644 lock file of another
+    # user cannot be opened read-write, and a local flock needs no write access, so the
+    # check falls back to read-only instead of taking every such watcher for alive.
+    import errno
+
+    inbox = make_inbox(Recorder(), start=False)
+    inbox.scan()
+    other = "0123456789ab"
+    lock = inbox.claimed_dir / f".owner-{other}.lock"
+    lock.write_bytes(b"")
+    opened: list[int] = []
+    real_open = os.open
+
+    def open_as_another_user(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == lock:
+            opened.append(flags & os.O_ACCMODE)
+            if flags & os.O_ACCMODE == os.O_RDWR:
+                raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("sparkle.inbox.os.open", open_as_another_user)
+    assert inbox._owner_alive(other) is False  # nobody holds it: gone
+    assert opened == [os.O_RDWR, os.O_RDONLY]
