@@ -10,6 +10,7 @@ so that a record that survives a power cut does not vouch for media that did not
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -35,26 +36,43 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def sync_outputs(paths: Collection[Path], root: Path) -> int:
-    """Flush to disk what a stage reports, before its success is recorded: each path in
-    ``paths`` (inside ``root``, as named, symlinks not resolved) and the folders between it
-    and ``root``, included. Returns how many files were flushed.
+#: File times come from a coarse clock that runs a few milliseconds behind ``time.time()``:
+#: :func:`sync_outputs` takes a file changed this long before ``since`` as changed after.
+CLOCK_SLACK_SEC = 1.0
 
-    Every path is flushed, not only those written by this attempt: a retry may reuse what
-    an attempt that failed (and flushed nothing) wrote. A flush of a file with nothing
-    unwritten is cheap. A symlink is flushed as its target, and both the folders on the
-    way to the link and those on the way to the target are; a folder is flushed with the
-    regular files directly inside it. Missing paths and anything else (a FIFO, a device)
-    are skipped, as is a file that cannot be opened (logged). Folders go deepest first, so
-    a new folder's entry in its parent is flushed after its own entries.
+
+def sync_outputs(paths: Collection[Path], root: Path, *, named_before: Collection[Path] = (),
+                 since: float = 0.0) -> int:
+    """Flush to disk what a stage reports, before its success is recorded: each path in
+    ``paths`` (inside ``root``, as named, symlinks not resolved), each in ``named_before``
+    (paths the run's refs named before this attempt) changed since ``since`` (a
+    ``time.time()``), and the folders between them and ``root``, included. Returns how
+    many files were flushed.
+
+    Every path new to the refs is flushed, not only those written by this attempt: a retry
+    may reuse what an attempt that failed (and flushed nothing) wrote. Those named before
+    were flushed by the stage that named them, unless they changed since (by ``ctime``,
+    which nothing can set back). A symlink is flushed as its target, and both the folders
+    on the way to the link and those on the way to the target are; a folder is flushed
+    with the regular files directly inside it (not those further down). Missing paths and
+    anything else (a FIFO, a socket, a device) are skipped, as is a file that cannot be
+    opened (logged). Folders go deepest first, so a new folder's entry in its parent is
+    flushed after its own entries.
 
     Raises:
       OSError: a flush failed (``EIO``, ``ENOSPC``); the message names the file.
     """
-    if not paths:
+    since -= CLOCK_SLACK_SEC
+    chosen = list(paths)
+    for path in named_before:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ctime >= since:
+                chosen.append(path)
+    if not chosen:
         return 0
     real_root = Path(os.path.realpath(root))
     folders: dict[str, int] = {}  # real path -> depth
+    done: set[str] = set()  # folders flushed already
 
     def folders_up(path: Path, top: Path) -> None:
         for folder in path.parents:
@@ -64,21 +82,20 @@ def sync_outputs(paths: Collection[Path], root: Path) -> int:
             folders[real] = real.count("/")
 
     flushed = 0
-    for path in dict.fromkeys(paths):
+    for path in dict.fromkeys(Path(os.path.normpath(p)) for p in chosen):
         real = Path(os.path.realpath(path))
         folders_up(path, root)
         folders_up(real, real_root)
         kind = _flush(real)
         if kind == "folder":
-            folders[str(real)] = str(real).count("/")
+            done.add(str(real))
             with os.scandir(real) as entries:
                 inside = [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
             flushed += sum(_flush(p) == "file" for p in inside)
         elif kind == "file":
             flushed += 1
-    for folder in sorted(folders, key=folders.__getitem__, reverse=True):
-        with contextlib.suppress(FileNotFoundError):
-            _flush(Path(folder))
+    for folder in sorted(folders.keys() - done, key=folders.__getitem__, reverse=True):
+        _flush(Path(folder))
     return flushed
 
 
@@ -97,6 +114,10 @@ def _flush(path: Path) -> str | None:
             raise OSError(exc.errno, f"cannot flush {path} to disk: {exc.strerror}") from exc
         return "file" if stat.S_ISREG(mode) else "folder"
     except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # (a socket cannot be opened)
+            raise
         return None
     except PermissionError as exc:
         log.warning("cannot open %s to flush it to disk (%s); a power cut may lose it",

@@ -323,17 +323,22 @@ class Engine:
         run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
         metrics.attempt_started(stage)
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         try:
             plan, refs_before = run.plan(), run.asset_refs()
+            # (read before the adapter runs: adapters may change the refs they are given)
+            before = {run.dir / path for path in _local_paths(refs_before)}
             with self.slots.released():
                 result = adapter.fn(plan, refs_before, run.dir)
             refs, metadata = normalize_result(result)
             outputs = self._check_paths(run, refs)
             # The success recorded next survives a power cut: so must what it names. (Out
             # of the bookkeeping slot, like the adapter: flushing media may take a while.)
-            with self.slots.released():
-                atomic.sync_outputs(outputs, run.dir)
+            if outputs:
+                with self.slots.released():
+                    atomic.sync_outputs([p for p in outputs if p not in before], run.dir,
+                                        named_before=[p for p in outputs if p in before],
+                                        since=began)
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")
@@ -371,12 +376,7 @@ class Engine:
     def _check_paths(run: Run, refs: AssetRefs) -> list[Path]:
         """Every path an adapter reports must lie inside the run folder. Returns them as
         named, under the run folder (URIs of remote assets left out)."""
-        paths: list[str] = list(refs.extras.values())
-        for shot in refs.shots.values():
-            paths += [p for p in (shot.start_frame, shot.end_frame, shot.raw_clip,
-                                  shot.final_video_clip) if p]
-            paths += shot.dialogue_audio
-        local = [path for path in paths if "://" not in path]  # (remote: the adapter's)
+        local = _local_paths(refs)
         for path in local:
             run.path(path)  # raises UnsafePathError
         return [run.dir / path for path in local]
@@ -391,6 +391,17 @@ class Engine:
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
+
+
+def _local_paths(refs: AssetRefs) -> list[str]:
+    """The paths ``refs`` names, as written there, without URIs of remote assets (those
+    are the adapter's business)."""
+    paths: list[str] = list(refs.extras.values())
+    for shot in refs.shots.values():
+        paths += [p for p in (shot.start_frame, shot.end_frame, shot.raw_clip,
+                              shot.final_video_clip) if p]
+        paths += shot.dialogue_audio
+    return [path for path in paths if "://" not in path]
 
 
 def _fence(run: Run, lease: Lease, what: str) -> None:

@@ -359,6 +359,7 @@ def test_a_success_is_recorded_only_after_the_files_it_names_are_on_disk(
     script = pipeline.engine.adapters["script"]
 
     def with_outline(plan: Any, refs: Any, run_dir: Path) -> Any:
+        seen.append("adapter began")
         refs, metadata = script.fn(plan, refs, run_dir)
         (run_dir / "notes" / "deep").mkdir(parents=True)
         (run_dir / "notes" / "deep" / "outline.txt").write_text("beats")
@@ -382,14 +383,58 @@ def test_a_success_is_recorded_only_after_the_files_it_names_are_on_disk(
     run = pipeline.create(plans_dir / "rooftop.json")
     assert pipeline.work(run).status.value == "succeeded"
     named = seen.index("asset_refs naming the outline: True")
-    # (from the script stage's start: the run's creation fsynced its folder already)
-    stage = seen.index("asset_refs naming the outline: False") + 1
+    # (from the adapter's start: the run's creation fsynced its folder already)
+    stage = seen.index("adapter began")
     root = str(run.dir.resolve())
     for path in (f"{root}/notes/deep/outline.txt", f"{root}/notes/deep", f"{root}/notes",
                  root):
         assert path in seen[stage:named], f"{path} was not fsynced before the refs named it"
     # (deepest first: a new folder's entry in its parent is flushed after its contents)
     assert seen.index(f"{root}/notes/deep") < seen.index(f"{root}/notes")
+
+
+def test_a_retry_that_reuses_a_failed_attempts_file_flushes_it_first(
+        pipeline, plans_dir, monkeypatch):
+    """An attempt that fails flushes nothing; the retry that reuses its file (a paid call
+    not made twice) must flush it before its success names it."""
+    import os
+
+    from sparkle.errors import TransientStageError
+
+    script = pipeline.engine.adapters["script"]
+    attempts: list[int] = []
+
+    def render_once(plan: Any, refs: Any, run_dir: Path) -> Any:
+        attempts.append(1)
+        refs, metadata = script.fn(plan, refs, run_dir)
+        costly = run_dir / "cache" / "costly.bin"
+        if not costly.exists():
+            costly.parent.mkdir(exist_ok=True)
+            costly.write_bytes(b"paid for once")
+            raise TransientStageError("the service hung up after sending the file")
+        refs.extras["costly"] = "cache/costly.bin"
+        return refs, metadata
+
+    pipeline.engine.adapters["script"] = Adapter(
+        "script", "render-once", render_once, (TransientStageError,))
+    seen: list[str] = []
+    fsync, save_asset_refs = os.fsync, Run.save_asset_refs
+
+    def recorded_fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def recorded_save(self: Run, refs: Any) -> None:
+        seen.append(f"asset_refs naming the file: {'costly' in refs.extras}")
+        save_asset_refs(self, refs)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(Run, "save_asset_refs", recorded_save)
+    run = pipeline.create(plans_dir / "rooftop.json")
+    assert pipeline.work(run).status.value == "succeeded"
+    assert len(attempts) == 2
+    named = seen.index("asset_refs naming the file: True")
+    assert str(run.dir.resolve() / "cache" / "costly.bin") in seen[:named]
 
 
 def test_crash_loop_is_failed_instead_of_redelivered_forever(pipeline, plans_dir):

@@ -95,3 +95,40 @@ def test_a_failed_flush_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(OSError, match=r"cannot flush .*clip\.mp4 to disk: Input/output error"):
         atomic.sync_outputs([clip], tmp_path)
+
+
+def test_a_file_named_before_is_flushed_only_if_it_changed_since(tmp_path, fsynced):
+    """A path the refs named before the attempt was flushed by the stage that named it:
+    it is flushed again only if it changed since the attempt began (each stage's refs
+    name every earlier stage's media too)."""
+    kept = tmp_path / "frames" / "start.png"
+    kept.parent.mkdir()
+    kept.write_bytes(b"png")
+    assert atomic.sync_outputs([], tmp_path, named_before=[kept], since=time.time() + 60) == 0
+    assert fsynced == []
+    assert atomic.sync_outputs([], tmp_path, named_before=[kept], since=time.time() - 60) == 1
+    assert fsynced[0] == str(kept)
+
+
+def test_dot_dot_in_a_path_never_flushes_folders_above_the_root(tmp_path, fsynced):
+    """A path that goes up and back down (``a/../../r1/x``) is normalised first: only the
+    folders between the file and the run folder are flushed."""
+    run_dir = tmp_path / "runs" / "r1"
+    (run_dir / "a" / "b").mkdir(parents=True)
+    clip = run_dir / "x.mp4"
+    clip.write_bytes(b"mp4")
+    atomic.sync_outputs([run_dir / "a" / "b" / ".." / ".." / ".." / "r1" / "x.mp4"], run_dir)
+    assert fsynced == [str(clip), str(run_dir)]
+
+
+def test_a_socket_among_the_outputs_is_skipped(tmp_path, fsynced):
+    """A socket cannot be opened (ENXIO): skipped like a FIFO, not an error."""
+    import socket
+
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(path))
+        assert atomic.sync_outputs([path], tmp_path) == 0
+    finally:
+        server.close()
