@@ -349,12 +349,33 @@ def test_adapter_writing_outside_the_run_folder_fails_permanently(pipeline, plan
     assert "evil" not in run.asset_refs().extras
 
 
+def fsyncs_and_refs_saved(monkeypatch: pytest.MonkeyPatch, extra: str) -> list[str]:
+    """From now on, in order: each path fsynced, and "asset_refs naming <extra>" when
+    asset_refs.json is saved naming the extra ``extra``."""
+    import os
+
+    seen: list[str] = []
+    fsync, save_asset_refs = os.fsync, Run.save_asset_refs
+
+    def recorded_fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def recorded_save(self: Run, refs: Any) -> None:
+        if extra in refs.extras:
+            seen.append(f"asset_refs naming {extra}")
+        save_asset_refs(self, refs)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(Run, "save_asset_refs", recorded_save)
+    return seen
+
+
 def test_a_success_is_recorded_only_after_the_files_it_names_are_on_disk(
         pipeline, plans_dir, monkeypatch):
     """Before asset_refs.json (and so the success) names a file an attempt wrote, the file
     and every new folder on its way are fsynced: a record that survives a power cut must
     not vouch for media that did not."""
-    import os
 
     script = pipeline.engine.adapters["script"]
 
@@ -367,22 +388,10 @@ def test_a_success_is_recorded_only_after_the_files_it_names_are_on_disk(
         return refs, metadata
 
     pipeline.engine.adapters["script"] = Adapter("script", "outline", with_outline, ())
-    seen: list[str] = []
-    fsync, save_asset_refs = os.fsync, Run.save_asset_refs
-
-    def recorded_fsync(fd: int) -> None:
-        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    def recorded_save(self: Run, refs: Any) -> None:
-        seen.append(f"asset_refs naming the outline: {'outline' in refs.extras}")
-        save_asset_refs(self, refs)
-
-    monkeypatch.setattr(os, "fsync", recorded_fsync)
-    monkeypatch.setattr(Run, "save_asset_refs", recorded_save)
+    seen = fsyncs_and_refs_saved(monkeypatch, "outline")
     run = pipeline.create(plans_dir / "rooftop.json")
     assert pipeline.work(run).status.value == "succeeded"
-    named = seen.index("asset_refs naming the outline: True")
+    named = seen.index("asset_refs naming outline")
     # (from the adapter's start: the run's creation fsynced its folder already)
     stage = seen.index("adapter began")
     root = str(run.dir.resolve())
@@ -397,7 +406,6 @@ def test_a_retry_that_reuses_a_failed_attempts_file_flushes_it_first(
         pipeline, plans_dir, monkeypatch):
     """An attempt that fails flushes nothing; the retry that reuses its file (a paid call
     not made twice) must flush it before its success names it."""
-    import os
 
     from sparkle.errors import TransientStageError
 
@@ -417,23 +425,11 @@ def test_a_retry_that_reuses_a_failed_attempts_file_flushes_it_first(
 
     pipeline.engine.adapters["script"] = Adapter(
         "script", "render-once", render_once, (TransientStageError,))
-    seen: list[str] = []
-    fsync, save_asset_refs = os.fsync, Run.save_asset_refs
-
-    def recorded_fsync(fd: int) -> None:
-        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    def recorded_save(self: Run, refs: Any) -> None:
-        seen.append(f"asset_refs naming the file: {'costly' in refs.extras}")
-        save_asset_refs(self, refs)
-
-    monkeypatch.setattr(os, "fsync", recorded_fsync)
-    monkeypatch.setattr(Run, "save_asset_refs", recorded_save)
+    seen = fsyncs_and_refs_saved(monkeypatch, "costly")
     run = pipeline.create(plans_dir / "rooftop.json")
     assert pipeline.work(run).status.value == "succeeded"
     assert len(attempts) == 2
-    named = seen.index("asset_refs naming the file: True")
+    named = seen.index("asset_refs naming costly")
     assert str(run.dir.resolve() / "cache" / "costly.bin") in seen[:named]
 
 
