@@ -36,8 +36,8 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-#: File times come from a coarse clock that runs a few milliseconds behind ``time.time()``:
-#: :func:`sync_outputs` takes a file changed this long before ``since`` as changed after.
+#: File times come from a coarse clock: :func:`sync_outputs` takes a file changed this
+#: long before ``since`` as changed after.
 CLOCK_SLACK_SEC = 1.0
 
 
@@ -45,9 +45,10 @@ def sync_outputs(paths: Collection[Path], root: Path, *, named_before: Collectio
                  since: float = 0.0) -> int:
     """Flush to disk what a stage reports, before its success is recorded: each path in
     ``paths`` (inside ``root``, as named, symlinks not resolved), each in ``named_before``
-    (paths the run's refs named before this attempt) changed since ``since`` (a
-    ``time.time()``), and the folders between them and ``root``, included. Returns how
-    many files were flushed.
+    (paths the run's refs named before this attempt) changed since ``since`` (a ``ctime``:
+    the engine passes that of ``asset_refs.json``, its last save, so the file system's
+    clock is compared with itself), and the folders between them and ``root``, included.
+    Returns how many files were flushed.
 
     Every path new to the refs is flushed, not only those written by this attempt: a retry
     may reuse what an attempt that failed (and flushed nothing) wrote. Those named before
@@ -82,9 +83,10 @@ def sync_outputs(paths: Collection[Path], root: Path, *, named_before: Collectio
             folders[real] = real.count("/")
 
     flushed = 0
-    for path in dict.fromkeys(Path(os.path.normpath(p)) for p in chosen):
-        real = Path(os.path.realpath(path))
-        folders_up(path, root)
+    for path in dict.fromkeys(chosen):
+        real = Path(os.path.realpath(path))  # (as the system resolves it: `link/..` too)
+        # (normalised only to walk up: `a/../../r1/x` must not reach above the run folder)
+        folders_up(Path(os.path.normpath(path)), root)
         folders_up(real, real_root)
         kind = _flush(real)
         if kind == "folder":
@@ -115,13 +117,13 @@ def _flush(path: Path) -> str | None:
         return "file" if stat.S_ISREG(mode) else "folder"
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:  # (a socket cannot be opened)
-            raise
-        return None
     except PermissionError as exc:
         log.warning("cannot open %s to flush it to disk (%s); a power cut may lose it",
                     path, exc.strerror)
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # (a socket cannot be opened)
+            raise
         return None
     finally:
         if fd is not None:

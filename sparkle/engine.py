@@ -323,7 +323,7 @@ class Engine:
         run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
         metrics.attempt_started(stage)
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
-        started, began = time.monotonic(), time.time()
+        started = time.monotonic()
         try:
             plan, refs_before = run.plan(), run.asset_refs()
             # (read before the adapter runs: adapters may change the refs they are given)
@@ -335,10 +335,14 @@ class Engine:
             # The success recorded next survives a power cut: so must what it names. (Out
             # of the bookkeeping slot, like the adapter: flushing media may take a while.)
             if outputs:
+                # Changed since the refs' last save (only the engine saves them, never
+                # during the adapter): any attempt since, a failed one too, may have
+                # rewritten a file they name. By the file system's own clock.
+                saved = run.asset_refs_saved_at()
                 with self.slots.released():
                     atomic.sync_outputs([p for p in outputs if p not in before], run.dir,
                                         named_before=[p for p in outputs if p in before],
-                                        since=began)
+                                        since=saved)
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")

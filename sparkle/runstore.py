@@ -278,6 +278,13 @@ class Run:
         except FileNotFoundError:
             return AssetRefs()
 
+    def asset_refs_saved_at(self) -> float:
+        """When ``asset_refs.json`` was last saved (its ``ctime``); 0 when it is missing."""
+        try:
+            return os.stat(f"{self.dir}/{ASSET_REFS_FILE}").st_ctime
+        except FileNotFoundError:
+            return 0.0
+
     def save_asset_refs(self, refs: AssetRefs) -> None:
         atomic.write_json(f"{self.dir}/{ASSET_REFS_FILE}", refs)
 

@@ -132,3 +132,31 @@ def test_a_socket_among_the_outputs_is_skipped(tmp_path, fsynced):
         assert atomic.sync_outputs([path], tmp_path) == 0
     finally:
         server.close()
+
+
+def test_an_output_that_cannot_be_opened_is_logged_and_skipped(tmp_path, monkeypatch, caplog):
+    """A file the worker may not open (another user's 0600 file, root_squash) cannot be
+    flushed: that is logged, and the stage is not failed for it."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"mp4")
+    real_open = os.open
+
+    def refused(path, flags, *args):
+        if str(path) == str(clip):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refused)
+    assert atomic.sync_outputs([clip], tmp_path) == 0
+    assert "cannot open" in caplog.text and "clip.mp4" in caplog.text
+
+
+def test_dot_dot_after_a_symlink_flushes_the_file_the_system_finds(tmp_path, fsynced):
+    """``link/../x`` is ``x`` beside the link's target, not beside the link: normalising
+    the text alone would flush a file that is not there and miss the real one."""
+    (tmp_path / "sub" / "deep").mkdir(parents=True)
+    real = tmp_path / "sub" / "x.bin"
+    real.write_bytes(b"bin")
+    (tmp_path / "link").symlink_to("sub/deep")
+    assert atomic.sync_outputs([tmp_path / "link" / ".." / "x.bin"], tmp_path) == 1
+    assert fsynced[0] == str(real)
