@@ -262,8 +262,10 @@ class _Candidate:
     due: float
     size: int = -1
     mtime_ns: int = -1
-    #: Empty for longer than EMPTY_WARN_SEC (reported): waits for a write, not for work.
+    #: Empty for longer than EMPTY_WARN_SEC: waits for a write, not for work.
     parked: bool = False
+    #: Reported as empty in the log (once per file).
+    warned: bool = False
 
 
 @dataclasses.dataclass
@@ -498,7 +500,8 @@ class Inbox:
         calling thread: wait for files to be stable, process them, try held files once.
 
         Returns:
-          True when nothing is left (no file waiting or held for the broker).
+          True when nothing is left (no file waiting or held for the broker; an empty file
+          left waiting for its writer does not count).
         """
         if self._threads:
             return self.wait_idle(timeout)
@@ -536,7 +539,8 @@ class Inbox:
     def stats(self) -> InboxStats:
         """A snapshot of the counters."""
         with self._cond:
-            pending = len(self._watching) + len(self._ready) + self._active
+            waiting = sum(not c.parked for c in self._watching.values())
+            pending = waiting + len(self._ready) + self._active
             return InboxStats(
                 **{
                     f.name: self._counts[f.name]
@@ -609,6 +613,9 @@ class Inbox:
                 # (and is checked after it, not later: an empty file waited longer)
                 candidate.due = min(candidate.due, now + self.stable_seconds)
                 candidate.parked = False
+            elif candidate.parked:
+                candidate.due = now  # found again (a rescan): look at it now
+                self._watch_changed = True
             self._cond.notify_all()
 
     def _forget(self, name: str) -> None:
@@ -671,7 +678,9 @@ class Inbox:
                     # Never taken: its writer may not have begun (see EMPTY_WARN_SEC).
                     if not candidate.parked and now - candidate.since >= EMPTY_WARN_SEC:
                         candidate.parked = True
-                        still_empty.append(name)
+                        if not candidate.warned:
+                            candidate.warned = True
+                            still_empty.append(name)
                     candidate.due = (now + self.rescan_interval if candidate.parked
                                      else candidate.since + EMPTY_WARN_SEC)
                     continue
@@ -1078,6 +1087,10 @@ class Inbox:
             fd = _open_lock(path)
         except FileNotFoundError:
             return False
+        except _NotALock:
+            log.warning("inbox: %s is not a lock file (a link or other); watcher %s is taken "
+                        "for gone", path, owner)
+            return False
         except OSError as exc:
             log.warning("inbox: cannot check watcher %s's lock %s (%s); taking it for alive",
                         owner, path, exc)
@@ -1149,8 +1162,8 @@ class Inbox:
             path = self.claimed_dir / lock_name
             try:
                 fd = _open_lock(path)
-            except OSError:
-                continue  # gone, or not ours to check: left alone
+            except (OSError, _NotALock):
+                continue  # gone, not a lock, or not ours to check: left alone
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink(missing_ok=True)  # unlinked while we hold it: no one sees it free
@@ -1169,16 +1182,35 @@ def _folder_id(folder: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+class _NotALock(Exception):
+    """An owner-lock name that holds no lock file (a link, a FIFO, a folder)."""
+
+
 def _open_lock(path: Path) -> int:
     """Open another watcher's lock file to test its lock: read-write where allowed (over
     NFS an exclusive lock needs a file open for writing), else read-only (a lock file of
-    another user, 0644 under the usual umask: a local ``flock`` needs no write access)."""
+    another user, 0644 under the usual umask: a local ``flock`` needs no write access).
+
+    Raises:
+      _NotALock: the name holds something else (never followed, never blocked on).
+      OSError: it could not be opened.
+    """
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, os.O_RDWR | flags)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            fd = os.open(path, os.O_RDONLY | flags)
     except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise _NotALock(path) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotALock(path)
+    return fd
 
 
 def _reserve(claimed: Path, dest: Path) -> bool:

@@ -983,3 +983,38 @@ def test_another_users_lock_file_is_checked_read_only_when_it_cannot_be_opened_t
     monkeypatch.setattr("sparkle.inbox.os.open", open_as_another_user)
     assert inbox._owner_alive(other) is False  # nobody holds it: gone
     assert opened == [os.O_RDWR, os.O_RDONLY]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_an_owner_lock_name_holding_no_lock_file_means_that_watcher_is_gone(
+    make_inbox: Callable[..., Inbox], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    kind: str
+) -> None:
+    # Protects: a FIFO there (opened read-only after a refused read-write open) blocked the
+    # scan, and the whole watch, for good; a symlink there (never followed) counted its
+    # watcher alive forever, so its claims were never taken over.
+    import errno
+
+    inbox = make_inbox(Recorder(), start=False)
+    inbox.scan()
+    other = "0123456789ab"
+    lock = inbox.claimed_dir / f".owner-{other}.lock"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        (tmp_path / "elsewhere.lock").write_bytes(b"")
+        lock.symlink_to(tmp_path / "elsewhere.lock")
+    real_open = os.open
+
+    def refuse_writing(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == lock and flags & os.O_ACCMODE == os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied")  # another user's
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("sparkle.inbox.os.open", refuse_writing)
+    answers: list[bool] = []
+    checker = threading.Thread(target=lambda: answers.append(inbox._owner_alive(other)),
+                               daemon=True)
+    checker.start()
+    checker.join(5)
+    assert answers == [False], "the check blocked or took a non-lock for a live watcher"
