@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -327,7 +326,7 @@ class Engine:
         try:
             plan, refs_before = run.plan(), run.asset_refs()
             # (read before the adapter runs: adapters may change the refs they are given)
-            before = {run.dir / path for path in _local_paths(refs_before)}
+            before = set(_local_paths(refs_before))
             with self.slots.released():
                 result = adapter.fn(plan, refs_before, run.dir)
             refs, metadata = normalize_result(result)
@@ -340,9 +339,9 @@ class Engine:
                 # rewritten a file they name. By the file system's own clock.
                 saved = run.asset_refs_saved_at()
                 with self.slots.released():
-                    atomic.sync_outputs([p for p in outputs if p not in before], run.dir,
-                                        named_before=[p for p in outputs if p in before],
-                                        since=saved)
+                    atomic.sync_outputs([run.dir / p for p in outputs if p not in before],
+                                        run.dir, since=saved,
+                                        named_before=[run.dir / p for p in outputs if p in before])
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")
@@ -377,13 +376,13 @@ class Engine:
                  duration, attempt)
 
     @staticmethod
-    def _check_paths(run: Run, refs: AssetRefs) -> list[Path]:
+    def _check_paths(run: Run, refs: AssetRefs) -> list[str]:
         """Every path an adapter reports must lie inside the run folder. Returns them as
-        named, under the run folder (URIs of remote assets left out)."""
+        named (URIs of remote assets left out)."""
         local = _local_paths(refs)
         for path in local:
             run.path(path)  # raises UnsafePathError
-        return [run.dir / path for path in local]
+        return local
 
     def _record_failure(self, run: Run, stage: str, attempt: int, message: str, lease: Lease,
                         event: bool, reason: str = "error") -> None:

@@ -516,8 +516,7 @@ class Inbox:
                 self._run_job(path)
             self._retry_held_once()
             with self._cond:
-                next_due = min((c.due for c in self._watching.values() if not c.parked),
-                               default=None)
+                next_due = min((c.due for c in self._waiting_locked()), default=None)
                 if next_due is None:
                     return not self._held
             if deadline is not None and time.monotonic() >= deadline:
@@ -539,8 +538,7 @@ class Inbox:
     def stats(self) -> InboxStats:
         """A snapshot of the counters."""
         with self._cond:
-            waiting = sum(not c.parked for c in self._watching.values())
-            pending = waiting + len(self._ready) + self._active
+            pending = len(self._waiting_locked()) + len(self._ready) + self._active
             return InboxStats(
                 **{
                     f.name: self._counts[f.name]
@@ -698,9 +696,12 @@ class Inbox:
                         name, EMPTY_WARN_SEC)
         return next_due
 
+    def _waiting_locked(self) -> list[_Candidate]:
+        """The files waiting to be stable (not those parked empty: they wait for a write)."""
+        return [c for c in self._watching.values() if not c.parked]
+
     def _idle_locked(self) -> bool:
-        waiting = any(not c.parked for c in self._watching.values())
-        return not (waiting or self._ready or self._active or self._held)
+        return not (self._waiting_locked() or self._ready or self._active or self._held)
 
     # -- threads -------------------------------------------------------------------------
 
@@ -1085,26 +1086,22 @@ class Inbox:
         path = self._owner_lock_path(owner)
         try:
             fd = _open_lock(path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return False
         except _NotALock:
             log.warning("inbox: %s is not a lock file (a link or other); watcher %s is taken "
                         "for gone", path, owner)
             return False
-        except OSError as exc:
-            log.warning("inbox: cannot check watcher %s's lock %s (%s); taking it for alive",
-                        owner, path, exc)
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         except OSError as exc:
             log.warning("inbox: cannot check watcher %s's lock %s (%s); taking it for alive",
                         owner, path, exc)
             return True
-        finally:
-            os.close(fd)
         return False
 
     def _take_over_orphans(self) -> int:
