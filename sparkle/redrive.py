@@ -154,6 +154,11 @@ class Reaper:
         latest = begin if begin is not None and not redriven else events[-1] if events else None
         if latest is not None and now - latest.timestamp < older_than:
             return None
+        # No attempt of the stage that can have died unseen, and its message is in the
+        # broker: only a lost message could make it stuck, and it is not lost. (A backlog
+        # of queued runs is the common case: it costs no round trip.)
+        if (begin is None or redriven) and stage in present.get(run.run_id, ()):
+            return None
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             return None  # a live worker renews it: the run is moving
         pending = self.dispatcher.pending(run.run_id)

@@ -127,6 +127,38 @@ def test_a_run_that_moved_lately_costs_no_round_trip(pipeline, plans_dir, monkey
                                     redriven.run_id])
 
 
+def test_a_queued_run_whose_message_is_in_the_broker_costs_no_round_trip(
+        pipeline, plans_dir, monkeypatch):
+    """A backlog of queued runs, still for longer than the lease TTL, each with its message
+    waiting: the reaper passes over them without asking Redis for a lease or a pending
+    mark, since only a lost message could make such a run stuck. A run whose message is
+    lost among them is still re-driven, and an open begin still has its lease looked at."""
+    import sparkle.redrive as redrive_module
+
+    waiting = [pipeline.create(plans_dir / name) for name in ("rooftop.json",
+                                                                "lighthouse.json")]
+    for run in waiting:
+        pipeline.engine.dispatcher.kick(run)
+    waiting[1].append_event("script", "begin", 1)
+    waiting[1].append_event("script", "redrive", 1)  # re-driven: its message is the redrive
+    pipeline.engine.dispatcher.send(waiting[1].run_id, "script")
+    lost = pipeline.create(plans_dir / "rooftop.json", run_id="lost-one")
+    began = pipeline.create(plans_dir / "rooftop.json", run_id="began-one")
+    pipeline.engine.dispatcher.kick(began)
+    began.append_event("script", "begin", 1)  # its worker may have died: lease is looked at
+    asked: list[str] = []
+    holder, pending = redrive_module.lease.holder, pipeline.engine.dispatcher.pending
+    monkeypatch.setattr(redrive_module.lease, "holder",
+                        lambda client, namespace, run_id: asked.append(run_id)
+                        or holder(client, namespace, run_id))
+    monkeypatch.setattr(pipeline.engine.dispatcher, "pending",
+                        lambda run_id: asked.append(run_id) or pending(run_id))
+    found = reaper_for(pipeline).run_once(older_than=0, dry_run=True)
+    assert sorted((r.run_id, r.reason) for r in found) == [
+        (began.run_id, RedriveReason.worker_died), (lost.run_id, RedriveReason.message_lost)]
+    assert sorted(set(asked)) == sorted([began.run_id, lost.run_id])
+
+
 def test_finished_failed_and_cancelled_runs_are_never_touched(pipeline, plans_dir, tmp_path):
     """Succeeded, failed and cancelled runs have no message and no lease, and stay so."""
     done = pipeline.create(plans_dir / "rooftop.json")
