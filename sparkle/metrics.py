@@ -59,8 +59,22 @@ class _Metrics:
     restarts: Any
 
 
-@functools.cache
+_made: list[_Metrics] = []
+_making = threading.Lock()
+
+
 def _metrics() -> _Metrics:
+    """The metrics, registered on first use. Once only, whatever the threads: registering
+    a metric twice raises (``functools.cache`` may run a function twice for two threads
+    that call it at once, and a fresh worker's threads take their first stages together)."""
+    if not _made:
+        with _making:
+            if not _made:
+                _made.append(_register())
+    return _made[0]
+
+
+def _register() -> _Metrics:
     from prometheus_client import Counter, Histogram
 
     return _Metrics(

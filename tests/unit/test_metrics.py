@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 
 from prometheus_client import REGISTRY
@@ -42,3 +44,27 @@ def test_endpoint_serves_stage_metrics_and_run_gauges_on_loopback(pipeline, plan
     assert 'sparkle_queue_messages{queue="sparkle.videos",state="ready"} 0.0' in text
     assert "sparkle_stage_duration_seconds_bucket" in text
     assert 'sparkle_stage_messages_total{outcome="succeeded",stage="qa"}' in text
+
+
+def test_threads_taking_their_first_stages_together_register_the_metrics_once():
+    """A fresh worker's threads record their first attempts at the same moment: the metrics
+    are registered once, not once per thread (a second registration raises, and the stage
+    died with it). In a child process, whose registry is still empty."""
+    script = """
+import threading
+from sparkle import metrics
+barrier, errors = threading.Barrier(8), []
+def first_stage():
+    barrier.wait()
+    try:
+        metrics.attempt_started("script")
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=first_stage) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(errors)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
