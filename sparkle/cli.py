@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from sparkle.errors import (
     UnsafePathError,
 )
 from sparkle.schemas import EXPORTED_MODELS, STAGES
-from sparkle.settings import configure, get_settings
+from sparkle.settings import Settings, configure, get_settings
 
 log = logging.getLogger("sparkle")
 
@@ -72,9 +73,14 @@ def _settings(**overrides: Any) -> None:
 
 
 def _guard(fn: Callable[[], int | None]) -> None:
-    """Run a command body, turning Sparkle's errors into messages and exit codes."""
+    """Run a command body, turning Sparkle's errors (and a Redis that cannot be reached)
+    into messages and exit codes."""
+    import redis
+
     try:
         code = fn()
+    except redis.RedisError as exc:
+        fail(f"Redis: {exc} (is SPARKLE_REDIS_URL right, and the server up?)", EXIT_FAILED)
     except PlanError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_USAGE)
@@ -195,11 +201,16 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
 
 
 def _resume_command(run_id: str) -> str:
+    """The command that resumes ``run_id`` as it ran: same runs folder, same adapter set
+    (without ``--adapters``, a run made with the test set would be finished by the media
+    set), quoted for the shell."""
     settings = get_settings()
     parts = ["sparkle", "resume", run_id]
     if settings.runs_dir != Path("runs"):
         parts += ["--runs-dir", str(settings.runs_dir)]
-    return " ".join(parts)
+    if settings.adapters != Settings.model_fields["adapters"].default:
+        parts += ["--adapters", settings.adapters]
+    return shlex.join(parts)
 
 
 def _decision_label(decision: str) -> str:
@@ -218,6 +229,8 @@ def submit(plans: tuple[Path, ...]) -> None:
     """
 
     def body() -> int:
+        import redis
+
         from sparkle.plans import load_plan_file
 
         settings = get_settings()
@@ -243,7 +256,14 @@ def submit(plans: tuple[Path, ...]) -> None:
                 click.echo(str(exc), err=True)
                 bad += 1
                 continue
-            stage = engine.dispatcher.kick(the_run)
+            try:
+                stage = engine.dispatcher.kick(the_run)
+            except redis.RedisError:
+                click.echo(f"{the_run.run_id} {'created' if created else 'existing'}, NOT "
+                           f"queued: `sparkle resume {the_run.run_id}` queues it once Redis "
+                           "answers (so does the reaper of a running worker); plans after it "
+                           "were not submitted", err=True)
+                raise
             state = f"queued {stage}" if stage else f"nothing to queue ({the_run.status().value})"
             click.echo(f"{the_run.run_id} {'created' if created else 'existing'}, {state}")
         return EXIT_USAGE if bad else 0

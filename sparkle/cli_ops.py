@@ -295,7 +295,7 @@ def _running_stage(run_id: str, stage: str) -> str:
     from sparkle.settings import get_settings
 
     if is_embedded():
-        return "a stage running in `sparkle serve` finishes; "
+        return "a stage running in `sparkle run` or `sparkle serve` finishes; "
     if holder(get_client(), get_settings().namespace, run_id) is not None:
         return f"{stage} is running and finishes; "
     return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,11 @@ def test_failed_stage_exits_1_and_the_printed_resume_finishes_the_run(tmp_path, 
     assert failed.returncode == 1
     assert "stage videos failed (attempt 1): PermanentStageError" in failed.stderr
     resume_line = next(line for line in failed.stderr.splitlines() if "resume with:" in line)
-    command = resume_line.split("resume with: ", 1)[1].split()
-    assert command[:2] == ["sparkle", "resume"]
-    # When the adapter is fixed and the printed command run
-    resumed = sparkle(*command[1:], "--adapters", "test", cwd=tmp_path,
+    command = shlex.split(resume_line.split("resume with: ", 1)[1])
+    # (the command names the run's adapter set: without it the media set would finish it)
+    assert command[:2] == ["sparkle", "resume"] and command[-2:] == ["--adapters", "test"]
+    # When the adapter is fixed and the printed command run, exactly as printed
+    resumed = sparkle(*command[1:], cwd=tmp_path,
                       SPARKLE_ADAPTER_VIDEOS="sparkle.adapters.testing:fixed_videos")
     assert resumed.returncode == 0, resumed.stderr
     run_dir = next((tmp_path / "runs").iterdir())
@@ -84,3 +86,20 @@ def test_submit_without_redis_hands_the_plan_to_the_inbox(tmp_path, plans_dir):
     assert (tmp_path / "inbox" / "rooftop.json").read_bytes() == (
         plans_dir / "rooftop.json").read_bytes()
     assert "sparkle serve" in result.stdout
+
+
+def test_submit_to_a_redis_that_does_not_answer_says_so_and_how_to_queue_later(
+        tmp_path, plans_dir):
+    """SPARKLE_REDIS_URL names a server that is down: exit 1 with one line naming Redis
+    and one naming the run that was created but not queued, and how to queue it; no
+    traceback."""
+    from redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}"
+    result = sparkle("submit", str(plans_dir / "rooftop.json"), cwd=tmp_path,
+                     SPARKLE_REDIS_URL=url)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    run_id = next((tmp_path / "runs").iterdir()).name
+    assert f"{run_id} created, NOT queued: `sparkle resume {run_id}`" in result.stderr
+    assert "error: Redis: " in result.stderr and "server up?" in result.stderr
