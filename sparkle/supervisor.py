@@ -50,6 +50,10 @@ EXIT_CONFIG = 78
 #: Exit code of a worker process stopped at once by a second SIGTERM.
 EXIT_FORCED = 3
 
+#: Exit code of a worker process that lost one of dramatiq's threads (an exception escaped
+#: it): it drains and exits, and the supervisor starts a fresh one.
+EXIT_THREAD_DIED = 4
+
 #: Exit code of ``sparkle worker`` when a worker process reported a configuration error.
 EXIT_USAGE = 2
 
@@ -331,16 +335,39 @@ def worker_process_main(argv: Sequence[str] | None = None) -> int:
     worker.start()
     log.info("worker process %d ready: %d thread(s), queues %s", os.getpid(), args.threads,
              ", ".join(args.queues) or "all")
-    while not stop.wait(1.0):
-        if os.getppid() != parent:
-            log.warning("worker process %d: supervisor gone; draining", os.getpid())
-            break
+    code = watch(worker, stop, parent)
     log.info("worker process %d: draining (running stages finish, up to %.0f s)",
              os.getpid(), settings.worker_shutdown_timeout_sec)
     worker.stop(timeout=int(settings.worker_shutdown_timeout_sec * 1000))
     broker.close()
     log.info("worker process %d: stopped", os.getpid())
+    return code
+
+
+def watch(worker: dramatiq.Worker, stop: threading.Event, parent: int,
+          every_sec: float = 1.0) -> int:
+    """Wait until the worker process should drain: told to (``stop``, returns 0), its
+    supervisor ``parent`` gone (0), or one of dramatiq's threads dead (EXIT_THREAD_DIED,
+    so that the supervisor replaces the process)."""
+    while not stop.wait(every_sec):
+        if os.getppid() != parent:
+            log.warning("worker process %d: supervisor gone; draining", os.getpid())
+            return 0
+        dead = dead_threads(worker)
+        if dead:
+            # dramatiq catches Exception in its threads, not what a late time limit or
+            # another BaseException raises there (dramatiq #445): the thread is gone, and
+            # its consumer would go on prefetching messages that nothing runs.
+            log.error("worker process %d: %s died; draining so that the supervisor starts "
+                      "a fresh process", os.getpid(), ", ".join(dead))
+            return EXIT_THREAD_DIED
     return 0
+
+
+def dead_threads(worker: dramatiq.Worker) -> list[str]:
+    """Names of the started worker's stage and consumer threads that are no longer alive."""
+    threads = [*worker.workers, *worker.consumers.values()]
+    return [thread.name for thread in threads if not thread.is_alive()]
 
 
 if __name__ == "__main__":

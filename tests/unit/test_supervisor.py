@@ -135,3 +135,44 @@ def test_a_poll_interval_longer_than_the_heartbeat_timeout_is_refused():
     with pytest.raises(ValidationError, match=names):
         Settings(worker_poll_ms=30_000, heartbeat_timeout_ms=30_000)
     assert Settings(worker_poll_ms=29_999, heartbeat_timeout_ms=30_000).worker_poll_ms == 29_999
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_process_that_lost_a_dramatiq_thread_drains_to_be_replaced():
+    """dramatiq catches Exception in its threads, not a BaseException raised while a
+    message is post-processed (a late time limit, dramatiq #445): that thread ends, and the
+    process would go on fetching messages that nothing runs. The worker process's watch
+    sees the dead thread and returns the code that has the supervisor start a fresh one;
+    a healthy worker is watched until told to stop."""
+    import os
+
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from sparkle.supervisor import EXIT_THREAD_DIED, dead_threads, watch
+
+    class LateInterrupt(BaseException):
+        pass
+
+    class Raising(dramatiq.Middleware):
+        def after_process_message(self, broker, message, *, result=None, exception=None):
+            if message.args == ("fatal",):
+                raise LateInterrupt
+
+    broker = StubBroker(middleware=[Raising()])
+    broker.emit_after("process_boot")
+    actor = dramatiq.actor(lambda name: None, actor_name="stage", broker=broker)
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        actor.send("healthy")
+        assert watch(worker, stop, os.getppid(), every_sec=0.05) == 0
+        assert dead_threads(worker) == []
+        actor.send("fatal")
+        assert watch(worker, threading.Event(), os.getppid(), every_sec=0.05) == \
+            EXIT_THREAD_DIED
+        assert len(dead_threads(worker)) == 1
+    finally:
+        worker.stop(timeout=2000)
