@@ -108,11 +108,18 @@ class _ThreadScript:
         # (an ack only removes the message from its queue's ack set: safe to send twice)
         idempotent = bool(args) and args[0] == "ack"
         try:
-            return roundtrip.execute(self.client, ("EVALSHA", self.sha, *rest),
-                                     idempotent=idempotent)[0]
-        except redis.exceptions.NoScriptError:
-            return roundtrip.execute(self.client, ("EVAL", self.text, *rest),
-                                     idempotent=idempotent)[0]
+            try:
+                return roundtrip.execute(self.client, ("EVALSHA", self.sha, *rest),
+                                         idempotent=idempotent)[0]
+            except redis.exceptions.NoScriptError:
+                return roundtrip.execute(self.client, ("EVAL", self.text, *rest),
+                                         idempotent=idempotent)[0]
+        except redis.exceptions.TimeoutError as exc:
+            # A reply that did not come is a connection gone bad, which is what dramatiq's
+            # consumer handles (it reconnects; an ack or nack is tried again until Redis
+            # answers). A timeout it takes for a bug: the ack is never retried and the
+            # message stays in this process's ack set (dramatiq #894).
+            raise redis.exceptions.ConnectionError(f"no reply from Redis: {exc}") from exc
 
 
 def _arg(value: object) -> str | bytes:

@@ -164,6 +164,41 @@ def test_the_broker_reloads_its_scripts_when_redis_lost_them(redis_server: Redis
     assert client.hlen(f"{broker.namespace}:q.msgs") == 0
 
 
+def test_an_ack_redis_does_not_answer_in_time_is_a_lost_connection_to_dramatiq(
+        redis_server: RedisServer):
+    """Redis stalls past the socket timeout while a consumer acks: dramatiq handles a lost
+    connection (ConnectionClosed: the ack is tried again until Redis answers) but takes
+    any other error for a bug and never acks the message (dramatiq #894). The broker's
+    calls raise a timeout as a lost connection; once Redis answers, the ack goes through."""
+    import signal
+
+    from dramatiq.errors import ConnectionClosed
+
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=0.5)
+    broker = build_broker(Settings(), client=client)
+    broker.declare_queue("q")
+    broker.enqueue(dramatiq.Message(queue_name="q", actor_name="a", args=(1,), kwargs={},
+                                    options={}))
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    assert redis_server.process is not None
+    try:
+        received = next(consumer)
+        assert received is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ConnectionClosed):
+                consumer.ack(received)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        consumer.ack(received)  # what dramatiq's retry does
+    finally:
+        consumer.close()
+    assert redis_server.client().hlen(f"{broker.namespace}:q.msgs") == 0
+
+
 def test_a_connection_idle_too_long_is_replaced_before_a_middlebox_resets_it(
         redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch):
     """A thread's connection sits idle while its stage runs; a NAT or load balancer may
