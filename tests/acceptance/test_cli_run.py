@@ -18,14 +18,6 @@ def sparkle(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=120)
 
 
-def plan_with(plans_dir: Path, folder: Path, **metadata: str) -> Path:
-    plan = json.loads((plans_dir / "lighthouse.json").read_text())
-    plan["metadata"].update(metadata)
-    path = folder / "plan.json"
-    path.write_text(json.dumps(plan))
-    return path
-
-
 def test_run_succeeds_with_seven_checkpoints(tmp_path, plans_dir):
     """A plan runs to its end: exit 0, the movie is printed, seven success checkpoints."""
     done = sparkle("run", str(plans_dir / "lighthouse.json"), "--adapters", "test", cwd=tmp_path)
@@ -38,8 +30,9 @@ def test_run_succeeds_with_seven_checkpoints(tmp_path, plans_dir):
 
 def test_failed_stage_exits_1_and_the_printed_resume_finishes_the_run(tmp_path, plans_dir):
     """A permanent failure: exit 1, the error and the exact resume command are printed;
-    after fixing the adapter, that command finishes the run without redoing early stages."""
-    plan = plan_with(plans_dir, tmp_path, fault_videos="permanent")
+    after fixing the adapter, that command finishes the run without redoing early stages.
+    (The README's walk-through, with its plan.)"""
+    plan = plans_dir / "fails-at-videos.json"
     failed = sparkle("run", str(plan), "--adapters", "test", cwd=tmp_path)
     assert failed.returncode == 1
     assert "stage videos failed (attempt 1): PermanentStageError" in failed.stderr
@@ -47,6 +40,8 @@ def test_failed_stage_exits_1_and_the_printed_resume_finishes_the_run(tmp_path, 
     command = shlex.split(resume_line.split("resume with: ", 1)[1])
     # (the command names the run's adapter set: without it the media set would finish it)
     assert command[:2] == ["sparkle", "resume"] and command[-2:] == ["--adapters", "test"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"`{shlex.join(command)}`" in readme  # the README shows this very command
     # When the adapter is fixed and the printed command run, exactly as printed
     resumed = sparkle(*command[1:], cwd=tmp_path,
                       SPARKLE_ADAPTER_VIDEOS="sparkle.adapters.testing:fixed_videos")
