@@ -85,6 +85,7 @@ def build_broker(settings: Settings, client: redis.Redis | None = None) -> drama
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         maintenance_chance=settings.maintenance_chance,
+        dead_message_ttl=int(settings.dead_letter_days * 86_400_000),
         middleware=middleware(),
     )
     use_thread_connections(broker)

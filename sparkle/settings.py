@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     heartbeat_timeout_ms: int = Field(default=30_000, gt=0)
     #: dramatiq RedisBroker: per-million chance that a broker call runs maintenance.
     maintenance_chance: int = Field(default=10_000, ge=0, le=1_000_000)
+    #: dramatiq RedisBroker: days a dead-lettered stage message is kept (``sparkle dlq``)
+    #: before maintenance deletes it (7 in dramatiq). The run's ``failed`` checkpoint stays
+    #: either way, and ``sparkle resume`` continues it.
+    dead_letter_days: float = Field(default=30.0, gt=0)
     #: QA policy file (JSON or YAML); unset means the policy shipped with Sparkle.
     qa_policy: Path | None = None
     #: Re-run from the earliest stage QA names, once, when QA decides ``regenerate``.

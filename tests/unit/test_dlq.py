@@ -200,3 +200,17 @@ def test_a_resume_dropped_as_busy_is_carried_on_by_the_lease_holder(
     assert engine.dispatcher.pending(run.run_id)[0] == "videos"
     settle(pipeline, run)
     assert run.status().value == "succeeded"
+
+
+def test_dead_letters_are_kept_as_long_as_the_setting_says():
+    """dramatiq deletes dead letters after 7 days: a failure during a fortnight away would
+    vanish from `sparkle dlq list`. The broker keeps them SPARKLE_DEAD_LETTER_DAYS."""
+    import fakeredis
+
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    assert build_broker(Settings(), client=client).dead_message_ttl == 30 * 86_400_000
+    broker = build_broker(Settings(dead_letter_days=2.5), client=client)  # type: ignore[call-arg]
+    assert broker.dead_message_ttl == 2.5 * 86_400_000
