@@ -10,6 +10,11 @@ A run gets stuck in one of two ways (DESIGN.md, "Resume, re-drive, replay"):
 - **message lost**: the run is unfinished, nobody holds it, and its next stage has no
   message in the broker: none ready, delayed, or fetched by a worker that is still alive.
   Redis restarted without persistence, a queue was flushed, an embedded process stopped.
+- **message stranded**: as above, except that the stage's message sits in the ack set of
+  a live worker process, fetched (or due, if delayed) longer ago than twice the longest
+  stage time limit, and nothing runs it. dramatiq leaves messages there when a fetch's
+  reply is lost (dramatiq #894) or a consumer reconnects and forgets its delayed messages
+  (#527); the process would give them back only when it stops.
 
 Either way the reaper appends a ``redrive`` event to the run's history, then sends the
 stage. Sending too much is harmless: a message whose stage is done, or whose run another
@@ -23,12 +28,12 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -62,6 +67,9 @@ class RedriveReason(enum.StrEnum):
     worker_died = "worker_died"
     #: The run's next stage has no message in the broker.
     message_lost = "message_lost"
+    #: The run's only message for its next stage is held by a live worker that has not run
+    #: it for far longer than any stage may take.
+    message_stranded = "message_stranded"
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ class Reaper:
           redis.RedisError: Redis cannot be reached (nothing was re-driven after the error).
         """
         older = self.settings.lease_ttl_sec if older_than is None else max(0.0, older_than)
+        limits = [self.settings.stage_time_limit_sec, *self.settings.stage_time_limits.values()]
+        stranded_after = 2 * max(limits)
         with self._pass_lock:
             present = queued_stages(self.broker, self.client, self.namespace,
                                     self.settings.heartbeat_timeout_ms)
@@ -128,7 +138,7 @@ class Reaper:
                 if summary.status not in (RunStatus.queued, RunStatus.running):
                     continue
                 run = Run(self.store.root, summary.run_id)
-                stuck = self._inspect(run, present, time.time(), older)
+                stuck = self._inspect(run, present, time.time(), older, stranded_after)
                 if stuck is None:
                     continue
                 if dry_run:
@@ -138,8 +148,8 @@ class Reaper:
                                          stuck.idle_sec, sent=True))
             return found
 
-    def _inspect(self, run: Run, present: dict[str, set[str]], now: float,
-                 older_than: float) -> Redrive | None:
+    def _inspect(self, run: Run, present: Presence, now: float, older_than: float,
+                 stranded_after: float = math.inf) -> Redrive | None:
         state = run.state()
         if state.status() not in (RunStatus.queued, RunStatus.running):
             return None
@@ -157,7 +167,8 @@ class Reaper:
         # No attempt of the stage that can have died unseen, and its message is in the
         # broker: only a lost message could make it stuck, and it is not lost. (A backlog
         # of queued runs is the common case: it costs no round trip.)
-        if (begin is None or redriven) and stage in present.get(run.run_id, ()):
+        message = _message_state(present, run.run_id, stage, now, stranded_after)
+        if (begin is None or redriven) and message == _WAITING:
             return None
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             return None  # a live worker renews it: the run is moving
@@ -170,11 +181,12 @@ class Reaper:
             reason = RedriveReason.worker_died
             idle = now - begin.timestamp
         else:
-            if stage in present.get(run.run_id, ()):
+            if message == _WAITING:
                 return None
             if self.embedded and pending is not None and pending[0] == stage:
                 return None  # embedded: fetched by the in-process worker, not run yet
-            reason = RedriveReason.message_lost
+            reason = (RedriveReason.message_stranded if message == _STRANDED
+                      else RedriveReason.message_lost)
             idle = now - _last_activity(run, events, pending)
         if idle < older_than:
             return None
@@ -281,17 +293,40 @@ def _redrives_without_progress(events: list[StageEvent]) -> int:
 # -- what the broker holds ---------------------------------------------------------------
 
 
+#: Run id → stage → None when one of the stage's messages waits in a queue, else the
+#: latest time (seconds) a message of it that live workers hold was due (sent, or its
+#: ``eta`` if delayed).
+Presence = dict[str, dict[str, float | None]]
+
+_WAITING, _STRANDED, _NONE = "waiting", "stranded", "none"
+
+
+def _message_state(present: Presence, run_id: str, stage: str, now: float,
+                   stranded_after: float) -> str:
+    """Whether ``stage`` of ``run_id`` has a message on its way (_WAITING), only ones held
+    by live workers for longer than ``stranded_after`` (_STRANDED), or none (_NONE)."""
+    stages = present.get(run_id)
+    if stages is None or stage not in stages:
+        return _NONE
+    held_since = stages[stage]
+    if held_since is None or now - held_since < stranded_after:
+        return _WAITING
+    return _STRANDED
+
+
 def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
-                  heartbeat_timeout_ms: int) -> dict[str, set[str]]:
-    """Run id → stages that have a live message in the broker.
+                  heartbeat_timeout_ms: int) -> Presence:
+    """The stages of each run that have a live message in the broker (:data:`Presence`).
 
     Redis: every message stored for a stage queue or its delay queue (ready, delayed, or
     fetched and not yet acknowledged), except those fetched by a worker process whose
     dramatiq heartbeat is older than ``heartbeat_timeout_ms``: that process is dead, and
-    dramatiq would give its messages back only at some later maintenance pass.
-    Embedded: the StubBroker's in-memory queues.
+    dramatiq would give its messages back only at some later maintenance pass. A message
+    a live worker process fetched is reported with when it was due, so that one it never
+    runs can be told apart (see ``message_stranded``).
+    Embedded: the StubBroker's in-memory queues (all waiting).
     """
-    found: dict[str, set[str]] = defaultdict(set)
+    found: Presence = defaultdict(dict)
     if isinstance(broker, StubBroker):
         for stage in STAGES:
             for name in (keys.queue_name(stage), keys.delayed_queue_name(stage)):
@@ -300,30 +335,55 @@ def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
                     continue
                 with queue.mutex:
                     bodies = list(queue.queue)
-                _collect(found, stage, bodies)
+                for body in bodies:
+                    _collect(found, stage, body, held=False)
         return found
     now_ms = int(time.time() * 1000)
-    dead = [_text(b) for b in client.zrangebyscore(keys.heartbeats(namespace), 0,
-                                                   now_ms - heartbeat_timeout_ms)]
+    beats = keys.heartbeats(namespace)
+    dead = [_text(b) for b in client.zrangebyscore(beats, 0, now_ms - heartbeat_timeout_ms)]
+    live = [_text(b) for b in client.zrangebyscore(beats, now_ms - heartbeat_timeout_ms + 1,
+                                                   "+inf")]
     for stage in STAGES:
         for name, stored in ((keys.queue_name(stage), keys.dramatiq_messages(namespace, stage)),
                              (keys.delayed_queue_name(stage),
                               keys.delayed_messages(namespace, stage))):
-            orphaned: set[str] = set()
-            for broker_id in dead:
-                orphaned.update(_text(m) for m in client.smembers(
-                    keys.unacked(namespace, broker_id, name)))
-            bodies = [body for message_id, body in client.hscan_iter(stored, count=500)
-                      if _text(message_id) not in orphaned]
-            _collect(found, stage, bodies)
+            orphaned = _members(client, namespace, dead, name)
+            held = _members(client, namespace, live, name)
+            for message_id, body in client.hscan_iter(stored, count=500):
+                if _text(message_id) not in orphaned:
+                    _collect(found, stage, body, held=_text(message_id) in held)
     return found
 
 
-def _collect(found: dict[str, set[str]], stage: str, bodies: Iterable[Any]) -> None:
-    for body in bodies:
-        run_id = message_run_id(body)
-        if run_id is not None:
-            found[run_id].add(stage)
+def _members(client: redis.Redis, namespace: str, broker_ids: list[str], queue: str) -> set[str]:
+    """Ids of the messages of ``queue`` fetched and not acknowledged by ``broker_ids``."""
+    ids: set[str] = set()
+    for broker_id in broker_ids:
+        ids.update(_text(m) for m in client.smembers(keys.unacked(namespace, broker_id, queue)))
+    return ids
+
+
+def _collect(found: Presence, stage: str, body: Any, held: bool) -> None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return
+    run_id = _run_id_of(data)
+    if run_id is None:
+        return
+    stages = found[run_id]
+    if not held:
+        stages[stage] = None
+        return
+    if stage in stages and stages[stage] is None:
+        return  # another message of the stage waits in a queue
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    due_ms = max(_number(data.get("message_timestamp")), _number(options.get("eta")))
+    stages[stage] = max(due_ms / 1000, stages.get(stage) or 0.0)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def message_run_id(body: bytes | str) -> str | None:
@@ -332,6 +392,10 @@ def message_run_id(body: bytes | str) -> str | None:
         data = json.loads(body)
     except ValueError:
         return None
+    return _run_id_of(data)
+
+
+def _run_id_of(data: object) -> str | None:
     args = data.get("args") if isinstance(data, dict) else None
     if isinstance(args, list) and args and isinstance(args[0], str):
         return args[0]

@@ -289,6 +289,51 @@ def test_message_held_by_a_dead_worker_does_not_count_as_queued(redis_pipeline, 
     assert [r.run_id for r in reaper_for(pipeline).run_once(older_than=0)] == []
 
 
+@pytest.mark.redis
+def test_a_message_a_live_worker_holds_but_never_runs_is_redriven_in_the_end(
+        redis_pipeline, plans_dir):
+    """dramatiq can leave a message in a live worker process's ack set with nothing in
+    that process to run it: a fetch whose reply was lost (dramatiq #894), a delayed retry
+    forgotten when its consumer reconnected (#527). Held for longer than twice the longest
+    stage time limit (past its eta, if delayed), it no longer counts as on its way; held
+    for less, or not due yet, it does."""
+    pipeline = redis_pipeline
+    client = pipeline.engine.client
+    client.zadd(keys.heartbeats("sparkle"), {"live-broker": int(time.time() * 1000)})
+
+    def held_by_live_worker(run, sent_ago_sec, eta_in_sec=None):
+        """The run's script message, fetched by the live worker, sent that long ago."""
+        pipeline.engine.dispatcher.kick(run)
+        queue, stored = "sparkle.script", keys.dramatiq_messages("sparkle", "script")
+        message_id = client.lpop(keys.dramatiq_queue("sparkle", "script")).decode()
+        body = json.loads(client.hget(stored, message_id))
+        body["message_timestamp"] = int((time.time() - sent_ago_sec) * 1000)
+        if eta_in_sec is not None:  # as a delayed retry: in the delay queue's hash instead
+            client.hdel(stored, message_id)
+            queue, stored = "sparkle.script.DQ", keys.delayed_messages("sparkle", "script")
+            body["options"]["eta"] = int((time.time() + eta_in_sec) * 1000)
+        client.hset(stored, message_id, json.dumps(body))
+        client.sadd(keys.unacked("sparkle", "live-broker", queue), message_id)
+
+    stranded = pipeline.create(plans_dir / "rooftop.json")
+    held_by_live_worker(stranded, sent_ago_sec=5)
+    recent = pipeline.create(plans_dir / "lighthouse.json")
+    held_by_live_worker(recent, sent_ago_sec=0.5)
+    delayed = pipeline.create(plans_dir / "rooftop.json", run_id="delayed-retry")
+    held_by_live_worker(delayed, sent_ago_sec=5, eta_in_sec=1)
+    # With one stage allowed 60 s, held for 5 s is not stranded: nothing found
+    assert reaper_for(pipeline, stage_time_limit_sec=1.0,
+                      stage_time_limits={"videos": 60.0}).run_once(older_than=0) == []
+    # With stage time limits of 1 s (so "stranded" means held for over 2 s)
+    reaper = reaper_for(pipeline, stage_time_limit_sec=1.0)
+    found = reaper.run_once(older_than=0)
+    assert [(r.run_id, r.reason) for r in found] == [
+        (stranded.run_id, RedriveReason.message_stranded)]
+    assert redrives(stranded) == [("script", "message_stranded")]
+    # The re-drive is a new message waiting in the queue: the next pass leaves it alone
+    assert reaper.run_once(older_than=0) == []
+
+
 def test_a_resend_after_the_dead_attempt_counts_as_its_redrive(pipeline, plans_dir):
     """`sparkle resume` (or a restarted `serve` re-queueing its runs) already sent the
     stage again after the dead attempt began: no second re-drive while that message is
