@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sparkle.errors import PlanError, Problem
-from sparkle.schemas import MoviePlan
+from sparkle.schemas import MoviePlan, reference_problems
 
 #: Offending values are shown in error messages up to this many characters.
 MAX_SHOWN_VALUE = 60
@@ -96,9 +96,33 @@ def validate_plan(document: Any, source: str) -> MoviePlan:
     try:
         return MoviePlan.model_validate(document)
     except ValidationError as exc:
-        raise PlanError(source, problems_from_validation(exc)) from None
+        problems = problems_from_validation(exc)
+        if not any(error["type"] == "plan_references" for error in exc.errors()):
+            # pydantic skips the plan-wide checks once a field is wrong: run them on what
+            # can be read, so that one pass reports every problem
+            problems += [Problem(path, message) for path, message in _raw_references(document)]
+        raise PlanError(source, problems) from None
     except RecursionError:
         raise PlanError(source, [Problem("", "plan nested too deeply")]) from None
+
+
+def _raw_references(document: dict[str, Any]) -> list[list[str]]:
+    """:func:`~sparkle.schemas.reference_problems` of a plan that failed its field checks,
+    read as far as its JSON allows."""
+
+    def items(value: object) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    def field(value: object, name: str) -> object:
+        return value.get(name) if isinstance(value, dict) else None
+
+    characters = document.get("characters", [])
+    if not isinstance(characters, list):
+        characters = [None]  # unreadable: no dialogue check
+    shots = [(field(shot, "id"), [field(line, "character_id")
+                                  for line in items(field(shot, "dialogue"))])
+             for shot in items(document.get("shots"))]
+    return reference_problems([field(c, "id") for c in characters], shots)
 
 
 def problems_from_validation(exc: ValidationError) -> list[Problem]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -139,6 +140,43 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return metadata
 
 
+def reference_problems(
+    character_ids: Sequence[object], shots: Sequence[tuple[object, Sequence[object] | None]]
+) -> list[list[str]]:
+    """What is wrong between a plan's ids, as ``[json path, message]`` pairs: duplicate
+    character or shot ids, and dialogue naming no character. Takes the ids by position
+    (``shots``: each shot's id and its lines' ``character_id``; None where a part is
+    unreadable), so that it also serves a plan whose fields are wrong elsewhere: ids that
+    are not strings are left to the field checks, and dialogue is checked only when every
+    character id could be read."""
+    problems: list[list[str]] = []
+    seen: dict[str, int] = {}
+    for i, character_id in enumerate(character_ids):
+        if not isinstance(character_id, str):
+            continue
+        if character_id in seen:
+            problems.append([f"characters[{i}].id",
+                             f"duplicate character id {character_id!r} "
+                             f"(also characters[{seen[character_id]}].id)"])
+        seen.setdefault(character_id, i)
+    known = set(seen)
+    all_known = all(isinstance(character_id, str) for character_id in character_ids)
+    shots_seen: dict[str, int] = {}
+    for i, (shot_id, speakers) in enumerate(shots):
+        if isinstance(shot_id, str):
+            if shot_id in shots_seen:
+                problems.append([f"shots[{i}].id",
+                                 f"duplicate shot id {shot_id!r} "
+                                 f"(also shots[{shots_seen[shot_id]}].id)"])
+            shots_seen.setdefault(shot_id, i)
+        for j, speaker in enumerate(speakers or ()):
+            if all_known and isinstance(speaker, str) and speaker not in known:
+                problems.append([f"shots[{i}].dialogue[{j}].character_id",
+                                 f"{speaker!r} names no character; "
+                                 f"known ids: {sorted(known) or 'none'}"])
+    return problems
+
+
 class MoviePlan(_Model):
     """A whole movie: the input of a run and its source of truth."""
 
@@ -154,38 +192,10 @@ class MoviePlan(_Model):
 
     @model_validator(mode="after")
     def _check_references(self) -> MoviePlan:
-        problems: list[list[str]] = []
-        seen: dict[str, int] = {}
-        for i, character in enumerate(self.characters):
-            if character.id in seen:
-                problems.append(
-                    [
-                        f"characters[{i}].id",
-                        f"duplicate character id {character.id!r} "
-                        f"(also characters[{seen[character.id]}].id)",
-                    ]
-                )
-            seen.setdefault(character.id, i)
-        known = set(seen)
-        shots_seen: dict[str, int] = {}
-        for i, shot in enumerate(self.shots):
-            if shot.id in shots_seen:
-                problems.append(
-                    [
-                        f"shots[{i}].id",
-                        f"duplicate shot id {shot.id!r} (also shots[{shots_seen[shot.id]}].id)",
-                    ]
-                )
-            shots_seen.setdefault(shot.id, i)
-            for j, line in enumerate(shot.dialogue):
-                if line.character_id not in known:
-                    problems.append(
-                        [
-                            f"shots[{i}].dialogue[{j}].character_id",
-                            f"{line.character_id!r} names no character; "
-                            f"known ids: {sorted(known) or 'none'}",
-                        ]
-                    )
+        problems = reference_problems(
+            [character.id for character in self.characters],
+            [(shot.id, [line.character_id for line in shot.dialogue]) for shot in self.shots],
+        )
         if problems:
             raise PydanticCustomError(
                 "plan_references",

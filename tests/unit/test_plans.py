@@ -327,3 +327,28 @@ def test_any_value_anywhere_gives_a_plan_or_a_plan_error(where: tuple[Any, ...],
     except PlanError as exc:
         assert exc.problems
         assert all(problem.message for problem in exc.problems)
+
+
+def test_a_wrong_field_does_not_hide_wrong_references(tmp_path: Path):
+    """pydantic skips the plan-wide checks once a field is wrong; `validate` still lists
+    every problem in one pass: the field, and the unknown speaker and duplicate shot id."""
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["metadata"]["resolution"] = "1281x720"
+        doc["shots"][0]["dialogue"] = [{"character_id": "nobody", "text": "hi"}]
+        doc["shots"][1]["id"] = doc["shots"][0]["id"]
+
+    error = load_error(write(tmp_path, with_change(change)))
+    paths = [problem.path for problem in error.problems]
+    assert paths == ["metadata.resolution", "shots[0].dialogue[0].character_id", "shots[1].id"]
+
+
+def test_references_are_not_guessed_from_unreadable_characters(tmp_path: Path):
+    """A character without a readable id could be the one a line names: no line is
+    reported as naming nobody then; the missing id is."""
+
+    def change(doc: dict[str, Any]) -> None:
+        del doc["characters"][0]["id"]
+
+    error = load_error(write(tmp_path, with_change(change)))
+    assert [problem.path for problem in error.problems] == ["characters[0].id"]
