@@ -68,8 +68,8 @@ def main(log_level: str, log_format: str) -> None:
 def _settings(**overrides: Any) -> None:
     try:
         configure(**overrides)
-    except Exception as exc:  # pydantic's ValidationError, named for the user
-        fail(f"invalid setting: {exc}")
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _guard(fn: Callable[[], int | None]) -> None:

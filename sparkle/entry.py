@@ -35,8 +35,13 @@ def main() -> None:
             sys.stdout.write(shown + "\n")
             sys.exit(0)
     from sparkle.cli import main as cli_main
+    from sparkle.errors import ConfigError
 
-    cli_main()
+    try:
+        cli_main()
+    except ConfigError as exc:  # an invalid SPARKLE_* setting, wherever it was first read
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
 
 
 def fast_status(args: Sequence[str], environ: Mapping[str, str], cwd: str) -> str | None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sparkle.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -155,16 +157,45 @@ _settings: Settings | None = None
 
 
 def get_settings() -> Settings:
-    """The settings of this process, read from the environment on first use."""
+    """The settings of this process, read from the environment on first use.
+
+    Raises:
+      ConfigError: a setting is invalid; the message names its environment variable.
+    """
     global _settings
     if _settings is None:
-        _settings = Settings()
+        _settings = _read()
     return _settings
+
+
+def _read(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {describe_error(exc)}") from None
+
+
+def describe_error(exc: ValidationError) -> str:
+    """Settings that failed validation, by environment variable: ``SPARKLE_LEASE_TTL_SEC:
+    Input should be a valid number (got 'abc')``. (The CLI options that set some of them
+    carry the same names.)"""
+    parts = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            field = str(error["loc"][0])
+            info = Settings.model_fields.get(field)
+            secret = info is not None and "SecretStr" in str(info.annotation)
+            shown = "" if secret else f" (got {error.get('input')!r})"  # never echo a secret
+            parts.append(f"SPARKLE_{field.upper()}: {message}{shown}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)
 
 
 def configure(**overrides: Any) -> Settings:
     """Re-read the settings with ``overrides`` (CLI options) taking precedence over the
     environment. Call before the broker and engine are built."""
     global _settings
-    _settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    _settings = _read(**{k: v for k, v in overrides.items() if v is not None})
     return _settings

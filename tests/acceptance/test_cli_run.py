@@ -98,3 +98,15 @@ def test_submit_to_a_redis_that_does_not_answer_says_so_and_how_to_queue_later(
     run_id = next((tmp_path / "runs").iterdir()).name
     assert f"{run_id} created, NOT queued: `sparkle resume {run_id}`" in result.stderr
     assert "error: Redis: " in result.stderr and "server up?" in result.stderr
+
+
+def test_a_bad_setting_is_named_by_its_environment_variable(tmp_path):
+    """A setting that fails validation is reported as the variable the user set, with
+    the value given, in one line, whichever command read it first: not as a pydantic
+    field with a link to its docs, a traceback (`worker`) or nothing at all (`status`)."""
+    for command in (["runs"], ["status", "some-run"], ["worker"]):
+        result = sparkle(*command, cwd=tmp_path, SPARKLE_LEASE_TTL_SEC="abc")
+        assert result.returncode == 2, command
+        assert result.stderr.startswith("error: invalid setting: SPARKLE_LEASE_TTL_SEC: ")
+        assert "(got 'abc')" in result.stderr
+        assert "pydantic.dev" not in result.stderr and len(result.stderr.splitlines()) == 1
