@@ -244,8 +244,8 @@ def submit(plans: tuple[Path, ...]) -> None:
                     bad += 1
                     continue
                 target = _copy_into_inbox(path, settings.inbox_dir)
-                click.echo(f"queued {target} (no SPARKLE_REDIS_URL: a running `sparkle serve` "
-                           f"takes it; or render it now with `sparkle run {path}`)")
+                click.echo(f"copied into {target} (no SPARKLE_REDIS_URL: a running "
+                           f"`sparkle serve` takes it; or render it now with `sparkle run {path}`)")
             return EXIT_USAGE if bad else 0
         engine, _ = _engine()
         for path in plans:

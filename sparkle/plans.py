@@ -141,6 +141,8 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
             message = "required field is missing"
         elif error["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see `sparkle schema`)"
+        elif error["type"] == "string_pattern_mismatch" and ctx.get("pattern") == r"\S":
+            message = "must not be blank"
         else:
             message = f"{message} (got {shorten(error.get('input'))})"
         problems.append(Problem(path, message))

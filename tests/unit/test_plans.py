@@ -352,3 +352,13 @@ def test_references_are_not_guessed_from_unreadable_characters(tmp_path: Path):
 
     error = load_error(write(tmp_path, with_change(change)))
     assert [problem.path for problem in error.problems] == ["characters[0].id"]
+
+
+def test_a_blank_text_is_reported_in_words_not_as_a_pattern(tmp_path: Path):
+    """A title of spaces: "must not be blank", not pydantic's "should match pattern"."""
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["title"] = "   "
+
+    error = load_error(write(tmp_path, with_change(change)))
+    assert [str(problem) for problem in error.problems] == ["title: must not be blank"]
