@@ -116,11 +116,14 @@ class _ThreadScript:
                 return roundtrip.execute(self.client, ("EVAL", self.text, *rest),
                                          idempotent=idempotent)[0]
         except redis.exceptions.TimeoutError as exc:
-            # A reply that did not come is a connection gone bad, which is what dramatiq's
-            # consumer handles (it reconnects; an ack or nack is tried again until Redis
-            # answers). A timeout it takes for a bug: the ack is never retried and the
-            # message stays in this process's ack set (dramatiq #894).
-            raise redis.exceptions.ConnectionError(f"no reply from Redis: {exc}") from exc
+            # dramatiq tries an ack or nack again until Redis answers only after a lost
+            # connection; a timeout it takes for a bug and drops the ack, leaving the
+            # message in this process's ack set (dramatiq #894). Both are safe to send
+            # twice. Not a fetch: after a lost connection the consumer forgets the delayed
+            # messages it holds, where after any other error it gives them back.
+            if args and args[0] in ("ack", "nack"):
+                raise redis.exceptions.ConnectionError(f"no reply from Redis: {exc}") from exc
+            raise
 
 
 def _arg(value: object) -> str | bytes:
