@@ -11,8 +11,9 @@ A run gets stuck in one of two ways (DESIGN.md, "Resume, re-drive, replay"):
   message in the broker: none ready, delayed, or fetched by a worker that is still alive.
   Redis restarted without persistence, a queue was flushed, an embedded process stopped.
 - **message stranded**: as above, except that the stage's message sits in the ack set of
-  a live worker process, fetched (or due, if delayed) longer ago than twice the longest
-  stage time limit, and nothing runs it. dramatiq leaves messages there when a fetch's
+  a live worker process, and has for longer than twice the longest stage time limit (as
+  this reaper has watched it; if delayed, counted from its due time), and nothing runs
+  it. dramatiq leaves messages there when a fetch's
   reply is lost (dramatiq #894) or a consumer reconnects and forgets its delayed messages
   (#527); the process would give them back only when it stops.
 
@@ -109,6 +110,9 @@ class Reaper:
         #: Who re-drove, as recorded in the ``redrive`` event.
         self.name = f"reaper {socket.gethostname()}:{os.getpid()}"
         self._pass_lock = threading.Lock()
+        #: Message id → when this reaper first saw a live worker hold it (Redis does not
+        #: record when a message was fetched).
+        self._held_since: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,7 +134,7 @@ class Reaper:
         stranded_after = 2 * max(limits)
         with self._pass_lock:
             present = queued_stages(self.broker, self.client, self.namespace,
-                                    self.settings.heartbeat_timeout_ms)
+                                    self.settings.heartbeat_timeout_ms, self._held_since)
             found: list[Redrive] = []
             # The summary cache skips finished runs without reading their checkpoints;
             # _inspect looks again, fresh, at the few that may be stuck.
@@ -294,8 +298,8 @@ def _redrives_without_progress(events: list[StageEvent]) -> int:
 
 
 #: Run id → stage → None when one of the stage's messages waits in a queue, else the
-#: latest time (seconds) a message of it that live workers hold was due (sent, or its
-#: ``eta`` if delayed).
+#: latest time (seconds) from which a message of it that live workers hold counts as
+#: held: when the reaper first saw it held, or its ``eta`` if that is later.
 Presence = dict[str, dict[str, float | None]]
 
 _WAITING, _STRANDED, _NONE = "waiting", "stranded", "none"
@@ -315,15 +319,18 @@ def _message_state(present: Presence, run_id: str, stage: str, now: float,
 
 
 def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
-                  heartbeat_timeout_ms: int) -> Presence:
+                  heartbeat_timeout_ms: int, held_since: dict[str, float] | None = None
+                  ) -> Presence:
     """The stages of each run that have a live message in the broker (:data:`Presence`).
 
     Redis: every message stored for a stage queue or its delay queue (ready, delayed, or
     fetched and not yet acknowledged), except those fetched by a worker process whose
     dramatiq heartbeat is older than ``heartbeat_timeout_ms``: that process is dead, and
     dramatiq would give its messages back only at some later maintenance pass. A message
-    a live worker process fetched is reported with when it was due, so that one it never
-    runs can be told apart (see ``message_stranded``).
+    a live worker process fetched is reported with the time it counts as held from, so
+    that one it never runs can be told apart (see ``message_stranded``): ``held_since``
+    (message id → first seen held, kept by the caller between passes, updated here) says
+    since when; without it, since now.
     Embedded: the StubBroker's in-memory queues (all waiting).
     """
     found: Presence = defaultdict(dict)
@@ -336,9 +343,11 @@ def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
                 with queue.mutex:
                     bodies = list(queue.queue)
                 for body in bodies:
-                    _collect(found, stage, body, held=False)
+                    _collect(found, stage, body, None)
         return found
-    now_ms = int(time.time() * 1000)
+    now = time.time()
+    now_ms = int(now * 1000)
+    seen: dict[str, float] = {}  # held message id -> first seen held
     beats = keys.heartbeats(namespace)
     dead = [_text(b) for b in client.zrangebyscore(beats, 0, now_ms - heartbeat_timeout_ms)]
     live = [_text(b) for b in client.zrangebyscore(beats, now_ms - heartbeat_timeout_ms + 1,
@@ -350,8 +359,16 @@ def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
             orphaned = _members(client, namespace, dead, name)
             held = _members(client, namespace, live, name)
             for message_id, body in client.hscan_iter(stored, count=500):
-                if _text(message_id) not in orphaned:
-                    _collect(found, stage, body, held=_text(message_id) in held)
+                key = _text(message_id)
+                if key in orphaned:
+                    continue
+                since = None
+                if key in held:
+                    since = seen[key] = (held_since or {}).get(key, now)
+                _collect(found, stage, body, since)
+    if held_since is not None:  # forget what is no longer held
+        held_since.clear()
+        held_since.update(seen)
     return found
 
 
@@ -363,7 +380,9 @@ def _members(client: redis.Redis, namespace: str, broker_ids: list[str], queue: 
     return ids
 
 
-def _collect(found: Presence, stage: str, body: Any, held: bool) -> None:
+def _collect(found: Presence, stage: str, body: Any, held_since: float | None) -> None:
+    """Record ``body``, a message of ``stage``: waiting in a queue (``held_since`` None),
+    or held by a live worker since then."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -372,18 +391,16 @@ def _collect(found: Presence, stage: str, body: Any, held: bool) -> None:
     if run_id is None:
         return
     stages = found[run_id]
-    if not held:
+    if held_since is None:
         stages[stage] = None
         return
     if stage in stages and stages[stage] is None:
         return  # another message of the stage waits in a queue
-    options = data.get("options") if isinstance(data.get("options"), dict) else {}
-    due_ms = max(_number(data.get("message_timestamp")), _number(options.get("eta")))
-    stages[stage] = max(due_ms / 1000, stages.get(stage) or 0.0)
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
+    options = data.get("options")
+    eta = options.get("eta") if isinstance(options, dict) else None
+    if isinstance(eta, int | float):  # delayed: held on purpose until then
+        held_since = max(held_since, eta / 1000)
+    stages[stage] = max(held_since, stages.get(stage) or 0.0)
 
 
 def message_run_id(body: bytes | str) -> str | None:

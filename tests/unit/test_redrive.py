@@ -294,21 +294,23 @@ def test_a_message_a_live_worker_holds_but_never_runs_is_redriven_in_the_end(
         redis_pipeline, plans_dir):
     """dramatiq can leave a message in a live worker process's ack set with nothing in
     that process to run it: a fetch whose reply was lost (dramatiq #894), a delayed retry
-    forgotten when its consumer reconnected (#527). Held for longer than twice the longest
-    stage time limit (past its eta, if delayed), it no longer counts as on its way; held
-    for less, or not due yet, it does."""
+    forgotten when its consumer reconnected (#527). Once the reaper has seen it held for
+    longer than twice the longest stage time limit (counted from its eta, if delayed), it
+    no longer counts as on its way. How long it waited in the queue before it was fetched
+    does not count (a backlog is not a stranding)."""
     pipeline = redis_pipeline
     client = pipeline.engine.client
-    client.zadd(keys.heartbeats("sparkle"), {"live-broker": int(time.time() * 1000)})
 
-    def held_by_live_worker(run, sent_ago_sec, eta_in_sec=None):
-        """The run's script message, fetched by the live worker, sent that long ago."""
+    def held_by_live_worker(run, eta_in_sec=None):
+        """The run's script message, sent an hour ago and fetched just now by a live
+        worker (with ``eta_in_sec``: a delayed retry, in the delay queue instead)."""
+        client.zadd(keys.heartbeats("sparkle"), {"live-broker": int(time.time() * 1000)})
         pipeline.engine.dispatcher.kick(run)
         queue, stored = "sparkle.script", keys.dramatiq_messages("sparkle", "script")
         message_id = client.lpop(keys.dramatiq_queue("sparkle", "script")).decode()
         body = json.loads(client.hget(stored, message_id))
-        body["message_timestamp"] = int((time.time() - sent_ago_sec) * 1000)
-        if eta_in_sec is not None:  # as a delayed retry: in the delay queue's hash instead
+        body["message_timestamp"] = int((time.time() - 3600) * 1000)
+        if eta_in_sec is not None:
             client.hdel(stored, message_id)
             queue, stored = "sparkle.script.DQ", keys.delayed_messages("sparkle", "script")
             body["options"]["eta"] = int((time.time() + eta_in_sec) * 1000)
@@ -316,16 +318,19 @@ def test_a_message_a_live_worker_holds_but_never_runs_is_redriven_in_the_end(
         client.sadd(keys.unacked("sparkle", "live-broker", queue), message_id)
 
     stranded = pipeline.create(plans_dir / "rooftop.json")
-    held_by_live_worker(stranded, sent_ago_sec=5)
-    recent = pipeline.create(plans_dir / "lighthouse.json")
-    held_by_live_worker(recent, sent_ago_sec=0.5)
+    held_by_live_worker(stranded)
     delayed = pipeline.create(plans_dir / "rooftop.json", run_id="delayed-retry")
-    held_by_live_worker(delayed, sent_ago_sec=5, eta_in_sec=1)
-    # With one stage allowed 60 s, held for 5 s is not stranded: nothing found
-    assert reaper_for(pipeline, stage_time_limit_sec=1.0,
-                      stage_time_limits={"videos": 60.0}).run_once(older_than=0) == []
-    # With stage time limits of 1 s (so "stranded" means held for over 2 s)
-    reaper = reaper_for(pipeline, stage_time_limit_sec=1.0)
+    held_by_live_worker(delayed, eta_in_sec=5)
+    # Stage time limits of 0.2 s: "stranded" means seen held for over 0.4 s
+    reaper = reaper_for(pipeline, stage_time_limit_sec=0.2)
+    patient = reaper_for(pipeline, stage_time_limit_sec=0.2, stage_time_limits={"videos": 60.0})
+    # The first sight of a message sent an hour ago is not a stranding
+    assert reaper.run_once(older_than=0) == [] and patient.run_once(older_than=0) == []
+    time.sleep(0.5)
+    recent = pipeline.create(plans_dir / "lighthouse.json")
+    held_by_live_worker(recent)  # fetched only now
+    # One stage allowed 60 s: held for 0.5 s is not stranded
+    assert patient.run_once(older_than=0) == []
     found = reaper.run_once(older_than=0)
     assert [(r.run_id, r.reason) for r in found] == [
         (stranded.run_id, RedriveReason.message_stranded)]
