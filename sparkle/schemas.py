@@ -140,6 +140,18 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return metadata
 
 
+#: Reference problems listed for one plan: a plan made of mistakes is reported in a few
+#: lines, not one line per mistake (the inbox writes them into its error record).
+MAX_REFERENCE_PROBLEMS = 100
+#: Known character ids listed beside an unknown one.
+KNOWN_IDS_SHOWN = 10
+
+
+def _quoted(text: str) -> str:
+    """``text`` quoted, and cut short if it is longer than an id may be."""
+    return repr(text if len(text) <= 64 else text[:61] + "...")
+
+
 def reference_problems(
     character_ids: Sequence[object], shots: Sequence[tuple[object, Sequence[object] | None]]
 ) -> list[list[str]]:
@@ -151,29 +163,40 @@ def reference_problems(
     character id could be read."""
     problems: list[list[str]] = []
     seen: dict[str, int] = {}
+    more = 0  # problems past MAX_REFERENCE_PROBLEMS, counted and not listed
+
+    def add(path: str, message: str) -> None:
+        nonlocal more
+        if len(problems) < MAX_REFERENCE_PROBLEMS:
+            problems.append([path, message])
+        else:
+            more += 1
+
     for i, character_id in enumerate(character_ids):
         if not isinstance(character_id, str):
             continue
         if character_id in seen:
-            problems.append([f"characters[{i}].id",
-                             f"duplicate character id {character_id!r} "
-                             f"(also characters[{seen[character_id]}].id)"])
+            add(f"characters[{i}].id", f"duplicate character id {_quoted(character_id)} "
+                                       f"(also characters[{seen[character_id]}].id)")
         seen.setdefault(character_id, i)
     known = set(seen)
+    listed = "[" + ", ".join(_quoted(k) for k in sorted(known)[:KNOWN_IDS_SHOWN]) + "]"
+    known_text = ("none" if not known else listed if len(known) <= KNOWN_IDS_SHOWN
+                  else f"{listed} and {len(known) - KNOWN_IDS_SHOWN} more")
     all_known = all(isinstance(character_id, str) for character_id in character_ids)
     shots_seen: dict[str, int] = {}
     for i, (shot_id, speakers) in enumerate(shots):
         if isinstance(shot_id, str):
             if shot_id in shots_seen:
-                problems.append([f"shots[{i}].id",
-                                 f"duplicate shot id {shot_id!r} "
-                                 f"(also shots[{shots_seen[shot_id]}].id)"])
+                add(f"shots[{i}].id",
+                    f"duplicate shot id {_quoted(shot_id)} (also shots[{shots_seen[shot_id]}].id)")
             shots_seen.setdefault(shot_id, i)
         for j, speaker in enumerate(speakers or ()):
             if all_known and isinstance(speaker, str) and speaker not in known:
-                problems.append([f"shots[{i}].dialogue[{j}].character_id",
-                                 f"{speaker!r} names no character; "
-                                 f"known ids: {sorted(known) or 'none'}"])
+                add(f"shots[{i}].dialogue[{j}].character_id",
+                    f"{_quoted(speaker)} names no character; known ids: {known_text}")
+    if more:
+        problems.append(["", f"{more} more problems like these, not listed"])
     return problems
 
 

@@ -362,3 +362,28 @@ def test_a_blank_text_is_reported_in_words_not_as_a_pattern(tmp_path: Path):
 
     error = load_error(write(tmp_path, with_change(change)))
     assert [str(problem) for problem in error.problems] == ["title: must not be blank"]
+
+
+def test_a_plan_made_of_mistakes_is_reported_in_bounded_space():
+    """4,000 characters and 4,000 lines naming none of them (a 350 KB file): each line's
+    message listed every known id, 140 million characters in all, and the inbox writes
+    them into an error record. Now at most 100 reference problems are listed, each
+    naming 10 known ids, and the rest are counted."""
+    from sparkle.schemas import KNOWN_IDS_SHOWN, MAX_REFERENCE_PROBLEMS
+
+    count = 4000
+    doc = example_doc()
+    doc["title"] = 1  # a field error too: the references are checked on the raw JSON
+    doc["characters"] = [{"id": f"c{i}", "name": "n", "voice_profile": {}}
+                         for i in range(count)]
+    for shot in doc["shots"]:
+        shot["dialogue"] = []
+    doc["shots"][0]["dialogue"] = [{"character_id": "x", "text": "t"}] * count
+    with pytest.raises(PlanError) as info:
+        parse_plan_bytes(json.dumps(doc).encode(), "many.json")
+    problems = info.value.problems
+    assert len(problems) == 1 + MAX_REFERENCE_PROBLEMS + 1
+    assert problems[-1].message == f"{count - MAX_REFERENCE_PROBLEMS} more problems like " \
+                                  "these, not listed"
+    assert problems[1].message.endswith(f"and {count - KNOWN_IDS_SHOWN} more")
+    assert len(str(info.value)) < 50_000
