@@ -5,11 +5,12 @@ Every setting is documented in the README's settings table; keep the two in step
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from sparkle.errors import ConfigError
 
@@ -173,6 +174,11 @@ def _read(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"invalid setting: {describe_error(exc)}") from None
+    except SettingsError as exc:  # a JSON setting that does not parse
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"SPARKLE_{found.group(1).upper()}" if found else "a SPARKLE_* setting"
+        raise ConfigError(f"invalid setting: {name}: not valid JSON ({exc.__cause__ or exc})"
+                          ) from None
 
 
 def describe_error(exc: ValidationError) -> str:

@@ -110,3 +110,9 @@ def test_a_bad_setting_is_named_by_its_environment_variable(tmp_path):
         assert result.stderr.startswith("error: invalid setting: SPARKLE_LEASE_TTL_SEC: ")
         assert "(got 'abc')" in result.stderr
         assert "pydantic.dev" not in result.stderr and len(result.stderr.splitlines()) == 1
+    # (a JSON setting that does not parse fails earlier, in pydantic-settings)
+    result = sparkle("runs", cwd=tmp_path, SPARKLE_STAGE_TIME_LIMITS="{bad")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "error: invalid setting: SPARKLE_STAGE_TIME_LIMITS: not valid JSON (")
+    assert len(result.stderr.splitlines()) == 1
