@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -45,6 +46,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from redis_server import RedisServer  # noqa: E402
 
 from sparkle.schemas import STAGES, AssetRefs, MoviePlan  # noqa: E402
+
+if TYPE_CHECKING:
+    from sparkle.engine import Engine
+    from sparkle.runstore import Run
 
 BIN = Path(sys.executable).parent
 
@@ -79,12 +84,13 @@ def _succeeded(checkpoint: Path) -> bool:
         return False
 
 
-def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
-    """Hops per second through Sparkle's seven stage actors."""
-    env = {**os.environ, "SPARKLE_REDIS_URL": server.url, "SPARKLE_RUNS_DIR": str(folder),
-           "PYTHONPATH": str(ROOT / "scripts"), "SPARKLE_LOG_LEVEL": "warning"}
-    env.update({f"SPARKLE_ADAPTER_{s.upper()}": "bench_hops:noop" for s in STAGES})
-    os.environ.update(env)
+def engine_with_runs(server: RedisServer, folder: Path, runs: int, title: str,
+                     **env: str) -> tuple[Engine, list[Run]]:
+    """This process's engine on ``server`` with its runs folder in ``folder``, and ``runs``
+    new runs of the rooftop plan, titled ``title`` and a number. ``env``: more variables
+    (SPARKLE_* settings, ...) put in this process's environment."""
+    os.environ.update({"SPARKLE_REDIS_URL": server.url, "SPARKLE_RUNS_DIR": str(folder),
+                       "SPARKLE_LOG_LEVEL": "warning", **env})
     from sparkle import broker as broker_module
     from sparkle import engine as engine_module
     from sparkle.settings import configure
@@ -97,8 +103,19 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     plan = json.loads((ROOT / "tests/data/plans/rooftop.json").read_text())
     created = []
     for index in range(runs):
-        plan["title"] = f"hop {index}"
+        plan["title"] = f"{title} {index}"
         created.append(engine.store.create(MoviePlan.model_validate(plan))[0])
+    return engine, created
+
+
+def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
+    """Hops per second through Sparkle's seven stage actors."""
+    from sparkle import broker as broker_module
+
+    adapters = {f"SPARKLE_ADAPTER_{s.upper()}": "bench_hops:noop" for s in STAGES}
+    engine, created = engine_with_runs(server, folder, runs, "hop",
+                                       PYTHONPATH=str(ROOT / "scripts"), **adapters)
+    env = dict(os.environ)
     worker = _start([str(BIN / "sparkle"), "worker", "--processes", "1", "--threads",
                      str(THREADS)], env, folder)
     time.sleep(3)  # let the worker connect before the clock starts

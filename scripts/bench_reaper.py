@@ -18,8 +18,6 @@ Every ``sparkle worker`` and ``sparkle watch`` runs such a pass every
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_hops import engine_with_runs  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 
@@ -43,24 +44,10 @@ def main() -> None:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
         try:
-            os.environ.update({"SPARKLE_REDIS_URL": server.url,
-                               "SPARKLE_RUNS_DIR": str(Path(tmp) / "runs"),
-                               "SPARKLE_LOG_LEVEL": "warning"})
-            from sparkle import broker as broker_module
-            from sparkle import engine as engine_module
             from sparkle.redrive import Reaper
-            from sparkle.schemas import MoviePlan
-            from sparkle.settings import configure
 
-            configure()
-            broker_module.reset()
-            engine_module.set_engine(None)
-            broker_module.load_actors()
-            engine = engine_module.get_engine()
-            plan = json.loads((ROOT / "tests/data/plans/rooftop.json").read_text())
-            for index in range(args.runs):
-                plan["title"] = f"backlog {index}"
-                run, _ = engine.store.create(MoviePlan.model_validate(plan))
+            engine, runs = engine_with_runs(server, Path(tmp) / "runs", args.runs, "backlog")
+            for run in runs:
                 engine.dispatcher.kick(run)
             reaper = Reaper(engine.store, engine.dispatcher, engine.client,
                             engine.dispatcher.broker, engine.settings)
