@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from bench_hops import engine_with_runs  # noqa: E402
 from redis_server import RedisServer  # noqa: E402

@@ -72,6 +72,11 @@ def _settings(**overrides: Any) -> None:
         fail(str(exc))
 
 
+def redis_unreachable(exc: Exception) -> str:
+    """What to say when a command cannot reach Redis."""
+    return f"Redis: {exc} (is SPARKLE_REDIS_URL right, and the server up?)"
+
+
 def _guard(fn: Callable[[], int | None]) -> None:
     """Run a command body, turning Sparkle's errors (and a Redis that cannot be reached)
     into messages and exit codes."""
@@ -80,7 +85,7 @@ def _guard(fn: Callable[[], int | None]) -> None:
     try:
         code = fn()
     except redis.RedisError as exc:
-        fail(f"Redis: {exc} (is SPARKLE_REDIS_URL right, and the server up?)", EXIT_FAILED)
+        fail(redis_unreachable(exc), EXIT_FAILED)
     except PlanError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_USAGE)

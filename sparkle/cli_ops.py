@@ -102,7 +102,9 @@ def _redis_errors(fn: Any) -> None:
     try:
         fn()
     except redis.RedisError as exc:
-        _fail(f"Redis: {exc} (is SPARKLE_REDIS_URL right, and the server up?)", 1)
+        from sparkle.cli import redis_unreachable
+
+        _fail(redis_unreachable(exc), 1)
     except SparkleError as exc:
         _fail(str(exc))
 

@@ -13,9 +13,9 @@ A run gets stuck in one of two ways (DESIGN.md, "Resume, re-drive, replay"):
 - **message stranded**: as above, except that the stage's message sits in the ack set of
   a live worker process, and has for longer than twice the longest stage time limit (as
   this reaper has watched it; if delayed, counted from its due time), and nothing runs
-  it. dramatiq leaves messages there when a fetch's
-  reply is lost (dramatiq #894) or a consumer reconnects and forgets its delayed messages
-  (#527); the process would give them back only when it stops.
+  it. dramatiq leaves messages there when a fetch's reply is lost (dramatiq #894) or a
+  consumer reconnects and forgets its delayed messages (#527); the process would give
+  them back only when it stops.
 
 Either way the reaper appends a ``redrive`` event to the run's history, then sends the
 stage. Sending too much is harmless: a message whose stage is done, or whose run another
@@ -29,7 +29,6 @@ import contextlib
 import enum
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -153,7 +152,7 @@ class Reaper:
             return found
 
     def _inspect(self, run: Run, present: Presence, now: float, older_than: float,
-                 stranded_after: float = math.inf) -> Redrive | None:
+                 stranded_after: float) -> Redrive | None:
         state = run.state()
         if state.status() not in (RunStatus.queued, RunStatus.running):
             return None

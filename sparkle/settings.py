@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -191,7 +191,8 @@ def describe_error(exc: ValidationError) -> str:
         if error["loc"]:
             field = str(error["loc"][0])
             info = Settings.model_fields.get(field)
-            secret = info is not None and "SecretStr" in str(info.annotation)
+            annotation = info.annotation if info is not None else None
+            secret = annotation is SecretStr or SecretStr in get_args(annotation)
             shown = "" if secret else f" (got {error.get('input')!r})"  # never echo a secret
             parts.append(f"SPARKLE_{field.upper()}: {message}{shown}")
         else:

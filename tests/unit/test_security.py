@@ -743,3 +743,17 @@ def test_a_silent_tls_connection_still_times_out(tls_redis: TlsRedis):
     reader.join(10)
     assert not reader.is_alive(), "the read over TLS did not time out"
     assert isinstance(outcome[0], redis.TimeoutError)
+
+
+def test_an_invalid_secret_setting_is_named_but_its_value_never_shown():
+    """The one-line message for an invalid setting shows the value given, except for a
+    secret (the Redis URL holds a password): named, never echoed."""
+    from pydantic import ValidationError
+
+    from sparkle.settings import Settings, describe_error
+
+    with pytest.raises(ValidationError) as info:
+        Settings(redis_url={"password": "hunter2"}, lease_ttl_sec="abc")  # type: ignore[arg-type]
+    text = describe_error(info.value)
+    assert "SPARKLE_REDIS_URL: " in text and "hunter2" not in text
+    assert "SPARKLE_LEASE_TTL_SEC: " in text and "(got 'abc')" in text
