@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sparkle import atomic, statuscache
+from sparkle import atomic, refmerge, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
@@ -287,6 +287,16 @@ class Run:
 
     def save_asset_refs(self, refs: AssetRefs) -> None:
         atomic.write_json(f"{self.dir}/{ASSET_REFS_FILE}", refs)
+
+    def merge_asset_refs(self, base: AssetRefs, refs: AssetRefs) -> AssetRefs:
+        """Save a stage's refs as a merge (:mod:`sparkle.refmerge`): the file as it is
+        now plus what changed from ``base`` (the refs the stage was given) to ``refs``,
+        under the run folder's file lock, atomically. A concurrent writer's refs are
+        never lost. Returns what was saved."""
+        with self.locked():
+            merged = refmerge.merge(base, refs, self.asset_refs())
+            atomic.write_json(f"{self.dir}/{ASSET_REFS_FILE}", merged)
+        return merged
 
     # -- checkpoints ---------------------------------------------------------------------
 
