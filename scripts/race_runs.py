@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,21 @@ BIN = Path(sys.executable).parent / "sparkle"
 TRIAL_TIMEOUT_SEC = 300
 
 
-def trial(plan: Path, adapters: str, workdir: Path) -> dict[str, object]:
+@dataclass
+class Trial:
+    """What one race left behind."""
+
+    #: Stages whose success the manifest records more than once.
+    duplicated: list[str]
+    #: Why the run is not intact (empty: it is).
+    problems: list[str]
+    #: Processes that said the other one was working the run.
+    followed: int
+    #: What each process printed.
+    outputs: list[str]
+
+
+def trial(plan: Path, adapters: str, workdir: Path) -> Trial:
     """One race; returns what it found."""
     runs = workdir / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
@@ -65,12 +80,12 @@ def trial(plan: Path, adapters: str, workdir: Path) -> dict[str, object]:
     if qa.get("status") != "success":
         problems.append("qa not succeeded")
     problems += _missing_refs(run_dir)
-    return {
-        "duplicated": sorted(stage for stage, n in successes.items() if n > 1),
-        "problems": problems,
-        "followed": sum("being worked by another process" in out for out in outputs),
-        "outputs": outputs,
-    }
+    return Trial(
+        duplicated=sorted(stage for stage, n in successes.items() if n > 1),
+        problems=problems,
+        followed=sum("being worked by another process" in out for out in outputs),
+        outputs=outputs,
+    )
 
 
 def _missing_refs(run_dir: Path) -> list[str]:
@@ -100,16 +115,15 @@ def main() -> int:
     for number in range(1, args.trials + 1):
         with tempfile.TemporaryDirectory(prefix="race-") as tmp:
             found = trial(args.plan.resolve(), args.adapters, Path(tmp))
-        dup, problems = found["duplicated"], found["problems"]
-        assert isinstance(dup, list) and isinstance(problems, list)
-        duplicated += bool(dup)
-        broken += bool(problems)
-        followed += int(str(found["followed"]))
-        verdict = "ok" if not dup and not problems else f"duplicated {dup} problems {problems}"
+        duplicated += bool(found.duplicated)
+        broken += bool(found.problems)
+        followed += found.followed
+        verdict = ("ok" if not found.duplicated and not found.problems
+                   else f"duplicated {found.duplicated} problems {found.problems}")
         print(f"trial {number:3d}: {verdict}", flush=True)
-        if problems:
-            for out in found["outputs"]:  # type: ignore[attr-defined]
-                print("    | " + str(out).strip().replace("\n", "\n    | "))
+        if found.problems:
+            for out in found.outputs:
+                print("    | " + out.strip().replace("\n", "\n    | "))
     print(f"{args.trials} trials ({args.adapters} adapters, {args.plan.name}) in "
           f"{time.monotonic() - started:.0f} s: {duplicated} with a duplicated success, "
           f"{broken} broken runs, {followed} times a process followed the other")

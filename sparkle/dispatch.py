@@ -98,7 +98,8 @@ class Dispatcher:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.
 
         Sends nothing when the run is done or cancelled, when that stage already has a
-        message on its way, or when a worker (embedded: another process) holds the run. Used by ``submit``, the inbox, ``resume`` and the reaper.
+        message on its way, or when a worker (embedded: another process) holds the run.
+        Used by ``submit``, the inbox, ``resume`` and the reaper.
         """
         if run.cancelled:
             return None

@@ -329,9 +329,8 @@ class Engine:
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:
-            plan, refs_before = run.plan(), run.asset_refs()
-            # (what the stage changes is saved as a merge: the adapter may change these)
-            base = refs_before.model_copy(deep=True)
+            # (the bytes: what the stage changes is saved as a merge against them)
+            plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             with self.slots.released():

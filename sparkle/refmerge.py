@@ -26,8 +26,6 @@ def merge(base: AssetRefs, ours: AssetRefs, current: AssetRefs) -> AssetRefs:
     → ours, removals included; else → current. Lists (a shot's dialogue audio) are one
     value each.
     """
-    if current == base:
-        return ours
     merged = _merge(base.model_dump(), ours.model_dump(), current.model_dump())
     return AssetRefs.model_validate(merged)
 

@@ -106,7 +106,8 @@ def test_run_saves_refs_as_a_merge_atomically(tmp_path: Path):
     # Given a run whose refs another writer changed after this stage read them
     run = Run(tmp_path, "run-a")
     run.dir.mkdir()
-    base = _refs(s1=AssetRefsShot(start_frame="frames/a.png"))
+    run.save_asset_refs(_refs(s1=AssetRefsShot(start_frame="frames/a.png")))
+    _, base = run.asset_refs_as_read()
     run.save_asset_refs(_refs(s1=AssetRefsShot(start_frame="frames/a.png",
                                                raw_clip="clips/s1.mp4")))
     # When the stage saves its own change
