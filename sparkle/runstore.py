@@ -309,7 +309,7 @@ class Run:
                 current = b""
             if current != base:  # (else nobody wrote since: nothing to merge)
                 refs = refmerge.merge(_refs_from(base), refs, _refs_from(current))
-            atomic.write_json(f"{self.dir}/{ASSET_REFS_FILE}", refs)
+            self.save_asset_refs(refs)
         return refs
 
     # -- checkpoints ---------------------------------------------------------------------
