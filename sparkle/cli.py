@@ -312,7 +312,8 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
     """Continue RUN_ID from its first stage without success.
 
     With Redis the stage is queued for the workers; embedded, the run is worked here in
-    the foreground. A cancelled run continues only through this command.
+    the foreground (while another process works it, that process is named and followed
+    first, as `sparkle run` does). A cancelled run continues only through this command.
     """
     _settings(runs_dir=runs_dir, adapters=adapters)
 
