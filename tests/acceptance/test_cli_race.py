@@ -108,7 +108,8 @@ def test_second_run_names_the_working_process_and_follows_it(tmp_path, plans_dir
     """A second `sparkle run` on a run another process works says which process, follows
     its progress to the end, and exits as that run ended, working nothing itself."""
     # Given a `sparkle run` in its (slow) tts stage
-    plan = plan_with(plans_dir, tmp_path, fault_tts="sleep:2")
+    # (4 s: time enough for the second process to start on a loaded machine)
+    plan = plan_with(plans_dir, tmp_path, fault_tts="sleep:4")
     args = ["run", str(plan), "--adapters", "test", "--runs-dir", "runs"]
     first = start(args, tmp_path)
     assert wait_for(lambda: (tmp_path / "runs").is_dir()
@@ -129,7 +130,7 @@ def test_second_run_takes_over_at_once_when_the_first_dies(tmp_path, plans_dir):
     stands, without waiting for any lease to expire."""
     # Given a `sparkle run` whose process will die in tts (after a slow images stage),
     # and a second one following it
-    plan = plan_with(plans_dir, tmp_path, fault_images="sleep:4", fault_tts="crash:1")
+    plan = plan_with(plans_dir, tmp_path, fault_images="sleep:5", fault_tts="crash:1")
     args = ["run", str(plan), "--adapters", "test", "--runs-dir", "runs"]
     first = start(args, tmp_path)
     assert wait_for(lambda: (tmp_path / "runs").is_dir()
@@ -168,11 +169,11 @@ QUICK_REAPER = {"SPARKLE_LEASE_TTL_SEC": "0.5", "SPARKLE_REAPER_INTERVAL_SEC": "
                 "SPARKLE_STABLE_SECONDS": "0.1"}
 
 
-def drop_slow_plans(tmp_path: Path, plans_dir: Path, count: int) -> None:
+def drop_slow_plans(tmp_path: Path, plans_dir: Path, count: int, seconds: float = 2) -> None:
     for index in range(count):
         plan = json.loads((plans_dir / "lighthouse.json").read_text())
         plan["title"] = f"Lighthouse {index}"
-        plan["metadata"]["fault_images"] = "sleep:2"
+        plan["metadata"]["fault_images"] = f"sleep:{seconds}"
         (tmp_path / "inbox" / f"p{index}.json").write_text(json.dumps(plan))
 
 
@@ -211,7 +212,8 @@ def test_second_serve_started_mid_run_does_not_work_the_runs_again(tmp_path, pla
     second = None
     try:
         assert wait_for(lambda: (tmp_path / "inbox" / "processed").is_dir(), 30)
-        drop_slow_plans(tmp_path, plans_dir, 2)
+        # (5 s: time enough for the second serve to start on a loaded machine)
+        drop_slow_plans(tmp_path, plans_dir, 2, seconds=5)
         assert wait_for(lambda: (tmp_path / "runs").is_dir() and sum(
             began(p, "images") for p in (tmp_path / "runs").iterdir()) == 2, 60)
         # When a second serve starts on the same folder
