@@ -70,7 +70,10 @@ _held: dict[str, _Held] = {}
 
 
 def _path(run_dir: Path | str) -> str:
-    return f"{run_dir}/{LEASE_FILE}"
+    # One name per file, however the run folder was named (relative, through a link): the
+    # process must never open the file a second time under another name, since closing
+    # any descriptor of a file drops the process's POSIX locks on it.
+    return f"{os.path.realpath(run_dir)}/{LEASE_FILE}"
 
 
 def acquire(run_dir: Path | str) -> bool:

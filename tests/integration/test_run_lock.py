@@ -30,6 +30,17 @@ HOLD = ("import sys, time; from sparkle import runlock; "
         "assert runlock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)")
 
 
+#: A process that says whether a run's lock file is held by another process.
+PROBE = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+         "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+         "except OSError:\n    print('held')")
+
+
+def seen_from_another_process(run_dir: Path) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE, str(run_dir / runlock.LEASE_FILE)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 @pytest.fixture
 def holder() -> Iterator[Any]:
     procs: list[subprocess.Popen[str]] = []
@@ -106,3 +117,26 @@ def test_reaper_never_redrives_a_run_another_live_process_holds(pipeline, plans_
     # Then it left the run alone while its process lived, and re-drove it after
     assert while_alive == []
     assert [(r.stage, r.reason) for r in after_death] == [("script", RedriveReason.worker_died)]
+
+
+def test_one_run_named_two_ways_is_one_lock(tmp_path, monkeypatch):
+    """A run folder named relatively by one caller and absolutely (or through a link) by
+    another is one lock: had the process opened the file twice, the first close would drop
+    the lock the other holder still counts on (POSIX locks belong to the process)."""
+    # Given a run held through its absolute path
+    run_dir = tmp_path / "run-a"
+    run_dir.mkdir()
+    (tmp_path / "link").symlink_to(run_dir)
+    monkeypatch.chdir(tmp_path)
+    assert runlock.acquire(run_dir)
+    try:
+        # When it is taken and given back through a relative name and through a link
+        assert runlock.acquire(Path("run-a"))
+        assert runlock.acquire(tmp_path / "link")
+        runlock.release(Path("run-a"))
+        runlock.release(tmp_path / "link")
+        # Then another process still finds it held
+        assert seen_from_another_process(run_dir) == "held"
+    finally:
+        runlock.release(run_dir)
+    assert seen_from_another_process(run_dir) == "free"
