@@ -15,8 +15,9 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.brokers.stub import StubBroker
 
-from sparkle import keys, lease
+from sparkle import keys, lease, runlock
 from sparkle.roundtrip import Command
 from sparkle.runstore import Run
 
@@ -72,6 +73,12 @@ class Dispatcher:
         )
         return self.broker.enqueue(message, delay=delay_ms)
 
+    @property
+    def embedded(self) -> bool:
+        """Whether messages live in this process (leases too: other processes are kept
+        out by the run's lock file, :mod:`sparkle.runlock`)."""
+        return isinstance(self.broker, StubBroker)
+
     def pending(self, run_id: str) -> tuple[str, float] | None:
         """The stage with a message on its way for ``run_id`` and when it was sent."""
         value = self.client.get(keys.pending(self.namespace, run_id))
@@ -90,8 +97,9 @@ class Dispatcher:
     def kick(self, run: Run) -> str | None:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.
 
-        Sends nothing when the run is done or cancelled, or when that stage already has a
-        message on its way. Used by ``submit``, the inbox, ``resume`` and the reaper.
+        Sends nothing when the run is done or cancelled, when that stage already has a
+        message on its way, or when a worker (embedded: another process) holds the run.
+        Used by ``submit``, the inbox, ``resume`` and the reaper.
         """
         if run.cancelled:
             return None
@@ -105,5 +113,11 @@ class Dispatcher:
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             log.debug("run %s: a worker holds it; it will continue the chain", run.run_id)
             return None
+        if self.embedded:
+            other = runlock.other_holder(run.dir)
+            if other is not None:
+                log.info("run %s: process %s works it; leaving it to that process",
+                         run.run_id, other.describe())
+                return None
         self.send(run.run_id, stage)
         return stage

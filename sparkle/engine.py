@@ -10,7 +10,8 @@ This is DESIGN.md's "Stage execution", step by step:
 4. Call the adapter under tenacity: bounded attempts, exponential backoff with jitter, only
    for transient errors; every attempt is its own ``begin``/``fail``/``success`` event.
 5. Flush the files the adapter reported (those it changed) to disk; check the lease is
-   still ours (fencing), then write ``asset_refs.json``, the ``success`` checkpoint and the
+   still ours (fencing), then merge the stage's refs into ``asset_refs.json`` (so no
+   concurrent writer's refs are lost, :mod:`sparkle.refmerge`), the ``success`` checkpoint and the
    manifest event, in that order; release the lease; send the next stage.
 6. On permanent failure: ``failed`` checkpoint, ``fail`` event, no next stage, and
    :class:`StageFailed` is raised so dramatiq dead-letters the message.
@@ -33,6 +34,7 @@ from typing import Any
 
 import redis
 import tenacity
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
 from sparkle import atomic, metrics
@@ -164,7 +166,10 @@ class Engine:
             log.error("run %s stage %s: no such run folder in %s; dropping the message",
                       run_id, stage, self.store.root)
             return Outcome.missing
-        lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec)
+        # Embedded, the lease also takes the run's lock file: other processes cannot see
+        # the in-process one (sparkle.runlock).
+        lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec,
+                      lock_dir=run.dir if isinstance(self.dispatcher.broker, StubBroker) else None)
         if not lease.acquire(also=(self.dispatcher.taken_command(run_id, stage),)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
@@ -324,7 +329,8 @@ class Engine:
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:
-            plan, refs_before = run.plan(), run.asset_refs()
+            # (the bytes: what the stage changes is saved as a merge against them)
+            plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             with self.slots.released():
@@ -367,7 +373,7 @@ class Engine:
             "duration_sec": duration,
             "attempt": attempt,
         }
-        run.save_asset_refs(refs)
+        run.merge_asset_refs(base, refs)
         run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, metadata=success_meta))
         run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})

@@ -3,7 +3,8 @@
 A run gets stuck in one of two ways (DESIGN.md, "Resume, re-drive, replay"):
 
 - **worker died**: the run's next stage has a ``begin`` with no outcome after it, the run's
-  lease is free (its TTL ran out without a heartbeat) and nothing re-drove the stage since.
+  lease is free (its TTL ran out without a heartbeat; embedded, no process holds the run's
+  lock file, :mod:`sparkle.runlock`) and nothing re-drove the stage since.
   dramatiq alone redelivers such a message only after its heartbeat timeout *and* a random
   maintenance pass (221 s and 461 s measured); the reaper sends it again within one lease
   TTL plus one reaper interval.
@@ -41,7 +42,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from sparkle import keys, lease, metrics
+from sparkle import keys, lease, metrics, runlock
 from sparkle.dispatch import Dispatcher
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, StageEvent
@@ -175,6 +176,8 @@ class Reaper:
             return None
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             return None  # a live worker renews it: the run is moving
+        if self.embedded and runlock.other_holder(run.dir) is not None:
+            return None  # another live process works it (its messages are in its memory)
         pending = self.dispatcher.pending(run.run_id)
         # A message sent after the dead attempt began (resume, a restarted `serve`) is the
         # re-drive already: then only a lost message matters.
