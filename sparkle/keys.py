@@ -53,6 +53,12 @@ def redrive_guard(namespace: str, run_id: str) -> str:
     return f"{namespace}:redrive:{run_id}"
 
 
+def retention_guard(namespace: str) -> str:
+    """STRING set (``SET NX PX``) for an hour by the reaper that applies ``SPARKLE_RETENTION``,
+    so the reapers of all workers together prune at most once an hour."""
+    return f"{namespace}:retention"
+
+
 def delayed_queue_name(stage: str) -> str:
     """dramatiq's delay queue of a stage (messages waiting for their ``eta``: retries)."""
     return f"{queue_name(stage)}.DQ"

@@ -251,6 +251,11 @@ class Reaper:
         while not self._stop.wait(interval):
             try:
                 self.run_once()
+                if self.settings.retention:
+                    from sparkle.retention import apply_retention
+
+                    apply_retention(self.store, self.client, self.namespace,
+                                    self.settings.retention, self.embedded)
             except (redis.RedisError, OSError) as exc:
                 log.warning("reaper: pass failed (%s); next one in %.0f s", exc, interval)
             except Exception:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from sparkle.errors import ConfigError
@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     #: 2 and 3 measured alike, 4 worse, 8 (no bound) worst: more threads only take the GIL
     #: from each other more often (docs/BENCHMARKS.md).
     bookkeeping_threads: int = Field(default=2, ge=1, le=64)
+    #: Retention applied by the reaper at most once an hour: ``30d`` removes runs finished
+    #: (succeeded, failed, rejected, cancelled) more than 30 days ago, ``30d:final`` only
+    #: their intermediate media (see ``sparkle prune``). Unset: nothing is removed.
+    retention: str | None = None
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:
@@ -101,6 +105,15 @@ class Settings(BaseSettings):
                 "polls less often than that looks dead to the broker"
             )
         return self
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_policy(cls, value: str | None) -> str | None:
+        if value:
+            from sparkle.retention import parse_policy
+
+            parse_policy(value)  # raises a ValueError naming the problem
+        return value or None
 
     def redis_url_value(self) -> str | None:
         """The Redis URL in clear text (never log it: see :func:`redacted_redis_url`)."""
