@@ -184,6 +184,9 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
     force_rerun(the_run, from_stage, only)
     result = work_in_foreground(the_run, broker, engine.dispatcher,
                                 engine.settings.namespace, threads)
+    from sparkle.notifications import flush
+
+    flush(engine.settings)  # (the process ends next: deliver the run's notification now)
     refs = the_run.asset_refs()
     if result.status.value == "succeeded":
         movie = refs.extras.get("final_movie")

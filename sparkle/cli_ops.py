@@ -259,6 +259,10 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
         run.append_event(stage, "cancel", max(1, state.attempts(stage)),
                          metadata={"by": f"{getpass.getuser()}@{socket.gethostname()}",
                                    "previous_status": status.value})
+        from sparkle.notifications import flush, run_ended
+
+        run_ended(run, get_settings(), "cancelled", background=False)
+        flush(get_settings())
         running = _running_stage(run_id, stage)
         click.echo(f"cancelled {run_id}: {running}no further stage starts. "
                    f"Continue it with `sparkle resume {run_id}`")

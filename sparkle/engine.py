@@ -35,7 +35,7 @@ import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, metrics
+from sparkle import atomic, metrics, notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
@@ -227,7 +227,10 @@ class Engine:
                                  event=True, reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         self._run_attempts(run, stage, lease, state.attempts(stage))
-        return Outcome.succeeded, self._after_success(run, stage, state)
+        follow_up = self._after_success(run, stage, state)
+        if follow_up is None and stage == STAGES[-1] and not run.cancelled:
+            notifications.run_ended(run, self.settings, "succeeded")
+        return Outcome.succeeded, follow_up
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way.
@@ -394,6 +397,7 @@ class Engine:
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
+        notifications.run_ended(run, self.settings, "failed", error=f"{stage}: {message}")
 
 
 def _local_paths(refs: AssetRefs) -> list[str]:

@@ -41,7 +41,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from sparkle import keys, lease, metrics
+from sparkle import keys, lease, metrics, notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, StageEvent
@@ -251,6 +251,7 @@ class Reaper:
         while not self._stop.wait(interval):
             try:
                 self.run_once()
+                notifications.resume_delivery(self.settings)
                 if self.settings.retention:
                     from sparkle.retention import apply_retention
 

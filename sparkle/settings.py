@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     #: (succeeded, failed, rejected, cancelled) more than 30 days ago, ``30d:final`` only
     #: their intermediate media (see ``sparkle prune``). Unset: nothing is removed.
     retention: str | None = None
+    #: Webhook URLs (comma-separated) that get a signed JSON POST when a run succeeds,
+    #: fails, is cancelled, awaits review or is rejected (:mod:`sparkle.notifications`).
+    webhook_url: str | None = None
+    #: Key of the webhooks' HMAC-SHA256 signature (``X-Sparkle-Signature``); unset means
+    #: unsigned requests.
+    webhook_secret: SecretStr | None = None
+    #: Seconds one webhook request may take.
+    webhook_timeout_sec: float = Field(default=10.0, gt=0)
+    #: First wait, in seconds, before a failed notification is tried again (doubles).
+    webhook_retry_base_sec: float = Field(default=5.0, gt=0)
+    #: Longest wait between two tries of a notification, in seconds.
+    webhook_retry_max_sec: float = Field(default=300.0, gt=0)
+    #: Seconds after which an undelivered notification is given up (7 days).
+    webhook_give_up_sec: float = Field(default=7 * 86400.0, gt=0)
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:
@@ -113,6 +127,15 @@ class Settings(BaseSettings):
             from sparkle.retention import parse_policy
 
             parse_policy(value)  # raises a ValueError naming the problem
+        return value or None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_urls(cls, value: str | None) -> str | None:
+        if value:
+            from sparkle.notifications import webhook_urls
+
+            webhook_urls(value)  # raises a ValueError naming the bad URL
         return value or None
 
     def redis_url_value(self) -> str | None:
