@@ -59,6 +59,12 @@ def retention_guard(namespace: str) -> str:
     return f"{namespace}:retention"
 
 
+def stage_slots(namespace: str, stage: str) -> str:
+    """ZSET holder → expiry (ms, Redis clock) of the executions of ``stage`` running now,
+    for ``SPARKLE_STAGE_CONCURRENCY`` (:mod:`sparkle.stagelimits`)."""
+    return f"{namespace}:slots:{stage}"
+
+
 def delayed_queue_name(stage: str) -> str:
     """dramatiq's delay queue of a stage (messages waiting for their ``eta``: retries)."""
     return f"{queue_name(stage)}.DQ"

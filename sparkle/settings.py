@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     webhook_retry_max_sec: float = Field(default=300.0, gt=0)
     #: Seconds after which an undelivered notification is given up (7 days).
     webhook_give_up_sec: float = Field(default=7 * 86400.0, gt=0)
+    #: Most executions of a stage at once across all workers (GPU pools), e.g.
+    #: ``videos=2,lipsync=1``; stages not named are not limited.
+    stage_concurrency: str | None = None
+    #: About how long, in milliseconds, a message of a limited stage that found every slot
+    #: taken waits before trying again (±50 % at random). Not counted as a retry.
+    stage_concurrency_retry_ms: int = Field(default=500, ge=10, le=600_000)
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:
@@ -136,6 +142,14 @@ class Settings(BaseSettings):
             from sparkle.notifications import webhook_urls
 
             webhook_urls(value)  # raises a ValueError naming the bad URL
+        return value or None
+
+    @field_validator("stage_concurrency")
+    @classmethod
+    def _stage_limits(cls, value: str | None) -> str | None:
+        from sparkle.stagelimits import parse_limits
+
+        parse_limits(value)  # raises a ValueError naming the problem
         return value or None
 
     def redis_url_value(self) -> str | None:
