@@ -174,6 +174,9 @@ class Engine:
             return self._execute(stage, run_id)
         holder = self.stage_limits.try_acquire(stage)
         if holder is None:
+            with self.slots.released():
+                holder = self.stage_limits.wait_for_slot(stage)
+        if holder is None:
             # (not marked again: the pending mark of this message still names the stage)
             self.dispatcher.enqueue(run_id, stage, self.stage_limits.retry_delay_ms())
             self.stage_limits.throttled += 1

@@ -8,11 +8,18 @@ in one Lua call, so two workers never both take the last slot. While its stage r
 holder's slot is renewed every third of its lease (``SPARKLE_LEASE_TTL_SEC``) by a thread
 of the process, so the slot of a worker that died frees itself one lease TTL later.
 
-A message that finds no free slot is sent again with a delay
-(``SPARKLE_STAGE_CONCURRENCY_RETRY_MS``, ±50 % at random) and acknowledged: it is neither
-failed nor counted as a retry, and the worker thread goes on to other messages, so other
-stages keep flowing. Its pending mark (:mod:`sparkle.dispatch`) still names the stage, and
-the reaper counts a delayed message as on its way.
+A message that finds no free slot waits for one, for about
+``SPARKLE_STAGE_CONCURRENCY_RETRY_MS``, looking every 20 ms, if no other thread of its
+process is waiting for that stage already: a freed slot is taken again within
+milliseconds, where a message sent back through dramatiq's delay queue and fetched again
+would leave it unused for a few hundred (measured: total time 1.41 times the ideal schedule
+with that alone, docs/BENCHMARKS.md). Otherwise, or when the wait ends without a slot, it is
+sent again with that delay (±50 % at random) and acknowledged: neither failed nor counted as
+a retry, and the worker thread goes on to other messages, so other stages keep flowing (a
+process with one thread stalls its other stages for at most one wait: give the workers of a
+limited stage two threads or more, or a pool of their own). Its pending mark
+(:mod:`sparkle.dispatch`) still names the stage, and the reaper counts a delayed message as
+on its way.
 
 Why not dramatiq's ``ConcurrentRateLimiter``: its Redis backend counts holders in one
 key whose expiry every acquisition pushes back, so the slot of a worker that died is freed
@@ -27,6 +34,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,6 +44,15 @@ from sparkle import keys, unique
 from sparkle.names import STAGES
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks for a free slot by the thread waiting for one: also the
+#: longest a freed slot stays unused while a message of its stage waits in that process.
+WAIT_POLL_SEC = 0.02
+
+#: How many times ``SPARKLE_STAGE_CONCURRENCY_RETRY_MS`` the waiting thread waits: longer
+#: than the delay of the messages sent back, so that when it gives up, one of them is
+#: usually back to take its place.
+WAIT_FACTOR = 2
 
 #: This host's name, in holder ids (so an operator can see who holds a slot).
 _HOST = socket.gethostname()
@@ -106,6 +123,8 @@ class StageLimits:
         #: Messages this process sent back because their stage had no free slot.
         self.throttled = 0
         self._held: dict[tuple[str, str], None] = {}
+        #: Stages one of this process's threads is waiting for a slot of.
+        self._waiting: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -123,6 +142,26 @@ class StageLimits:
             self._held[(stage, holder)] = None
             self._start_renewals()
         return holder
+
+    def wait_for_slot(self, stage: str) -> str | None:
+        """Take a slot of ``stage`` within :data:`WAIT_FACTOR` times ``retry_ms``, checking every
+        :data:`WAIT_POLL_SEC`: the holder id, or None. Only one thread of the process waits
+        per stage (the others get None at once and send their message back, delayed), so
+        the process's other threads keep working other stages."""
+        with self._lock:
+            if stage in self._waiting:
+                return None
+            self._waiting.add(stage)
+        try:
+            deadline = time.monotonic() + WAIT_FACTOR * self.retry_ms / 1000
+            while True:
+                holder = self.try_acquire(stage)
+                if holder is not None or time.monotonic() >= deadline:
+                    return holder
+                time.sleep(WAIT_POLL_SEC)
+        finally:
+            with self._lock:
+                self._waiting.discard(stage)
 
     def release(self, stage: str, holder: str) -> None:
         """Give the slot back (a failure is logged: the slot then expires by itself)."""
