@@ -7,7 +7,7 @@ all reapers) call :func:`prune`. What it never touches:
   ``rejected``, ``cancelled``): unfinished runs, runs awaiting review and any status a later
   version adds are left alone;
 - a run whose lease is held (a worker is executing a stage of it) or that has a stage
-  message on its way (a resume or a dead-letter replay just sent it);
+  message on its way (a resume or a dead-letter replay sent it since ``older_than``);
 - a run that finished less than ``older_than`` ago (by its state files' modification time).
 
 Every decision is taken again under the run folder's lock (:meth:`Run.locked`) right before
@@ -279,7 +279,7 @@ def _prune_one(run: Run, policy: RetentionPolicy, client: redis.Redis | None, na
         finished_at = last_change(run)
         if finished_at is None or now - finished_at < policy.older_than_sec:
             return SkippedRun(run.run_id, "changed lately")
-        busy = _busy(run.run_id, client, namespace)
+        busy = _busy(run.run_id, client, namespace, now - policy.older_than_sec)
         if busy is not None:
             return SkippedRun(run.run_id, busy)
         if policy.keep_final:
@@ -300,21 +300,32 @@ def _prune_one(run: Run, policy: RetentionPolicy, client: redis.Redis | None, na
             # The lock's file goes with the folder; whoever waits on it finds no run after.
             os.rename(run.dir, trash)
             atomic.fsync_dir(run.dir.parent)
+            if client is not None:  # (a stale pending mark, if any, goes with the run)
+                client.delete(keys.pending(namespace, run.run_id))
             action = PruneAction.removed
     _delete(trash)
     log.info("prune: run %s (%s) %s, %d bytes freed", run.run_id, status, action.value, freed)
     return PrunedRun(run.run_id, status, finished_at, action, freed)
 
 
-def _busy(run_id: str, client: redis.Redis | None, namespace: str) -> str | None:
-    """Why Redis says the run is in use (its lease held, a stage message on its way)."""
+def _busy(run_id: str, client: redis.Redis | None, namespace: str, stale_before: float
+          ) -> str | None:
+    """Why Redis says the run is in use: its lease is held, or a stage message was sent
+    for it since ``stale_before`` (an older pending mark is of a message long lost, as of a
+    run cancelled before its message was taken, then the message flushed)."""
     if client is None:
         return None
     leased, pending = client.mget([keys.lease(namespace, run_id), keys.pending(namespace, run_id)])
     if leased is not None:
         return "leased by a worker"
     if pending is not None:
-        return "a stage message is on its way"
+        text = pending.decode() if isinstance(pending, bytes) else str(pending)
+        try:
+            sent = float(text.partition(" ")[2] or 0)
+        except ValueError:
+            sent = 0.0
+        if sent >= stale_before:
+            return "a stage message is on its way"
     return None
 
 

@@ -134,15 +134,19 @@ def test_a_leased_or_queued_run_is_left_alone():
         plan = load_plan_file(Path(__file__).parents[1] / "data/plans/rooftop.json", 1 << 20)
         leased, _ = store.create(plan, "leased")
         pending, _ = store.create(plan, "pending")
-        for run in (leased, pending):
+        stale, _ = store.create(plan, "stale")
+        for run in (leased, pending, stale):
             run.set_cancelled(True)
         client.set(keys.lease("sparkle", "leased"), "token")
-        client.set(keys.pending("sparkle", "pending"), "images 1.0")
+        client.set(keys.pending("sparkle", "pending"), f"images {LATER - 60:.3f}")
+        # (a mark older than the retention age is of a message lost long ago)
+        client.set(keys.pending("sparkle", "stale"), f"images {LATER - 40 * 86400:.3f}")
         report = prune(store, RetentionPolicy(), client=client, now=LATER)
-        assert report.runs == 0
+        assert [p.run_id for p in report.pruned] == ["stale"]
         assert {(s.run_id, s.reason) for s in report.skipped} == {
             ("leased", "leased by a worker"), ("pending", "a stage message is on its way")}
-        assert leased.exists() and pending.exists()
+        assert leased.exists() and pending.exists() and not stale.dir.exists()
+        assert client.get(keys.pending("sparkle", "stale")) is None
 
 
 def test_status_is_checked_again_under_the_run_lock(pipeline, finished):
