@@ -366,6 +366,43 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
     _redis_errors(body)
 
 
+# -- outbox ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--deliver", is_flag=True, help="Try every notification that is due, now.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@runs_dir_option
+def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
+    """Notifications not yet delivered (SPARKLE_WEBHOOK_URL, sparkle.notifiers plugins).
+
+    Workers and the reaper deliver them by themselves, with backoff; --deliver tries the
+    due ones at once (delivered ones show in `sparkle timeline RUN`).
+    """
+    _configure(runs_dir)
+    from sparkle.notifications import flush, pending_views
+    from sparkle.settings import get_settings
+
+    settings = get_settings()
+    if deliver:
+        for item in flush(settings):
+            note = f": {item.error}" if item.error else ""
+            click.echo(f"{item.outcome:<9} {item.run_id} to {item.target} "
+                       f"(attempt {item.attempts}){note}", err=as_json)
+    views = pending_views(settings)
+    if as_json:
+        click.echo(json.dumps([view.as_dict() for view in views], indent=2))
+        return
+    if not views:
+        click.echo("outbox empty: every notification was delivered")
+        return
+    for view in views:
+        error = f"  last error: {view.last_error}" if view.last_error else ""
+        click.echo(f"{view.event:<20} {view.run_id:<40} to {view.target}  attempts "
+                   f"{view.attempts}, next {_when(view.next_at)}{error}")
+    click.echo(f"{len(views)} pending")
+
+
 def _size(count: int) -> str:
     """``count`` bytes for people: 512 B, 3.4 MB, 1.2 GB."""
     size = float(count)
@@ -377,4 +414,4 @@ def _size(count: int) -> str:
 
 
 #: Commands added to the ``sparkle`` group.
-COMMANDS: list[click.Command] = [redrive, dlq, cancel, timeline, prune]
+COMMANDS: list[click.Command] = [redrive, dlq, cancel, timeline, prune, outbox]

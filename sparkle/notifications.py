@@ -366,6 +366,40 @@ def deliveries(run: Run) -> list[dict[str, Any]]:
     return found
 
 
+@dataclass(frozen=True)
+class PendingView:
+    """A notification waiting in the outbox, as ``sparkle outbox`` shows it."""
+
+    id: str
+    event: str
+    run_id: str
+    #: Scheme, host and port of a webhook, or ``notifier:<name>``.
+    target: str
+    attempts: int
+    #: When it was written and when it is next tried (seconds since the epoch).
+    created_at: float
+    next_at: float
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pending_views(settings: Settings) -> list[PendingView]:
+    """The notifications not yet delivered, oldest first."""
+    views = []
+    for path in Outbox(settings.runs_dir / OUTBOX_DIR, settings).pending():
+        record = _read(path)
+        if record is None:
+            continue
+        data = record.notification
+        views.append(PendingView(str(data.get("id", "?")), str(data.get("event", "?")),
+                                 str(data.get("run_id", "?")), _shown_target(record.target),
+                                 record.attempts, record.created_at, record.next_at,
+                                 record.last_error))
+    return sorted(views, key=lambda view: view.created_at)
+
+
 def backoff(attempts: int, base_sec: float, max_sec: float) -> float:
     """Seconds before the attempt after ``attempts`` failed ones: ``base_sec`` doubling,
     at most ``max_sec``, minus up to a tenth at random (so retries do not stampede)."""

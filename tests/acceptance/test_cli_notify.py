@@ -60,3 +60,37 @@ def test_run_and_cancel_notify_the_receiver(tmp_path, plans_dir, receiver):
     # Then the receiver has a run.cancelled for it
     last = json.loads(receiver.accepted[-1][1])
     assert (last["run_id"], last["status"]) == (queued.run_id, "cancelled")
+
+
+def test_outbox_lists_what_waits_and_delivers_it(tmp_path, plans_dir):
+    # Given a receiver that is down when a run is cancelled
+    from sparkle.plans import load_plan_file
+    from sparkle.runstore import RunStore
+
+    down = Receiver(free_port(), fail_first=0)
+    run, _ = RunStore(tmp_path / "runs").create(
+        load_plan_file(plans_dir / "rooftop.json", 1 << 20))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
+    env = {**clean, "SPARKLE_WEBHOOK_URL": down.url, "SPARKLE_WEBHOOK_RETRY_BASE_SEC": "0.01"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN), *args], cwd=tmp_path, text=True, capture_output=True,
+                              env=env, timeout=120)
+
+    assert cli("cancel", run.run_id).returncode == 0
+    # When I look at the outbox
+    pending = json.loads(cli("outbox", "--json").stdout)
+    # Then the cancellation waits there, with why its first try failed
+    assert [(p["run_id"], p["event"], p["attempts"]) for p in pending] == [
+        (run.run_id, "run.cancelled", 1)]
+    assert "refused" in pending[0]["last_error"] and "/hooks" not in pending[0]["target"]
+    # When the receiver is up and I deliver
+    down.start()
+    try:
+        done = cli("outbox", "--deliver")
+    finally:
+        down.stop()
+    # Then it is delivered and the outbox is empty
+    assert done.returncode == 0, done.stderr
+    assert "delivered" in done.stdout and "outbox empty" in done.stdout
+    assert [json.loads(body)["status"] for _, body in down.accepted] == ["cancelled"]
