@@ -331,7 +331,9 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
     """Remove finished runs (or only their intermediate media) older than a duration.
 
     Never touches a run that is unfinished, awaiting review or held by a worker. Safe to
-    run while workers run and while another prune runs.
+    run while workers run and while another prune runs. A run kept with --keep final no
+    longer has the media its stages handed on: to render it again, `sparkle resume RUN
+    --from script`.
     """
     _configure(runs_dir)
     from sparkle.retention import RetentionError, RetentionPolicy, parse_keep, parse_statuses
