@@ -251,16 +251,27 @@ class Reaper:
         while not self._stop.wait(interval):
             try:
                 self.run_once()
-                notifications.resume_delivery(self.settings)
-                if self.settings.retention:
-                    from sparkle.retention import apply_retention
-
-                    apply_retention(self.store, self.client, self.namespace,
-                                    self.settings.retention, self.embedded)
             except (redis.RedisError, OSError) as exc:
                 log.warning("reaper: pass failed (%s); next one in %.0f s", exc, interval)
             except Exception:
                 log.exception("reaper: unexpected error; next pass in %.0f s", interval)
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        """After each pass: deliver notifications left in the outbox, and apply
+        ``SPARKLE_RETENTION`` (at most once an hour across all reapers). Neither depends on
+        the pass having gone through."""
+        try:
+            notifications.resume_delivery(self.settings)
+            if self.settings.retention:
+                from sparkle.retention import apply_retention
+
+                apply_retention(self.store, self.client, self.namespace,
+                                self.settings.retention, self.embedded)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("reaper: housekeeping failed (%s); next pass tries again", exc)
+        except Exception:
+            log.exception("reaper: unexpected error in housekeeping")
 
 
 def _open_begin(events: list[StageEvent], stage: str) -> tuple[StageEvent | None, bool]:
