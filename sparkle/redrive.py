@@ -43,6 +43,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from sparkle import keys, lease, metrics, notifications
 from sparkle.dispatch import Dispatcher
+from sparkle.runindex import RunIndex
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, StageEvent
 from sparkle.settings import Settings
@@ -135,9 +136,9 @@ class Reaper:
             present = queued_stages(self.broker, self.client, self.namespace,
                                     self.settings.heartbeat_timeout_ms, self._held_since)
             found: list[Redrive] = []
-            # The summary cache skips finished runs without reading their checkpoints;
-            # _inspect looks again, fresh, at the few that may be stuck.
-            for summary in self.store.summaries():
+            # Only the runs the unfinished-run index names (all of them when it is
+            # rebuilt); _inspect looks again, fresh, at the few that may be stuck.
+            for summary in RunIndex(self.client, self.namespace).unfinished(self.store):
                 if summary.status not in (RunStatus.queued, RunStatus.running):
                     continue
                 run = Run(self.store.root, summary.run_id)
