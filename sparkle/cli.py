@@ -368,11 +368,13 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
     """One line per run: id, status, QA decision, stage reached."""
     _settings(runs_dir=runs_dir)
+    from sparkle.runindex import listing
     from sparkle.runstore import RunStore
 
     # summaries() answers from each run's stat-validated summary cache: 10,000 runs in
-    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md).
-    for summary in RunStore(get_settings().runs_dir).summaries():
+    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md); queued or running runs on Redis
+    # come from the unfinished-run index, without reading the finished ones.
+    for summary in listing(RunStore(get_settings().runs_dir), only_status, get_settings()):
         state, decision, next_stage = summary.status.value, summary.qa_decision, summary.next_stage
         if only_status and state != only_status:
             continue

@@ -26,6 +26,7 @@ import redis
 from sparkle import keys
 from sparkle.errors import UnsafePathError
 from sparkle.runstore import Run, RunStatus, RunStore, RunSummary, cached_summary
+from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,21 @@ class RunIndex:
 
     def members(self) -> set[str]:
         return {_text(m) for m in self.client.smembers(self.key)}
+
+
+def listing(store: RunStore, status: str | None, settings: Settings) -> list[RunSummary]:
+    """What ``sparkle runs [--status S]`` lists (the caller filters by status): for
+    ``queued`` or ``running`` with Redis, only the runs the index names; else every run.
+    A Redis that cannot be reached means every run, read from the folders."""
+    url = settings.redis_url_value()
+    if url is None or status not in [s.value for s in UNFINISHED]:
+        return store.summaries()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        return RunIndex(client, settings.namespace).unfinished(store)
+    except redis.RedisError as exc:
+        log.warning("run index unavailable (%s); listing every run folder", exc)
+        return store.summaries()
 
 
 def _text(value: object) -> str:

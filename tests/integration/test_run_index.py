@@ -97,3 +97,22 @@ def test_a_run_resumed_while_the_reaper_looks_stays(world):
     # When the reaper looks, the run is not dropped from the index
     assert ids(index.unfinished(store)) == []
     assert index.members() == {"racing"}
+
+
+def test_runs_listing_of_unfinished_runs_comes_from_the_index(world, redis_server, tmp_path):
+    from sparkle.runindex import listing
+    from sparkle.settings import Settings
+
+    client, dispatcher, store, make = world
+    make("old-finished", cancelled=True)
+    RunIndex(client, "sparkle").unfinished(store)  # (built)
+    run = make("waiting")
+    dispatcher.send(run.run_id, "script")
+    make("never-sent")  # not in the index until its next rebuild
+    settings = Settings(redis_url=redis_server.url, runs_dir=tmp_path / "runs")
+    # `sparkle runs --status queued` on Redis: only what the index names
+    assert ids(listing(store, "queued", settings)) == ["waiting"]
+    # every other listing reads every folder
+    assert ids(listing(store, None, settings)) == ["never-sent", "old-finished", "waiting"]
+    assert ids(listing(store, "queued", Settings(runs_dir=tmp_path / "runs"))) == [
+        "never-sent", "old-finished", "waiting"]
