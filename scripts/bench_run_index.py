@@ -11,7 +11,10 @@ reaper pass (``Reaper.run_once(dry_run=True, older_than=0)``, median of ``--repe
    folder made through the RunStore API, ids replaced);
 3. the same, with the index rebuilt from every folder on each pass (its key deleted
    first): what every pass cost before the index, and what one pass in
-   ``REBUILD_INTERVAL_SEC`` (by one reaper of all) still costs.
+   ``REBUILD_INTERVAL_SEC`` (by one reaper of all) still costs;
+
+and, as child processes, ``sparkle runs --status queued`` (from the index), ``sparkle
+runs`` (every folder) and ``sparkle --version`` (the CLI's start-up alone).
 
 Usage::
 
@@ -21,8 +24,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +44,9 @@ from redis_server import RedisServer  # noqa: E402
 from sparkle import keys  # noqa: E402
 from sparkle.runindex import REBUILD_INTERVAL_SEC  # noqa: E402
 from sparkle.runstore import CHECKPOINTS_DIR, MANIFEST_FILE, RunStore  # noqa: E402
+
+#: The ``sparkle`` command of this virtualenv.
+SPARKLE = str(Path(sys.executable).with_name("sparkle"))
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -102,6 +110,16 @@ def main() -> None:
             engine.store.summaries()  # (their summary caches, as any listing leaves them)
             with_finished = timed(one_pass, args.repeat)
             rebuilding = timed(rebuilding_pass, args.repeat)
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")},
+                   "SPARKLE_REDIS_URL": server.url, "SPARKLE_RUNS_DIR": str(runs_dir)}
+
+            def cli(*argv: str) -> Callable[[], object]:
+                return lambda: subprocess.run([SPARKLE, *argv], env=env, check=True,
+                                              capture_output=True, timeout=600)
+
+            startup = timed(cli("--version"), args.repeat)
+            running = timed(cli("runs", "--status", "queued"), args.repeat)
+            everything = timed(cli("runs"), args.repeat)
         finally:
             server.stop()
     passes = REBUILD_INTERVAL_SEC / engine.settings.reaper_interval_sec
@@ -113,6 +131,9 @@ def main() -> None:
     print(f"  rebuilding the index every pass:  {rebuilding * 1000:8.1f} ms  "
           f"(ratio {rebuilding / only_active:.2f}; the cost of every pass before the index; "
           f"now one pass in {passes:.0f}, by one reaper of all)")
+    print(f"`sparkle runs --status queued` (child process): {running * 1000:.0f} ms; "
+          f"`sparkle runs` (all {args.active + args.finished}): {everything * 1000:.0f} ms; "
+          f"`sparkle --version` (start-up alone): {startup * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
