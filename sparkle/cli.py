@@ -191,6 +191,9 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
     result = work_in_foreground(the_run, broker, engine.dispatcher,
                                 engine.settings.namespace, threads,
                                 from_stage=from_stage, only=only)
+    from sparkle.notifications import flush
+
+    flush(engine.settings)  # (the process ends next: deliver the run's notification now)
     refs = the_run.asset_refs()
     if result.status.value == "succeeded":
         movie = refs.extras.get("final_movie")
@@ -373,11 +376,13 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
     """One line per run: id, status, QA decision, stage reached."""
     _settings(runs_dir=runs_dir)
+    from sparkle.runindex import listing
     from sparkle.runstore import RunStore
 
     # summaries() answers from each run's stat-validated summary cache: 10,000 runs in
-    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md).
-    for summary in RunStore(get_settings().runs_dir).summaries():
+    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md); queued or running runs on Redis
+    # come from the unfinished-run index, without reading the finished ones.
+    for summary in listing(RunStore(get_settings().runs_dir), only_status, get_settings()):
         state, decision, next_stage = summary.status.value, summary.qa_decision, summary.next_stage
         if only_status and state != only_status:
             continue

@@ -52,9 +52,14 @@ class Dispatcher:
         return self.enqueue(run_id, stage, delay_ms)
 
     def mark(self, run_id: str, stage: str) -> None:
-        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it)."""
+        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it),
+        and put the run in the unfinished-run index (:mod:`sparkle.runindex`), in one
+        round trip."""
         _, key, value = self.mark_command(run_id, stage)
-        self.client.set(key, value)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, value)
+        pipe.sadd(keys.unfinished_runs(self.namespace), run_id)
+        pipe.execute()
 
     def mark_command(self, run_id: str, stage: str) -> Command:
         """The command of :meth:`mark`, to send with others in one round trip."""

@@ -37,7 +37,7 @@ import tenacity
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, metrics
+from sparkle import atomic, metrics, notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
@@ -47,6 +47,7 @@ from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
 from sparkle.slots import Slots
+from sparkle.stagelimits import StageLimits, parse_limits
 from sparkle.stages import Adapter, normalize_result
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class Outcome(enum.StrEnum):
     #: A copy of a message sent before the stage failed (a crashed worker's message that
     #: dramatiq redelivered late); nothing ran.
     stale = "stale"
+    #: Every cluster-wide slot of the stage was taken (``SPARKLE_STAGE_CONCURRENCY``); the
+    #: message was sent again with a delay.
+    throttled = "throttled"
 
 
 class _Transient(Exception):
@@ -140,9 +144,14 @@ class Engine:
     sleep: Callable[[float], None] = time.sleep
     #: The threads of this process doing bookkeeping at once (:mod:`sparkle.slots`).
     slots: Slots = field(init=False, repr=False)
+    #: Cluster-wide limits of executions per stage (:mod:`sparkle.stagelimits`).
+    stage_limits: StageLimits = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.settings.bookkeeping_threads)
+        self.stage_limits = StageLimits(
+            self.client, self.settings.namespace, parse_limits(self.settings.stage_concurrency),
+            self.settings.lease_ttl_sec, self.settings.stage_concurrency_retry_ms)
 
     def execute(self, stage: str, run_id: str) -> Outcome:
         """Handle one message for ``stage`` of ``run_id``.
@@ -153,12 +162,30 @@ class Engine:
         # The bookkeeping holds one of the process's few slots; the adapter runs outside.
         with log_context(run_id, stage), self.slots.held():
             try:
-                outcome = self._execute(stage, run_id)
+                outcome = self._execute_within_limit(stage, run_id)
             except StageFailed:
                 metrics.message_handled(stage, "failed")
                 raise
             metrics.message_handled(stage, outcome.value)
             return outcome
+
+    def _execute_within_limit(self, stage: str, run_id: str) -> Outcome:
+        """:meth:`_execute` holding one of the stage's cluster-wide slots, when the stage
+        is limited; without a free slot the message goes back, delayed (not a retry)."""
+        if not self.stage_limits.limited(stage):
+            return self._execute(stage, run_id)
+        holder = self.stage_limits.try_acquire(stage)
+        if holder is None:
+            with self.slots.released():
+                holder = self.stage_limits.wait_for_slot(stage)
+        if holder is None:
+            # (not marked again: the pending mark of this message still names the stage)
+            self.dispatcher.enqueue(run_id, stage, self.stage_limits.retry_delay_ms())
+            self.stage_limits.throttled += 1
+            log.debug("run %s stage %s: every slot taken; trying again later", run_id, stage)
+            return Outcome.throttled
+        with self.stage_limits.slot(stage, holder):
+            return self._execute(stage, run_id)
 
     def _execute(self, stage: str, run_id: str) -> Outcome:
         run = Run(self.store.root, run_id)
@@ -232,7 +259,10 @@ class Engine:
                                  event=True, reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         self._run_attempts(run, stage, lease, state.attempts(stage))
-        return Outcome.succeeded, self._after_success(run, stage, state)
+        follow_up = self._after_success(run, stage, state)
+        if follow_up is None and stage == STAGES[-1] and not run.cancelled:
+            notifications.run_ended(run, self.settings, "succeeded")
+        return Outcome.succeeded, follow_up
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way.
@@ -400,6 +430,7 @@ class Engine:
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
+        notifications.run_ended(run, self.settings, "failed", error=f"{stage}: {message}")
 
 
 def _local_paths(refs: AssetRefs) -> list[str]:
