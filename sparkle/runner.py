@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import dramatiq
@@ -21,6 +22,7 @@ from sparkle import lease
 from sparkle.dispatch import Dispatcher
 from sparkle.engine import reset_stages
 from sparkle.errors import ConfigError
+from sparkle.infrastructure import InfrastructureError
 from sparkle.runstore import Run, RunStatus
 from sparkle.schemas import STAGES
 from sparkle.stages import check_stage
@@ -64,6 +66,9 @@ class RunResult:
 
     status: RunStatus
     elapsed_sec: float
+    #: Set when the run stopped because its storage failed (a full disk): the run is not
+    #: at rest, it waits for the cause to go away and a resume.
+    infrastructure: InfrastructureError | None = None
 
 
 def is_at_rest(run: Run, dispatcher: Dispatcher, namespace: str) -> bool:
@@ -82,12 +87,19 @@ def work_in_foreground(
     namespace: str,
     threads: int = 2,
     console: Console | None = None,
+    failures: MutableMapping[str, InfrastructureError] | None = None,
 ) -> RunResult:
-    """Send the run's first unfinished stage and work the chain here until it rests."""
+    """Send the run's first unfinished stage and work the chain here until it rests, or
+    until the engine reports an infrastructure failure of the run in ``failures`` (its
+    :attr:`~sparkle.engine.Engine.infrastructure_failures`): a full disk stops the run at
+    once instead of leaving it retrying in silence."""
     console = console or Console(stderr=True)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     started = time.monotonic()
+    failure: InfrastructureError | None = None
+    if failures is not None:
+        failures.pop(run.run_id, None)  # (one from before this run is no news)
     try:
         if run.cancelled:
             run.set_cancelled(False)
@@ -100,11 +112,14 @@ def work_in_foreground(
             while rested < 2:
                 time.sleep(POLL_SEC)
                 display.update()
+                failure = failures.get(run.run_id) if failures is not None else None
+                if failure is not None:
+                    break
                 rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
             display.update()
     finally:
         worker.stop()
-    return RunResult(run.status(), time.monotonic() - started)
+    return RunResult(run.status(), time.monotonic() - started, failure)
 
 
 class _Display:
