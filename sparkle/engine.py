@@ -238,7 +238,7 @@ class Engine:
         message = CurrentMessage.get_current_message()
         before = int(message.options.get(INFRA_FAILURES_OPTION, 0)) if message else 0
         delay = min(INFRA_RETRY_MAX_SEC, INFRA_RETRY_MIN_SEC * 2 ** min(before, 30))
-        log.error("run %s stage %s: %s; %s, trying again in %.0f s (no attempt counted)",
+        log.error("run %s stage %s: %s; %s, trying again in %.1f s (no attempt counted)",
                   run.run_id, stage, failure, failure.advice, delay)
         metrics.stage_failed(stage, "infrastructure")
         return int(delay * 1000), {INFRA_FAILURES_OPTION: before + 1}
@@ -403,6 +403,13 @@ class Engine:
         except Interrupt:
             raise
         except Exception as exc:
+            if _in_run_storage(run, exc):
+                # The adapter met the run folder's disk full (or read-only, or failing):
+                # the same infrastructure failure as the engine's own writes, not the stage's.
+                _fence(run, lease, f"attempt {attempt} held back")
+                failure = _as_infrastructure(exc)  # type: ignore[arg-type]
+                _record_held_back(run, stage, attempt, failure, started)
+                raise failure from exc
             duration = round(time.monotonic() - started, 3)
             transient = adapter.is_transient(exc)
             log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
@@ -470,6 +477,15 @@ class Engine:
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
+
+
+def _in_run_storage(run: Run, exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError of the storage (:mod:`sparkle.infrastructure`) naming a
+    file inside the run folder."""
+    if not (isinstance(exc, OSError) and is_infrastructure(exc)) or exc.filename is None:
+        return False
+    name = os.path.abspath(os.fsdecode(exc.filename))
+    return name.startswith(os.path.abspath(run.dir) + os.sep)
 
 
 def _as_infrastructure(exc: OSError) -> InfrastructureError:

@@ -21,7 +21,7 @@ FULL_MARKER = ".disk-full"
 #: ``os.write`` to a checkpoint under ``$SPARKLE_TEST_FULL_DIR`` raises ENOSPC while
 #: ``$SPARKLE_TEST_FULL_DIR/.disk-full`` exists. (Checkpoints only: the run folder itself
 #: can still be made, as on a disk with a few KB left.)
-ENOSPC_DOUBLE = f"""
+ENOSPC_DOUBLE_SETUP = f"""
 import errno, os, sys
 _full = os.environ["SPARKLE_TEST_FULL_DIR"]
 _write = os.write
@@ -35,9 +35,21 @@ def write(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return _write(fd, data)
 os.write = write
+"""
+
+#: :data:`ENOSPC_DOUBLE_SETUP`, then the ``sparkle`` command line (arguments after ``-c``).
+ENOSPC_DOUBLE = ENOSPC_DOUBLE_SETUP + """
 from sparkle.cli import main
 sys.argv[0] = "sparkle"
 main()
+"""
+
+#: :data:`ENOSPC_DOUBLE_SETUP`, then the ``dramatiq`` command line (its worker processes are
+#: forked, so they inherit the double).
+ENOSPC_DOUBLE_DRAMATIQ = ENOSPC_DOUBLE_SETUP + """
+from dramatiq.cli import main
+sys.argv[0] = "dramatiq"
+sys.exit(main())
 """
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 
 from sparkle import atomic
 from sparkle.errors import PermanentStageError, TransientStageError
+from sparkle.infrastructure import naming
 from sparkle.schemas import AssetRefs, MoviePlan, QAReport, QAShotReport
 
 #: Keyframe size in pixels.
@@ -78,9 +79,11 @@ def _inject_fault(stage: str, plan: MoviePlan, run_dir: Path) -> None:
 
 def _trace(run_dir: Path, record: dict[str, Any]) -> None:
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(run_dir / TRACE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    path = run_dir / TRACE_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)  # one write on O_APPEND: lines from processes never interleave
+        with naming(path):  # (a full disk: say which file)
+            os.write(fd, line)  # one write on O_APPEND: lines from processes never interleave
     finally:
         os.close(fd)
 
