@@ -240,7 +240,7 @@ class Engine:
         delay = min(INFRA_RETRY_MAX_SEC, INFRA_RETRY_MIN_SEC * 2 ** min(before, 30))
         log.error("run %s stage %s: %s; %s, trying again in %.1f s (no attempt counted)",
                   run.run_id, stage, failure, failure.advice, delay)
-        metrics.stage_failed(stage, "infrastructure")
+        # (counted by the messages metric, outcome "infrastructure": not a failure for good)
         return int(delay * 1000), {INFRA_FAILURES_OPTION: before + 1}
 
     # -- inside the lease --------------------------------------------------------------
@@ -403,11 +403,12 @@ class Engine:
         except Interrupt:
             raise
         except Exception as exc:
-            if _in_run_storage(run, exc):
+            storage = _run_storage_error(run, exc)
+            if storage is not None:
                 # The adapter met the run folder's disk full (or read-only, or failing):
                 # the same infrastructure failure as the engine's own writes, not the stage's.
                 _fence(run, lease, f"attempt {attempt} held back")
-                failure = _as_infrastructure(exc)  # type: ignore[arg-type]
+                failure = _as_infrastructure(storage)
                 _record_held_back(run, stage, attempt, failure, started)
                 raise failure from exc
             duration = round(time.monotonic() - started, 3)
@@ -479,13 +480,21 @@ class Engine:
         metrics.stage_failed(stage, reason)
 
 
-def _in_run_storage(run: Run, exc: BaseException) -> bool:
-    """Whether ``exc`` is an OSError of the storage (:mod:`sparkle.infrastructure`) naming a
-    file inside the run folder."""
-    if not (isinstance(exc, OSError) and is_infrastructure(exc)) or exc.filename is None:
-        return False
-    name = os.path.abspath(os.fsdecode(exc.filename))
-    return name.startswith(os.path.abspath(run.dir) + os.sep)
+def _run_storage_error(run: Run, exc: BaseException) -> OSError | None:
+    """The OSError of the storage (:mod:`sparkle.infrastructure`) naming a file inside the
+    run folder that ``exc`` is, or was raised from (``raise ... from``: an adapter may wrap
+    it in its own error); None when there is none."""
+    inside = os.path.abspath(run.dir) + os.sep
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and is_infrastructure(current) \
+                and current.filename is not None \
+                and os.path.abspath(os.fsdecode(current.filename)).startswith(inside):
+            return current
+        current = current.__cause__
+    return None
 
 
 def _as_infrastructure(exc: OSError) -> InfrastructureError:
