@@ -7,10 +7,15 @@ seconds with psutil, noting which stage was running (from the manifest's last ``
 Also reports the kernel's own peak for the largest process (``ru_maxrss`` of the children),
 which no sampling can miss. Prints a Markdown table for ``docs/BENCHMARKS.md``.
 
+With ``--before REF`` each length is also rendered with the ``assemble`` and ``qa`` of the
+test adapters as they were at git revision REF (through ``SPARKLE_ADAPTER_ASSEMBLE``/``_QA``),
+so the baseline is measured in the same run, on the same machine.
+
 Usage::
 
     .venv/bin/python scripts/bench_memory.py                 # 2,000 shots, test adapters
     .venv/bin/python scripts/bench_memory.py --shots 200 --shots 2000   # growth with length
+    .venv/bin/python scripts/bench_memory.py --before 298cf16   # and the old assemble/qa
 """
 
 from __future__ import annotations
@@ -85,13 +90,14 @@ def running_stage(manifest: Path) -> str | None:
     return None
 
 
-def measure(shots: int, adapters: str, every: float, folder: Path) -> dict[str, object]:
+def measure(shots: int, adapters: str, every: float, folder: Path,
+            extra_env: dict[str, str] | None = None, label: str = "") -> dict[str, object]:
     """Render a plan of ``shots`` shots; return peaks (bytes) overall and per stage."""
     plan_path = folder / f"plan-{shots}.json"
     plan_path.write_text(json.dumps(long_plan(shots)))
-    runs = folder / f"runs-{shots}"
-    env = {**os.environ, "SPARKLE_MAX_PLAN_BYTES": str(64 << 20)}
-    log = folder / f"run-{shots}.log"
+    runs = folder / f"runs-{shots}{label}"
+    env = {**os.environ, "SPARKLE_MAX_PLAN_BYTES": str(64 << 20), **(extra_env or {})}
+    log = folder / f"run-{shots}{label}.log"
     started = time.monotonic()
     with open(log, "wb") as out:
         child = subprocess.Popen([str(SPARKLE), "run", str(plan_path), "--adapters", adapters,
@@ -104,8 +110,10 @@ def measure(shots: int, adapters: str, every: float, folder: Path) -> dict[str, 
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         if pid:
             break
-        if manifest is None:
-            found = list(runs.glob("*/manifest.jsonl")) if runs.is_dir() else []
+        if manifest is None or not manifest.exists():
+            # (not the hidden folder a run is built in before it is renamed into place)
+            found = [p for p in runs.glob("*/manifest.jsonl") if not p.parent.name.startswith(".")
+                     ] if runs.is_dir() else []
             manifest = found[0] if found else None
         stage = (running_stage(manifest) if manifest else None) or "setup"
         try:
@@ -120,7 +128,7 @@ def measure(shots: int, adapters: str, every: float, folder: Path) -> dict[str, 
     elapsed = time.monotonic() - started
     run_dir = next(runs.iterdir())
     sizes = {p.name: p.stat().st_size for p in (run_dir / "final").iterdir()}
-    return {"shots": shots, "seconds": elapsed, "peaks": peaks,
+    return {"shots": f"{shots}{label}", "seconds": elapsed, "peaks": peaks,
             "maxrss": usage.ru_maxrss * 1024, "final_files": sizes}
 
 
@@ -135,10 +143,24 @@ def main() -> None:
     parser.add_argument("--adapters", default="test", help="adapter set (default: test)")
     parser.add_argument("--every", type=float, default=0.05,
                         help="seconds between samples (default 0.05)")
+    parser.add_argument("--before", metavar="REF",
+                        help="also measure the test set's assemble and qa of git revision REF")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="sparkle-mem-") as tmp:
+        before_env = None
+        if args.before:
+            old = subprocess.run(["git", "show", f"{args.before}:sparkle/adapters/testing.py"],
+                                 cwd=Path(__file__).resolve().parent.parent, check=True,
+                                 capture_output=True).stdout
+            (Path(tmp) / "testing_before.py").write_bytes(old)
+            before_env = {"PYTHONPATH": tmp,
+                          "SPARKLE_ADAPTER_ASSEMBLE": "testing_before:fixed_assemble",
+                          "SPARKLE_ADAPTER_QA": "testing_before:fixed_qa"}
         for shots in args.shots or [2000]:
+            if before_env is not None:
+                results.append(measure(shots, args.adapters, args.every, Path(tmp), before_env,
+                                       f" ({args.before})"))
             results.append(measure(shots, args.adapters, args.every, Path(tmp)))
     stages = ["setup", "script", "images", "videos", "tts", "lipsync", "assemble", "qa"]
     print(f"adapters: {args.adapters}; peak resident memory of the `sparkle run` process "
