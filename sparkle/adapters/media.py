@@ -168,12 +168,32 @@ def exit_meaning(returncode: int, args: Sequence[str] = ()) -> str | None:
     if code is None:
         return None
     text = f"{os.strerror(code)} ({errno.errorcode[code]}, exit {returncode})"
-    target = args[-1] if args else ""
-    if code in _DISK_ERRNOS and target and target != "-" and ":" not in target[:2]:
+    target = _output_file(args)
+    if code in _DISK_ERRNOS and target is not None:
         from sparkle.infrastructure import describe_file_system
 
         text += f" writing {target} on {describe_file_system(target)}"
     return text
+
+
+def _disk_cause(returncode: int, args: Sequence[str]) -> OSError | None:
+    """The OSError a disk failure of ffmpeg stands for, naming the file it was writing (its
+    last argument), or None. Raised as the cause of the ffmpeg error, it lets the engine
+    see the run folder's disk failing (:mod:`sparkle.infrastructure`) through the adapter."""
+    code = exit_errno(returncode)
+    target = _output_file(args)
+    if code not in _DISK_ERRNOS or target is None:
+        return None
+    return OSError(code, os.strerror(code), target)
+
+
+def _output_file(args: Sequence[str]) -> str | None:
+    """The file an ffmpeg command writes: its last argument, unless that is ``-`` (a pipe)
+    or a URL such as ``pipe:1``."""
+    target = args[-1] if args else ""
+    if not target or target == "-" or re.match(r"[a-z]+:", target):
+        return None
+    return target
 
 
 def _tail(stderr: str) -> str:
@@ -232,11 +252,12 @@ def run_ffmpeg(
         # (said first: the last lines of stderr are often an encoder's statistics, and the
         # one line saying "No space left on device" lies above them)
         kind = FFmpegResourceError if resource else FFmpegError
-        raise kind(
+        error = kind(
             f"ffmpeg failed: {meaning} while {doing}\ncommand: {shlex.join(command)}\n{tail}",
             command,
             tail,
         )
+        raise error from _disk_cause(proc.returncode, args)
     if proc.returncode < 0 or any(phrase in stderr for phrase in _TRANSIENT_STDERR):
         cause = (
             f"killed by signal {-proc.returncode}"

@@ -6,6 +6,7 @@ test double of :mod:`full_disk` (the test prints which).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -127,6 +128,11 @@ def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
         first = str(caught.value).splitlines()[0]
         assert "No space left on device (ENOSPC, exit 228)" in first
         assert f"on the file system mounted at {disk} (tmpfs" in first
+        # And it is raised from the OSError it stands for, naming the file: through it the
+        # engine holds the stage back instead of failing it
+        cause = caught.value.__cause__
+        assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+        assert str(cause.filename).startswith(str(disk))
 
 
 def _disk_full_once(run_dir_of_call: list[Path]):  # type: ignore[no-untyped-def]
