@@ -38,7 +38,12 @@ from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 from sparkle import atomic, metrics
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
-from sparkle.infrastructure import InfrastructureError, bookkeeping, is_infrastructure
+from sparkle.infrastructure import (
+    InfrastructureError,
+    bookkeeping,
+    from_os_error,
+    is_infrastructure,
+)
 from sparkle.lease import Lease
 from sparkle.lease import holder as lease_holder
 from sparkle.logs import log_context
@@ -225,15 +230,15 @@ class Engine:
 
     def _held_back(self, run: Run, stage: str, exc: OSError | InfrastructureError
                    ) -> tuple[int, dict[str, Any]]:
-        """An infrastructure failure met while working ``stage``: remember it, log it once,
-        and return the delay (ms) and options of the message that tries the stage again.
+        """An infrastructure failure met while working ``stage``: remember it, log it, and
+        return the delay (ms) and options of the message that tries the stage again.
 
         Nothing is counted against the stage: no attempt is used up (the adapter did not
         fail) and the crash-loop count is not raised when the attempt's ``fail`` event
         could be written. The delay doubles with each failure in a row (carried by the
         message, whichever worker takes it).
         """
-        failure = exc if isinstance(exc, InfrastructureError) else _as_infrastructure(exc)
+        failure = exc if isinstance(exc, InfrastructureError) else from_os_error(exc)
         self.infrastructure_failures[run.run_id] = failure
         message = CurrentMessage.get_current_message()
         before = int(message.options.get(INFRA_FAILURES_OPTION, 0)) if message else 0
@@ -408,7 +413,7 @@ class Engine:
                 # The adapter met the run folder's disk full (or read-only, or failing):
                 # the same infrastructure failure as the engine's own writes, not the stage's.
                 _fence(run, lease, f"attempt {attempt} held back")
-                failure = _as_infrastructure(storage)
+                failure = from_os_error(storage)
                 _record_held_back(run, stage, attempt, failure, started)
                 raise failure from exc
             duration = round(time.monotonic() - started, 3)
@@ -424,7 +429,7 @@ class Engine:
                     raise
                 # (the adapter's own error is probably the same full disk: it is not held
                 # against the stage, and it is the more telling cause)
-                failure = _as_infrastructure(record_exc)
+                failure = from_os_error(record_exc)
                 log.warning("run %s stage %s: attempt %d failed (%s) and its failure cannot "
                             "be recorded: %s", run.run_id, stage, attempt, error_text(exc),
                             failure)
@@ -450,7 +455,7 @@ class Engine:
         except OSError as exc:
             if not is_infrastructure(exc):
                 raise
-            failure = _as_infrastructure(exc)
+            failure = from_os_error(exc)
             if not checkpointed:  # (else the stage is done: its checkpoint says so)
                 _record_held_back(run, stage, attempt, failure, started)
             raise failure from exc
@@ -495,12 +500,6 @@ def _run_storage_error(run: Run, exc: BaseException) -> OSError | None:
             return current
         current = current.__cause__
     return None
-
-
-def _as_infrastructure(exc: OSError) -> InfrastructureError:
-    from sparkle.infrastructure import from_os_error
-
-    return from_os_error(exc)
 
 
 def _record_held_back(run: Run, stage: str, attempt: int, failure: InfrastructureError,

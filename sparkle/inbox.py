@@ -76,6 +76,7 @@ from watchdog.observers.polling import PollingObserver
 
 from sparkle import atomic, metrics
 from sparkle.errors import PlanError, Problem, RunConflictError
+from sparkle.infrastructure import InfrastructureError
 from sparkle.logs import printable
 from sparkle.plans import load_plan_file
 from sparkle.runstore import Run, RunStore
@@ -942,7 +943,7 @@ class Inbox:
             where = "metadata.run_id" if "run_id" in plan.metadata else ""
             self._reject(claimed, name, [Problem(where, str(exc))], received_at)
             return
-        except OSError as exc:
+        except (OSError, InfrastructureError) as exc:  # (a full or read-only runs folder)
             raise _InfraError(exc, created_before) from exc
         created = created or created_before
         if skip_enqueue:

@@ -113,3 +113,34 @@ def test_file_names_are_logged_with_control_characters_escaped(
     assert any(line.startswith(f"inbox: {shown} rejected: ") for line in lines), lines
     for line in lines:
         assert not any(ord(c) < 0x20 or c == "\u202e" for c in line), repr(line)
+
+
+def test_a_full_runs_folder_holds_the_plan_instead_of_rejecting_it(
+        inbox: Inbox, monkeypatch: pytest.MonkeyPatch):
+    """A run folder that cannot be made (a full disk: here a test double of os.write raising
+    ENOSPC) is an infrastructure problem: the plan waits in .claimed/ and becomes a run once
+    there is room; it is never rejected."""
+    import errno
+    import os
+    import threading
+
+    full = threading.Event()
+    full.set()
+    write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    # When a valid plan is dropped while the runs folder's disk is full
+    (inbox.dir / "plan.json").write_bytes(PLAN.read_bytes())
+    # Then it is held and retried, not rejected
+    wait_until(lambda: inbox.retried >= 2)
+    assert inbox.rejected == 0 and inbox.processed == 0
+    # When there is room again, then it becomes a run
+    full.clear()
+    wait_until(lambda: inbox.processed == 1)
+    assert inbox.rejected == 0
+    assert (inbox.processed_dir / "plan.json").exists()
