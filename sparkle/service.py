@@ -89,7 +89,8 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
 
     Raises:
       InfrastructureError: the inbox or the runs folder cannot be written (a read-only
-        file system, no permission, a full disk); nothing was started.
+        file system, no permission, a failing disk); nothing was started. (A full disk is
+        no reason not to start: runs wait for room, see :mod:`sparkle.infrastructure`.)
     """
     stop = stop or threading.Event()
     if inbox_dir is not None:

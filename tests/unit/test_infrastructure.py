@@ -5,6 +5,7 @@ that is made whole or not at all; ffmpeg exit codes that carry an errno; short e
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from sparkle.infrastructure import (
 )
 from sparkle.plans import load_plan_file
 from sparkle.runstore import RunStore
-from sparkle.statuscache import STATUS_ERROR_CHARS, first_line
+from sparkle.statuscache import STATUS_ERROR_CHARS, first_line, render_json, render_text
 
 PLANS = Path(__file__).parents[1] / "data" / "plans"
 
@@ -199,3 +200,12 @@ def test_status_shows_the_first_line_of_a_long_error():
     # A long line is cut
     shown = first_line("x" * 1000)
     assert shown.startswith("x" * (STATUS_ERROR_CHARS - 1) + "… (whole error")
+    # And the status view shows it on the stage's line, the JSON view all of it
+    view = {"run_id": "r1", "status": "failed", "qa_decision": None, "final_movie": None,
+            "stages": [{"stage": "videos", "status": "failed", "attempt": 3,
+                        "duration_sec": None, "error": error}]}
+    text = render_text(view)
+    assert text.splitlines()[1].endswith("No space left on device (whole error: --json or "
+                                         "`sparkle timeline`)")
+    assert len(text.splitlines()) == 2
+    assert json.loads(render_json(view))["stages"][0]["error"] == error
