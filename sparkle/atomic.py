@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sparkle import slots, unique
+from sparkle.infrastructure import naming
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +142,24 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     folder = folder or "."
     # Not mkstemp: it makes 0600 files. State files follow the umask like the media beside
     # them, so a team sharing a runs folder by group permissions can read checkpoints.
-    tmp, fd = _create_temp(folder, name)
-    try:
+    # (an error of os.write or os.fsync names no file: the one being written is named)
+    with naming(path):
+        tmp, fd = _create_temp(folder, name)
         try:
-            write_all(fd, data)
-            if durable:
-                with slots.waiting_on_disk():
-                    os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(folder)
+            try:
+                write_all(fd, data)
+                if durable:
+                    with slots.waiting_on_disk():
+                        os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if durable:
+            fsync_dir(folder)
 
 
 def _create_temp(folder: str, name: str) -> tuple[str, int]:

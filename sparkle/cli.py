@@ -1,7 +1,9 @@
 """The ``sparkle`` command line.
 
 Exit codes: 0 success; 1 a stage failed (the message says how to resume); 2 bad input or
-configuration (the message names the file, the field and what to do).
+configuration (the message names the file, the field and what to do); 3 an infrastructure
+failure: the storage under the runs folder or the inbox failed (full, read-only, I/O error;
+the message names the path, the cause and the file system, and how to go on).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ EXIT_FAILED = 1
 
 #: Exit code of invalid input or configuration.
 EXIT_USAGE = 2
+
+#: Exit code of an infrastructure failure (:mod:`sparkle.infrastructure`): a full disk, a
+#: read-only folder, an I/O error under Sparkle's own files. Nothing is wrong with the plan
+#: or the stages; the run (if one was made) resumes once the cause is gone.
+EXIT_INFRASTRUCTURE = 3
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -82,10 +89,19 @@ def _guard(fn: Callable[[], int | None]) -> None:
     into messages and exit codes."""
     import redis
 
+    from sparkle.infrastructure import InfrastructureError, from_os_error, is_infrastructure
+
     try:
         code = fn()
     except redis.RedisError as exc:
         fail(redis_unreachable(exc), EXIT_FAILED)
+    except InfrastructureError as exc:
+        fail(f"{exc}; {exc.advice}", EXIT_INFRASTRUCTURE)
+    except OSError as exc:
+        if not is_infrastructure(exc):
+            raise
+        failure = from_os_error(exc)
+        fail(f"{failure}; {failure.advice}", EXIT_INFRASTRUCTURE)
     except PlanError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_USAGE)
@@ -151,7 +167,9 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
 
     Uses the same actors and engine as the distributed mode, with an in-process worker
     (against Redis too when SPARKLE_REDIS_URL is set). Exit 0 on success, 1 when a stage
-    failed (the command to resume is printed), 2 for an invalid plan.
+    failed (the command to resume is printed), 2 for an invalid plan, 3 when the storage
+    failed (a full disk, a read-only folder: the path and the cause are printed, and the
+    command to resume once it is fixed).
 
     Embedded, one process at a time works a run: when another one (a second `sparkle run`
     of the same plan, a `sparkle serve`) is working it, this one names it (pid, host,
@@ -190,10 +208,17 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
     # working it is followed to its end first)
     result = work_in_foreground(the_run, broker, engine.dispatcher,
                                 engine.settings.namespace, threads,
-                                from_stage=from_stage, only=only)
+                                from_stage=from_stage, only=only,
+                                failures=engine.infrastructure_failures)
     from sparkle.notifications import flush
 
     flush(engine.settings)  # (the process ends next: deliver the run's notification now)
+    if result.infrastructure is not None:
+        failure = result.infrastructure
+        click.echo(f"error: {failure}", err=True)
+        click.echo(f"{failure.advice}, then resume with: {_resume_command(the_run.run_id)}",
+                   err=True)
+        return EXIT_INFRASTRUCTURE
     refs = the_run.asset_refs()
     if result.status.value == "succeeded":
         movie = refs.extras.get("final_movie")
@@ -413,7 +438,7 @@ def watch(inbox: Path | None, poll: bool) -> None:
     if settings.redis_url is None:
         fail("`sparkle watch` feeds workers through Redis and needs SPARKLE_REDIS_URL; "
              "without a server use `sparkle serve`, which also does the work")
-    run_service(settings, inbox, poll, threads=0, workers=False)
+    _guard(lambda: run_service(settings, inbox, poll, threads=0, workers=False))
 
 
 @main.command()

@@ -70,10 +70,12 @@ def _when(timestamp: float) -> str:
 
 
 def _redis_errors(fn: Any) -> None:
-    """Run ``fn``; a Redis that cannot be reached is a message, not a traceback."""
+    """Run ``fn``; a Redis that cannot be reached, or a runs folder that cannot be written
+    (exit 3, see :mod:`sparkle.infrastructure`), is a message, not a traceback."""
     import redis
 
     from sparkle.errors import SparkleError
+    from sparkle.infrastructure import InfrastructureError, from_os_error, is_infrastructure
 
     try:
         fn()
@@ -81,6 +83,13 @@ def _redis_errors(fn: Any) -> None:
         from sparkle.cli import redis_unreachable
 
         _fail(redis_unreachable(exc), 1)
+    except InfrastructureError as exc:
+        _fail(f"{exc}; {exc.advice}", 3)
+    except OSError as exc:
+        if not is_infrastructure(exc):
+            raise
+        failure = from_os_error(exc)
+        _fail(f"{failure}; {failure.advice}", 3)
     except SparkleError as exc:
         _fail(str(exc))
 

@@ -41,7 +41,8 @@ class Dispatcher:
         self.namespace = namespace
 
     def send(
-        self, run_id: str, stage: str, delay_ms: int | None = None
+        self, run_id: str, stage: str, delay_ms: int | None = None,
+        options: dict[str, Any] | None = None,
     ) -> dramatiq.Message[Any]:
         """Enqueue ``stage`` of ``run_id`` and mark it pending.
 
@@ -49,7 +50,7 @@ class Dispatcher:
         always finds a mark to clear. Raises the broker's connection errors.
         """
         self.mark(run_id, stage)
-        return self.enqueue(run_id, stage, delay_ms)
+        return self.enqueue(run_id, stage, delay_ms, options)
 
     def mark(self, run_id: str, stage: str) -> None:
         """Record that ``stage`` of ``run_id`` has a message on its way (before sending it),
@@ -66,15 +67,18 @@ class Dispatcher:
         return ("SET", keys.pending(self.namespace, run_id), f"{stage} {time.time():.3f}")
 
     def enqueue(
-        self, run_id: str, stage: str, delay_ms: int | None = None
+        self, run_id: str, stage: str, delay_ms: int | None = None,
+        options: dict[str, Any] | None = None,
     ) -> dramatiq.Message[Any]:
-        """Enqueue ``stage`` of ``run_id`` without marking it: :meth:`mark` it first."""
+        """Enqueue ``stage`` of ``run_id`` without marking it: :meth:`mark` it first.
+        ``options`` travel with the message (the engine's count of infrastructure failures
+        in a row)."""
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=keys.queue_name(stage),
             actor_name=keys.actor_name(stage),
             args=(run_id,),
             kwargs={},
-            options={},
+            options=dict(options or {}),
         )
         return self.broker.enqueue(message, delay=delay_ms)
 

@@ -40,6 +40,12 @@ from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 from sparkle import atomic, metrics, notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
+from sparkle.infrastructure import (
+    InfrastructureError,
+    bookkeeping,
+    from_os_error,
+    is_infrastructure,
+)
 from sparkle.lease import Lease
 from sparkle.lease import holder as lease_holder
 from sparkle.logs import log_context
@@ -57,6 +63,17 @@ MAX_ERROR_CHARS = 2000
 
 #: Manifest ``reset`` reason recorded when QA's decision re-runs stages.
 QA_REGENERATE = "qa_regenerate"
+
+#: Seconds before a stage whose bookkeeping met an infrastructure failure (a full disk) is
+#: tried again; doubling with each failure in a row, up to INFRA_RETRY_MAX_SEC.
+INFRA_RETRY_MIN_SEC = float(os.environ.get("SPARKLE_INFRA_RETRY_MIN_SEC", "2"))
+
+#: Longest wait in seconds between two tries of a stage held back by an infrastructure
+#: failure: how soon a run continues once the disk has room again.
+INFRA_RETRY_MAX_SEC = float(os.environ.get("SPARKLE_INFRA_RETRY_MAX_SEC", "60"))
+
+#: Message option counting the infrastructure failures in a row of the stage it carries.
+INFRA_FAILURES_OPTION = "sparkle_infra_failures"
 
 
 class StageFailed(SparkleError):
@@ -86,6 +103,9 @@ class Outcome(enum.StrEnum):
     #: Every cluster-wide slot of the stage was taken (``SPARKLE_STAGE_CONCURRENCY``); the
     #: message was sent again with a delay.
     throttled = "throttled"
+    #: The storage under the run's bookkeeping failed (full, read-only, I/O error): the
+    #: stage is sent again after a backoff, no attempt counted (:mod:`sparkle.infrastructure`).
+    infrastructure = "infrastructure"
 
 
 class _Transient(Exception):
@@ -146,12 +166,20 @@ class Engine:
     slots: Slots = field(init=False, repr=False)
     #: Cluster-wide limits of executions per stage (:mod:`sparkle.stagelimits`).
     stage_limits: StageLimits = field(init=False, repr=False)
+    #: The last infrastructure failure of each run this process met, until a stage of it
+    #: next succeeds: what the foreground ``sparkle run`` reports and stops on.
+    infrastructure_failures: dict[str, InfrastructureError] = field(
+        init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.settings.bookkeeping_threads)
         self.stage_limits = StageLimits(
             self.client, self.settings.namespace, parse_limits(self.settings.stage_concurrency),
             self.settings.lease_ttl_sec, self.settings.stage_concurrency_retry_ms)
+
+    def infrastructure_failure(self, run_id: str) -> InfrastructureError | None:
+        """The infrastructure failure that holds ``run_id`` back now, if any."""
+        return self.infrastructure_failures.get(run_id)
 
     def execute(self, stage: str, run_id: str) -> Outcome:
         """Handle one message for ``stage`` of ``run_id``.
@@ -201,9 +229,16 @@ class Engine:
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
         follow_up: str | None = None
+        delay_ms: int | None = None
+        options: dict[str, Any] = {}
         try:
             lease.start_heartbeat()
             outcome, follow_up = self._execute_leased(run, stage, lease)
+        except (OSError, InfrastructureError) as exc:
+            if not is_infrastructure(exc):
+                raise
+            outcome, follow_up = Outcome.infrastructure, stage
+            delay_ms, options = self._held_back(run, stage, exc)
         except LeaseLostError as exc:
             log.error("run %s stage %s: %s; results discarded", run_id, stage, exc)
             outcome = Outcome.lease_lost
@@ -219,11 +254,31 @@ class Engine:
             )
         if follow_up is not None:
             if marked:
-                self.dispatcher.enqueue(run_id, follow_up)
+                self.dispatcher.enqueue(run_id, follow_up, delay_ms, options)
             else:
-                self.dispatcher.send(run_id, follow_up)
+                self.dispatcher.send(run_id, follow_up, delay_ms, options)
             log.debug("run %s: queued %s", run_id, follow_up)
         return outcome
+
+    def _held_back(self, run: Run, stage: str, exc: OSError | InfrastructureError
+                   ) -> tuple[int, dict[str, Any]]:
+        """An infrastructure failure met while working ``stage``: remember it, log it, and
+        return the delay (ms) and options of the message that tries the stage again.
+
+        Nothing is counted against the stage: no attempt is used up (the adapter did not
+        fail) and the crash-loop count is not raised when the attempt's ``fail`` event
+        could be written. The delay doubles with each failure in a row (carried by the
+        message, whichever worker takes it).
+        """
+        failure = exc if isinstance(exc, InfrastructureError) else from_os_error(exc)
+        self.infrastructure_failures[run.run_id] = failure
+        message = CurrentMessage.get_current_message()
+        before = int(message.options.get(INFRA_FAILURES_OPTION, 0)) if message else 0
+        delay = min(INFRA_RETRY_MAX_SEC, INFRA_RETRY_MIN_SEC * 2 ** min(before, 30))
+        log.error("run %s stage %s: %s; %s, trying again in %.1f s (no attempt counted)",
+                  run.run_id, stage, failure, failure.advice, delay)
+        # (counted by the messages metric, outcome "infrastructure": not a failure for good)
+        return int(delay * 1000), {INFRA_FAILURES_OPTION: before + 1}
 
     # -- inside the lease --------------------------------------------------------------
 
@@ -360,7 +415,8 @@ class Engine:
         started = time.monotonic()
         try:
             # (the bytes: what the stage changes is saved as a merge against them)
-            plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
+            with bookkeeping("cannot read"):
+                plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             with self.slots.released():
@@ -374,10 +430,13 @@ class Engine:
                 # during the adapter): any attempt since, a failed one too, may have
                 # rewritten a file they name. By the file system's own clock.
                 saved = run.asset_refs_saved_at()
-                with self.slots.released():
+                with self.slots.released(), bookkeeping("cannot flush to disk"):
                     atomic.sync_outputs([run.dir / p for p in outputs if p not in before],
                                         run.dir, since=saved,
                                         named_before=[run.dir / p for p in outputs if p in before])
+        except InfrastructureError as exc:
+            _record_held_back(run, stage, attempt, exc, started)
+            raise
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")
@@ -385,13 +444,32 @@ class Engine:
         except Interrupt:
             raise
         except Exception as exc:
+            storage = _run_storage_error(run, exc)
+            if storage is not None:
+                # The adapter met the run folder's disk full (or read-only, or failing):
+                # the same infrastructure failure as the engine's own writes, not the stage's.
+                _fence(run, lease, f"attempt {attempt} held back")
+                failure = from_os_error(storage)
+                _record_held_back(run, stage, attempt, failure, started)
+                raise failure from exc
             duration = round(time.monotonic() - started, 3)
             transient = adapter.is_transient(exc)
             log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
                         attempt, "transient" if transient else "permanent", error_text(exc))
             _fence(run, lease, f"attempt {attempt} failed")
-            run.append_event(stage, "fail", attempt, error=error_text(exc),
-                             metadata={"transient": transient, "duration_sec": duration})
+            try:
+                run.append_event(stage, "fail", attempt, error=error_text(exc),
+                                 metadata={"transient": transient, "duration_sec": duration})
+            except OSError as record_exc:
+                if not is_infrastructure(record_exc):
+                    raise
+                # (the adapter's own error is probably the same full disk: it is not held
+                # against the stage, and it is the more telling cause)
+                failure = from_os_error(record_exc)
+                log.warning("run %s stage %s: attempt %d failed (%s) and its failure cannot "
+                            "be recorded: %s", run.run_id, stage, attempt, error_text(exc),
+                            failure)
+                raise failure from exc
             metrics.attempt_finished(stage, duration, "transient" if transient else "permanent")
             raise (_Transient(exc) if transient else _Permanent(exc, recorded=True)) from exc
         duration = round(time.monotonic() - started, 3)
@@ -403,10 +481,21 @@ class Engine:
             "duration_sec": duration,
             "attempt": attempt,
         }
-        run.merge_asset_refs(base, refs)
-        run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
-                                        attempt=attempt, metadata=success_meta))
-        run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
+        checkpointed = False
+        try:
+            run.merge_asset_refs(base, refs)
+            run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
+                                            attempt=attempt, metadata=success_meta))
+            checkpointed = True
+            run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
+        except OSError as exc:
+            if not is_infrastructure(exc):
+                raise
+            failure = from_os_error(exc)
+            if not checkpointed:  # (else the stage is done: its checkpoint says so)
+                _record_held_back(run, stage, attempt, failure, started)
+            raise failure from exc
+        self.infrastructure_failures.pop(run.run_id, None)
         metrics.attempt_finished(stage, duration)
         log.info("run %s stage %s: succeeded in %.2fs (attempt %d)", run.run_id, stage,
                  duration, attempt)
@@ -431,6 +520,36 @@ class Engine:
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
         notifications.run_ended(run, self.settings, "failed", error=f"{stage}: {message}")
+
+
+def _run_storage_error(run: Run, exc: BaseException) -> OSError | None:
+    """The OSError of the storage (:mod:`sparkle.infrastructure`) naming a file inside the
+    run folder that ``exc`` is, or was raised from (``raise ... from``: an adapter may wrap
+    it in its own error); None when there is none."""
+    inside = os.path.abspath(run.dir) + os.sep
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and is_infrastructure(current) \
+                and current.filename is not None \
+                and os.path.abspath(os.fsdecode(current.filename)).startswith(inside):
+            return current
+        current = current.__cause__
+    return None
+
+
+def _record_held_back(run: Run, stage: str, attempt: int, failure: InfrastructureError,
+                      started: float) -> None:
+    """Close the attempt with a ``fail`` event marked ``infrastructure`` when the disk takes
+    it (best effort): a ``begin`` left without an outcome would count as a crash."""
+    try:
+        run.append_event(stage, "fail", attempt, error=error_text(failure),
+                         metadata={"transient": True, "infrastructure": True,
+                                   "duration_sec": round(time.monotonic() - started, 3)})
+    except OSError as exc:
+        log.debug("run %s stage %s: the held-back attempt %d cannot be recorded either (%s)",
+                  run.run_id, stage, attempt, exc)
 
 
 def _local_paths(refs: AssetRefs) -> list[str]:

@@ -38,6 +38,7 @@ import fnmatch
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -75,6 +76,8 @@ from watchdog.observers.polling import PollingObserver
 
 from sparkle import atomic, metrics
 from sparkle.errors import PlanError, Problem, RunConflictError
+from sparkle.infrastructure import InfrastructureError
+from sparkle.logs import printable
 from sparkle.plans import load_plan_file
 from sparkle.runstore import Run, RunStore
 from sparkle.settings import Settings, get_settings
@@ -229,6 +232,50 @@ def candidate_names(name: str) -> Iterator[str]:
         yield f"{stem}-{n}{suffix}"
 
 
+#: What may stand at the end of JSON cut short, after the position its parser stopped at: a
+#: literal or a number begun and not finished (nothing at all, when it stopped at the end).
+_PARTIAL_TOKEN: Final = re.compile(r"t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|[-+.0-9eE]*")
+
+
+def json_ends_early(path: Path, max_bytes: int) -> bool:
+    """Whether the file at ``path`` holds the beginning of a JSON text that stops before its
+    end (a writer still at work), rather than complete or broken JSON.
+
+    False for anything that is not a regular file of at most ``max_bytes`` that can be read:
+    those are taken and judged as they are.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not 0 < info.st_size <= max_bytes:
+            return False
+        data = os.read(fd, max_bytes + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":
+            return False
+        text = data[: exc.start].decode("utf-8")  # (a character cut in two at the end)
+    if not text.strip():
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg.startswith("Unterminated string"):
+            return True
+        return _PARTIAL_TOKEN.fullmatch(text[exc.pos:].strip()) is not None
+    except (RecursionError, ValueError):
+        return False
+    return False
+
+
 # -- state ---------------------------------------------------------------------------------
 
 
@@ -372,6 +419,8 @@ class Inbox:
         self._watch_changed = False
         self._ready: collections.deque[Path] = collections.deque()
         self._queued: set[str] = set()
+        #: Names queued by the stability check: still for ``stable_seconds`` when queued.
+        self._settled: set[str] = set()
         self._active = 0
         self._held: collections.deque[_Held] = collections.deque()
         self._counts: collections.Counter[str] = collections.Counter()
@@ -618,6 +667,7 @@ class Inbox:
 
     def _forget(self, name: str) -> None:
         with self._cond:
+            self._settled.discard(name)
             if self._watching.pop(name, None) is not None:
                 self._cond.notify_all()
 
@@ -650,7 +700,8 @@ class Inbox:
             except FileNotFoundError:
                 info = None  # removed, or renamed (the rename has its own event)
             except OSError as exc:
-                log.warning("inbox: cannot stat %s (%s); the next scan retries", name, exc)
+                log.warning("inbox: cannot stat %s (%s); the next scan retries", printable(name),
+                            exc)
                 info = None
             seen.append((name, candidate, info))
         now = time.monotonic()
@@ -684,6 +735,7 @@ class Inbox:
                     continue
                 if stable:
                     del self._watching[name]
+                    self._settled.add(name)
                     self._push_ready_locked(self.dir / name)
                 else:
                     candidate.due = candidate.since + self.stable_seconds
@@ -693,7 +745,7 @@ class Inbox:
         for name in still_empty:
             log.warning("inbox: %s is still empty after %.0f s; it stays in the inbox until "
                         "something is written to it (remove it if it was dropped by mistake)",
-                        name, EMPTY_WARN_SEC)
+                        printable(name), EMPTY_WARN_SEC)
         return next_due
 
     def _waiting_locked(self) -> list[_Candidate]:
@@ -752,7 +804,7 @@ class Inbox:
                 self._count("failed")
                 log.exception(
                     "inbox: %s failed unexpectedly; it stays in %s for the next start",
-                    parse_claim_name(item.claimed.name)[1],
+                    printable(parse_claim_name(item.claimed.name)[1]),
                     self.claimed_dir,
                 )
             with self._cond:
@@ -806,14 +858,29 @@ class Inbox:
             # (the inbox worker thread must outlive any file: it stays where it is, in the
             # inbox or claimed, for the next scan or start)
             self._count("failed")
-            log.exception("inbox: %s could not be taken; it stays in place", path.name)
+            log.exception("inbox: %s could not be taken; it stays in place",
+                          printable(path.name))
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
 
     def _handle(self, path: Path) -> None:
-        """Claim ``path`` (unless it is a claim already) and process it. Never raises."""
+        """Claim ``path`` (unless it is a claim already) and process it. Never raises.
+
+        A file closed with JSON that ends early is watched instead, until it has been still
+        for ``stable_seconds``: a writer that reopens the file for each chunk (``>>`` in a
+        loop) closes it between chunks, and taking it then would cut the plan into pieces.
+        """
+        if path.parent == self.dir:
+            with self._cond:
+                settled = path.name in self._settled
+                self._settled.discard(path.name)
+            if not settled and json_ends_early(path, self.max_plan_bytes):
+                log.debug("inbox: %s ends early; waiting until it is still for %.2f s",
+                          printable(path.name), self.stable_seconds)
+                self._notice(path.name, "changed")
+                return
         claimed = path if path.parent == self.claimed_dir else self._claim(path)
         if claimed is None:
             return
@@ -829,7 +896,7 @@ class Inbox:
             self._count("failed")
             log.exception(
                 "inbox: %s failed unexpectedly; it stays in %s for the next start",
-                parse_claim_name(claimed.name)[1],
+                printable(parse_claim_name(claimed.name)[1]),
                 self.claimed_dir,
             )
 
@@ -838,7 +905,7 @@ class Inbox:
         kept = fitted_name(path.name)
         if kept != path.name:
             log.warning("inbox: %s: the name is longer than %d bytes; it is kept as %s",
-                        path.name, MAX_KEPT_NAME_BYTES, kept)
+                        printable(path.name), MAX_KEPT_NAME_BYTES, printable(kept))
         target = self.claimed_dir / claim_name(self._owner_id, next(self._seq), kept)
         for _ in range(2):
             try:
@@ -851,7 +918,7 @@ class Inbox:
             except OSError as exc:
                 log.warning(
                     "inbox: cannot claim %s (%s); it stays in the inbox until the next scan",
-                    path.name,
+                    printable(path.name),
                     exc,
                 )
                 return None
@@ -876,7 +943,7 @@ class Inbox:
             where = "metadata.run_id" if "run_id" in plan.metadata else ""
             self._reject(claimed, name, [Problem(where, str(exc))], received_at)
             return
-        except OSError as exc:
+        except (OSError, InfrastructureError) as exc:  # (a full or read-only runs folder)
             raise _InfraError(exc, created_before) from exc
         created = created or created_before
         if skip_enqueue:
@@ -894,7 +961,8 @@ class Inbox:
         except OSError as exc:
             raise _InfraError(exc, created) from exc
         self._count("processed", "created" if created else "resumed")
-        log.info("inbox: %s -> run %s (%s)", name, run.run_id, "created" if created else "resumed")
+        log.info("inbox: %s -> run %s (%s)", printable(name), run.run_id,
+                 "created" if created else "resumed")
 
     def _reject(self, claimed: Path, name: str, problems: list[Problem], received_at: str) -> None:
         record = {
@@ -914,7 +982,8 @@ class Inbox:
         self._count("rejected")
         first = str(problems[0]) if problems else "invalid plan"
         more = f" (+{len(problems) - 1} more in {dest.name}{ERROR_SUFFIX})" if problems[1:] else ""
-        log.warning("inbox: %s rejected: %s%s", name, first, more)
+        log.warning("inbox: %s rejected: %s%s", printable(name), printable(first),
+                    printable(more))
 
     def _place(
         self,
@@ -968,9 +1037,10 @@ class Inbox:
             self._cond.notify_all()
         name = parse_claim_name(claimed.name)[1]
         if exc.cause is None:
-            log.info("inbox: %s held behind files waiting for the broker", name)
+            log.info("inbox: %s held behind files waiting for the broker", printable(name))
         else:
-            log.warning("inbox: %s held in %s (%s); retrying with backoff", name, CLAIMED_DIR, exc)
+            log.warning("inbox: %s held in %s (%s); retrying with backoff", printable(name),
+                        CLAIMED_DIR, exc)
 
     def _retry_until_done(self, item: _Held) -> None:
         """Process a held file, retrying infrastructure errors with backoff until it is done.
@@ -1010,7 +1080,7 @@ class Inbox:
                 self._count("failed")
                 log.exception(
                     "inbox: %s failed unexpectedly; it stays in %s",
-                    parse_claim_name(item.claimed.name)[1],
+                    printable(parse_claim_name(item.claimed.name)[1]),
                     self.claimed_dir,
                 )
             with self._cond:
@@ -1027,7 +1097,7 @@ class Inbox:
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
             "inbox: %s still held (attempt %d: %s); next try in %.1f s",
-            parse_claim_name(item.claimed.name)[1],
+            printable(parse_claim_name(item.claimed.name)[1]),
             state.attempt_number,
             error,
             wait,
@@ -1135,11 +1205,11 @@ class Inbox:
                 continue  # another watcher took it over first
             except OSError as exc:
                 log.warning("inbox: cannot take over the claim %s (%s); the next scan retries",
-                            claimed, exc)
+                            printable(str(claimed)), exc)
                 continue
             log.info(
                 "inbox: %s: finishing a claim left by %s",
-                name,
+                printable(name),
                 f"watcher {owner}" if owner else "an unknown process",
             )
             with self._cond:

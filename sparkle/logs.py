@@ -19,6 +19,31 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TextIO
 
+#: Characters escaped by :func:`printable` besides control characters: the backslash (so an
+#: escape cannot be forged) and the invisible ones that reorder or hide text on a terminal.
+_ESCAPED = frozenset("\\\u061c\u200b\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+                     "\u2066\u2067\u2068\u2069\ufeff")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to put in a log line or on a terminal: control characters (newlines,
+    escape sequences), bidirectional overrides, undecodable bytes (surrogates) and the
+    backslash are written as escapes (``\\x0a``, ``\\x1b``, ``\\u202e``, ``\\\\``).
+    A file name from the inbox can hold any of them: raw, a newline forges a log line and an
+    escape sequence rewrites the operator's terminal."""
+    if text.isprintable() and "\\" not in text:
+        return text  # (the common case, at C speed)
+    out = []
+    for char in text:
+        if char in _ESCAPED or not char.isprintable():
+            code = ord(char)
+            out.append("\\\\" if char == "\\" else f"\\x{code:02x}" if code < 0x100
+                       else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 #: Log formats the CLI offers (``--log-format``).
 FORMATS = ("text", "json")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import dramatiq
@@ -30,6 +31,7 @@ from sparkle import lease, runlock
 from sparkle.dispatch import Dispatcher
 from sparkle.engine import reset_stages
 from sparkle.errors import ConfigError
+from sparkle.infrastructure import InfrastructureError
 from sparkle.runstore import Run, RunStatus
 from sparkle.schemas import STAGES
 from sparkle.stages import check_stage
@@ -75,6 +77,9 @@ class RunResult:
     elapsed_sec: float
     #: The other process this one followed before it could work the run (None: none).
     followed: runlock.Holder | None = None
+    #: Set when the run stopped because its storage failed (a full disk): the run is not
+    #: at rest, it waits for the cause to go away and a resume.
+    infrastructure: InfrastructureError | None = None
 
 
 def is_at_rest(run: Run, dispatcher: Dispatcher, namespace: str) -> bool:
@@ -95,8 +100,12 @@ def work_in_foreground(
     console: Console | None = None,
     from_stage: str | None = None,
     only: str | None = None,
+    failures: MutableMapping[str, InfrastructureError] | None = None,
 ) -> RunResult:
-    """Send the run's first unfinished stage and work the chain here until it rests.
+    """Send the run's first unfinished stage and work the chain here until it rests, or
+    until the engine reports an infrastructure failure of the run in ``failures`` (its
+    :attr:`~sparkle.engine.Engine.infrastructure_failures`): a full disk stops the run at
+    once instead of leaving it retrying in silence.
 
     ``from_stage``/``only``: re-run those stages first (:func:`force_rerun`). Embedded,
     only once this process holds the run (see the module's docstring).
@@ -105,6 +114,9 @@ def work_in_foreground(
     started = time.monotonic()
     embedded = isinstance(broker, StubBroker)
     followed = follow_until_free(run, console, started) if embedded else None
+    failure: InfrastructureError | None = None
+    if failures is not None:
+        failures.pop(run.run_id, None)  # (one from before this run is no news)
     try:
         if followed is not None and from_stage is None and only is None \
                 and run.status() in RESTING:
@@ -124,6 +136,9 @@ def work_in_foreground(
                 while rested < 2:
                     time.sleep(POLL_SEC)
                     display.update()
+                    failure = failures.get(run.run_id) if failures is not None else None
+                    if failure is not None:
+                        break
                     rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
                 display.update()
         finally:
@@ -131,7 +146,7 @@ def work_in_foreground(
     finally:
         if embedded:
             runlock.release(run.dir)
-    return RunResult(run.status(), time.monotonic() - started, followed)
+    return RunResult(run.status(), time.monotonic() - started, followed, failure)
 
 
 def follow_until_free(run: Run, console: Console, started: float) -> runlock.Holder | None:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -40,8 +41,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sparkle import atomic, refmerge, statuscache
+from sparkle import atomic, refmerge, statuscache, unique
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
+from sparkle.infrastructure import bookkeeping, naming
 from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
     ID_RE,
@@ -439,11 +441,13 @@ class Run:
             ours = bool(self.appended) and self.appended[-1][1] == end
             if end and not ours and os.pread(fd, 1, end - 1) != b"\n":
                 record = b"\n" + record  # the last one was cut short: leave it alone
-            atomic.write_all(fd, record)
+            with naming(path):  # (an error of the write names no file: the manifest)
+                atomic.write_all(fd, record)
             self.appended.append((end, end + len(record)))
             if durable:
                 # (not giving the bookkeeping slot up meanwhile: the manifest is locked)
-                os.fdatasync(fd)
+                with naming(path):
+                    os.fdatasync(fd)
         finally:
             os.close(fd)
         if created and durable:
@@ -791,36 +795,74 @@ class RunStore:
     def create(self, plan: MoviePlan, run_id: str | None = None) -> tuple[Run, bool]:
         """Create the run for ``plan``, or find it when the same plan was submitted before.
 
-        Returns the run and whether it was created now.
+        Returns the run and whether it was created now. The folder is built under a hidden
+        temporary name beside it and renamed into place whole, so a crash or a full disk
+        never leaves a half-made run (one without its plan, which ``sparkle runs`` could
+        not list).
 
         Raises:
           RunConflictError: a different plan already owns the run id.
+          InfrastructureError: the runs folder cannot be written (full, read-only, ...);
+            nothing was created.
         """
         run = Run(self.root, run_id or run_id_for(plan))
         canonical = canonical_plan_json(plan)
-        with run.locked():
+        with bookkeeping("cannot create run folder", run.dir):
+            # (a run's plan never changes once it exists: compared without a lock)
             if run.exists():
-                try:
-                    existing = canonical_plan_json(run.plan())
-                except ValidationError:
-                    raise RunConflictError(
-                        f"run {run.run_id!r} exists but its {PLAN_FILE} is damaged; "
-                        f"inspect or remove {run.dir}"
-                    ) from None
-                if existing != canonical:
-                    raise RunConflictError(
-                        f"run {run.run_id!r} already exists with a different plan; "
-                        "change metadata.run_id (or the title) to start a new run, "
-                        f"or remove {run.dir} to replace it"
-                    )
+                self._check_same_plan(run, canonical)
                 return run, False
-            (run.dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
-            run.save_asset_refs(AssetRefs())
-            if not (run.dir / MANIFEST_FILE).exists():
-                atomic.write_bytes(run.dir / MANIFEST_FILE, b"")
-            # The plan is written last: its presence is what makes the run exist.
-            atomic.write_json(run.dir / PLAN_FILE, plan)
-            return run, True
+            if self._publish_new(run, plan):
+                return run, True
+            # Found, lost a race to another creator, or a folder without a plan (left by a
+            # crash of a version that built runs in place): settled under the run's lock.
+            with run.locked():
+                if run.exists():
+                    self._check_same_plan(run, canonical)
+                    return run, False
+                (run.dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+                run.save_asset_refs(AssetRefs())
+                if not (run.dir / MANIFEST_FILE).exists():
+                    atomic.write_bytes(run.dir / MANIFEST_FILE, b"")
+                # The plan is written last: its presence is what makes the run exist.
+                atomic.write_json(run.dir / PLAN_FILE, plan)
+                return run, True
+
+    def _publish_new(self, run: Run, plan: MoviePlan) -> bool:
+        """Build ``run``'s folder under a temporary name and rename it into place. False
+        when a folder of that name exists already (nothing is changed then)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        # (a dotfile: never listed as a run, whatever happens to it)
+        building = self.root / f".new-{run.run_id}-{unique.hex_token(32)}"
+        try:
+            (building / CHECKPOINTS_DIR).mkdir(parents=True)
+            atomic.write_json(building / ASSET_REFS_FILE, AssetRefs())
+            atomic.write_bytes(building / MANIFEST_FILE, b"")
+            atomic.write_json(building / PLAN_FILE, plan)
+            os.rename(building, run.dir)
+        except OSError as exc:
+            shutil.rmtree(building, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise
+        atomic.fsync_dir(self.root)  # the new folder's name must survive a power loss
+        return True
+
+    @staticmethod
+    def _check_same_plan(run: Run, canonical: str) -> None:
+        try:
+            existing = canonical_plan_json(run.plan())
+        except ValidationError:
+            raise RunConflictError(
+                f"run {run.run_id!r} exists but its {PLAN_FILE} is damaged; "
+                f"inspect or remove {run.dir}"
+            ) from None
+        if existing != canonical:
+            raise RunConflictError(
+                f"run {run.run_id!r} already exists with a different plan; "
+                "change metadata.run_id (or the title) to start a new run, "
+                f"or remove {run.dir} to replace it"
+            )
 
     def summaries(self) -> list[RunSummary]:
         """The summary of every run, sorted by id: what ``sparkle runs`` lists.

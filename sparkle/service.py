@@ -10,6 +10,7 @@ stages finish, leases are released.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from sparkle import metrics, runlock
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
+from sparkle.infrastructure import bookkeeping
 from sparkle.redrive import Reaper
 from sparkle.runstore import RunStatus
 from sparkle.settings import Settings
@@ -74,14 +76,38 @@ def requeue_unfinished(engine: Engine) -> int:
     return sent
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Make ``folder`` if missing and write and remove a file in it: a folder the service
+    cannot write is one clear error at start, not a stream of failures later.
+
+    Raises:
+      InfrastructureError: naming the folder, the cause and its file system.
+    """
+    where = os.path.abspath(folder)
+    with bookkeeping(f"cannot write {what}", where):
+        os.makedirs(where, exist_ok=True)
+        probe = os.path.join(where, f".sparkle-write-check-{os.getpid()}")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+
+
 def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
           stop: threading.Event | None = None, workers: bool = True) -> None:
-    """Watch the inbox (and, with ``workers``, work the stages here) until stopped."""
+    """Watch the inbox (and, with ``workers``, work the stages here) until stopped.
+
+    Raises:
+      InfrastructureError: the inbox or the runs folder cannot be written (a read-only
+        file system, no permission, a failing disk); nothing was started. (A full disk is
+        no reason not to start: runs wait for room, see :mod:`sparkle.infrastructure`.)
+    """
     stop = stop or threading.Event()
-    broker = load_actors()
-    engine = get_engine()
     if inbox_dir is not None:
         settings = settings.model_copy(update={"inbox_dir": inbox_dir})
+    check_writable(settings.inbox_dir, "the inbox")
+    check_writable(settings.runs_dir, "the runs folder")
+    broker = load_actors()
+    engine = get_engine()
     worker = None
     if workers:
         worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)

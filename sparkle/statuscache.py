@@ -235,6 +235,23 @@ def render_json(view: dict[str, Any]) -> str:
     return json.dumps(view, indent=2)
 
 
+#: Characters of a stage's error ``sparkle status`` shows on its line (the whole text is in
+#: ``sparkle status --json`` and ``sparkle timeline``).
+STATUS_ERROR_CHARS = 160
+
+
+def first_line(error: str) -> str:
+    """The first line of ``error``, cut at STATUS_ERROR_CHARS, saying where the rest is
+    when anything was left out (an ffmpeg error quotes its command and stderr)."""
+    lines = error.strip().splitlines() or [""]
+    shown = lines[0]
+    if len(shown) > STATUS_ERROR_CHARS:
+        shown = shown[: STATUS_ERROR_CHARS - 1] + "…"
+    if shown != error.strip():
+        shown += " (whole error: --json or `sparkle timeline`)"
+    return shown
+
+
 def render_text(view: dict[str, Any]) -> str:
     """``sparkle status``: a header line, then one line per stage."""
     decision = view["qa_decision"]
@@ -243,7 +260,7 @@ def render_text(view: dict[str, Any]) -> str:
     for item in view["stages"]:
         seconds = item["duration_sec"]
         duration = f"{seconds:.2f}s" if seconds is not None else "-"
-        error = f"  {item['error']}" if item["error"] else ""
+        error = f"  {first_line(item['error'])}" if item["error"] else ""
         lines.append(f"  {item['stage']:<9} {item['status']:<8} attempt {item['attempt']:<3} "
                      f"{duration:>8}{error}")
     return "\n".join(lines)

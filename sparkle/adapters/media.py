@@ -90,7 +90,24 @@ SILENCE_NOISE_DB = -50.0
 SILENCE_MIN_SEC = 1.0
 
 #: errno values that mean "out of a resource": retrying later can help.
-TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
+)
+
+#: ffmpeg exits with its negative error code, ``AVERROR(errno)`` = ``-errno``, which the
+#: system reports as ``256 - errno`` (228 is ``ENOSPC``). The errno values read back from an
+#: exit code: those of system calls ffmpeg makes. Others are left alone, because ffmpeg's own
+#: error tags land in the same range (``AVERROR_INVALIDDATA`` exits with 183), and 255 is
+#: also its exit after a signal.
+FFMPEG_EXIT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.ENOMEM,
+     errno.EMFILE, errno.ENFILE, errno.ENOENT, errno.EFBIG, errno.EAGAIN, errno.EINVAL,
+     errno.EPIPE}
+)
+
+#: Of those, the errno values that are about the disk: the message then names the file
+#: system of the file ffmpeg was writing (or reading).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
 
 #: ffmpeg stderr phrases that mean "out of a resource".
 _TRANSIENT_STDERR = (
@@ -131,6 +148,52 @@ def os_error(exc: OSError, doing: str) -> TransientStageError | PermanentStageEr
     """Classify an OSError met while ``doing`` something: resource errors are transient."""
     kind = TransientStageError if exc.errno in TRANSIENT_ERRNOS else PermanentStageError
     return kind(f"{doing}: {exc}")
+
+
+def exit_errno(returncode: int) -> int | None:
+    """The errno an ffmpeg exit code stands for (228 → ``ENOSPC``), or None (see
+    :data:`FFMPEG_EXIT_ERRNOS`)."""
+    if not 128 < returncode < 255:
+        return None
+    code = 256 - returncode
+    return code if code in FFMPEG_EXIT_ERRNOS else None
+
+
+def exit_meaning(returncode: int, args: Sequence[str] = ()) -> str | None:
+    """What an ffmpeg exit code means when it carries an errno: ``No space left on device
+    (ENOSPC, exit 228)``, followed for a disk error by the file system of the file in
+    ``args``' last position (ffmpeg's output), e.g. ``on the file system mounted at /srv
+    (ext4, 0 B free of 20.0 GB)``. None for other exit codes."""
+    code = exit_errno(returncode)
+    if code is None:
+        return None
+    text = f"{os.strerror(code)} ({errno.errorcode[code]}, exit {returncode})"
+    target = _output_file(args)
+    if code in _DISK_ERRNOS and target is not None:
+        from sparkle.infrastructure import describe_file_system
+
+        text += f" writing {target} on {describe_file_system(target)}"
+    return text
+
+
+def _disk_cause(returncode: int, args: Sequence[str]) -> OSError | None:
+    """The OSError a disk failure of ffmpeg stands for, naming the file it was writing (its
+    last argument), or None. Raised as the cause of the ffmpeg error, it lets the engine
+    see the run folder's disk failing (:mod:`sparkle.infrastructure`) through the adapter."""
+    code = exit_errno(returncode)
+    target = _output_file(args)
+    if code not in _DISK_ERRNOS or target is None:
+        return None
+    return OSError(code, os.strerror(code), target)
+
+
+def _output_file(args: Sequence[str]) -> str | None:
+    """The file an ffmpeg command writes: its last argument, unless that is ``-`` (a pipe)
+    or a URL such as ``pipe:1``."""
+    target = args[-1] if args else ""
+    if not target or target == "-" or re.match(r"[a-z]+:", target):
+        return None
+    return target
 
 
 def _tail(stderr: str) -> str:
@@ -183,6 +246,18 @@ def run_ffmpeg(
     if proc.returncode == 0:
         return proc.returncode, stderr
     tail = _tail(stderr)
+    meaning = exit_meaning(proc.returncode, args)
+    resource = exit_errno(proc.returncode) in TRANSIENT_ERRNOS | {errno.EIO}
+    if meaning is not None and (resource or check):
+        # (said first: the last lines of stderr are often an encoder's statistics, and the
+        # one line saying "No space left on device" lies above them)
+        kind = FFmpegResourceError if resource else FFmpegError
+        error = kind(
+            f"ffmpeg failed: {meaning} while {doing}\ncommand: {shlex.join(command)}\n{tail}",
+            command,
+            tail,
+        )
+        raise error from _disk_cause(proc.returncode, args)
     if proc.returncode < 0 or any(phrase in stderr for phrase in _TRANSIENT_STDERR):
         cause = (
             f"killed by signal {-proc.returncode}"

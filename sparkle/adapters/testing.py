@@ -28,7 +28,7 @@ import os
 import struct
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from PIL import Image
 
 from sparkle import atomic
 from sparkle.errors import PermanentStageError, TransientStageError
+from sparkle.infrastructure import naming
 from sparkle.schemas import AssetRefs, MoviePlan, QAReport, QAShotReport
 
 #: Keyframe size in pixels.
@@ -78,9 +79,11 @@ def _inject_fault(stage: str, plan: MoviePlan, run_dir: Path) -> None:
 
 def _trace(run_dir: Path, record: dict[str, Any]) -> None:
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(run_dir / TRACE_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    path = run_dir / TRACE_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)  # one write on O_APPEND: lines from processes never interleave
+        with naming(path):  # (a full disk: say which file)
+            os.write(fd, line)  # one write on O_APPEND: lines from processes never interleave
     finally:
         os.close(fd)
 
@@ -257,25 +260,31 @@ def _lipsync(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
 
 
 def _assemble(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
-    frames: list[Image.Image] = []
-    audio: list[int] = []
-    for shot in plan.shots:
-        frames += _gif_frames(_require(run_dir, refs.shot(shot.id).final_video_clip, "clip"))
-        audio += _read_wav(_require(run_dir, refs.extras.get(f"track_{shot.id}"), "track"))
-    atomic.write_bytes(run_dir / "final" / "movie.gif", _gif_bytes(frames))
-    _write_wav(run_dir / "final" / "movie.wav", audio)
+    # Streamed, one shot at a time: the movie's frames are copied from the clips as they are
+    # encoded, and its sound a track at a time, so memory grows with a shot, not the movie.
+    clips = (_require(run_dir, refs.shot(shot.id).final_video_clip, "clip")
+             for shot in plan.shots)
+    tracks = (_require(run_dir, refs.extras.get(f"track_{shot.id}"), "track")
+              for shot in plan.shots)
+    with atomic.temp_path_for(run_dir / "final" / "movie.gif") as movie:
+        _concat_gifs(clips, movie)
+    with atomic.temp_path_for(run_dir / "final" / "movie.wav") as sound:
+        samples = _concat_wavs(tracks, sound)
     refs.extras["final_movie"] = "final/movie.gif"
     refs.extras["final_audio"] = "final/movie.wav"
     return refs, {
         "final_path": "final/movie.gif",
         "shots_used": len(plan.shots),
-        "duration_sec": round(len(audio) / SAMPLE_RATE, 3),
+        "duration_sec": round(samples / SAMPLE_RATE, 3),
     }
 
 
 def _qa(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
-    frames = _gif_frames(_require(run_dir, refs.extras.get("final_movie"), "movie"))
-    audio = _read_wav(_require(run_dir, refs.extras.get("final_audio"), "movie audio"))
+    # Read back without holding the movie: frames counted block by block, samples from the
+    # WAV header.
+    frames = sum(1 for _ in _gif_frame_blocks(
+        _require(run_dir, refs.extras.get("final_movie"), "movie"))[1])
+    audio = _wav_samples(_require(run_dir, refs.extras.get("final_audio"), "movie audio"))
     per_shot = [
         QAShotReport(
             shot_id=s.id, expected_duration_sec=s.duration_sec, has_dialogue=bool(s.dialogue)
@@ -283,18 +292,114 @@ def _qa(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
         for s in plan.shots
     ]
     expected = sum(_frame_count(s.duration_sec) for s in plan.shots)
-    issues = 0 if len(frames) >= expected and audio else 1
+    issues = 0 if frames >= expected and audio else 1
     report = QAReport(
         movie_title=plan.title,
         per_shot=per_shot,
         issues_found=issues,
         decision="approve" if issues == 0 else "escalate",
-        summary=f"{len(frames)} frames, {len(audio) / SAMPLE_RATE:.2f}s audio",
-        movie={"frames": len(frames)},
+        summary=f"{frames} frames, {audio / SAMPLE_RATE:.2f}s audio",
+        movie={"frames": frames},
     )
     atomic.write_json(run_dir / "qa_report.json", report)
     refs.extras["qa_report"] = "qa_report.json"
     return refs, {"decision": report.decision, "issues_found": issues}
+
+
+#: Bytes copied at a time when streaming a WAV track into the movie's sound.
+WAV_COPY_FRAMES = 1 << 16
+
+#: The NETSCAPE2.0 application extension: loop the GIF forever.
+_GIF_LOOP = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+
+
+def _wav_samples(path: Path) -> int:
+    """Samples in a WAV file, from its header."""
+    with wave.open(str(path), "rb") as src:
+        if src.getframerate() != SAMPLE_RATE or src.getsampwidth() != 2:
+            raise PermanentStageError(f"{path}: unexpected WAV format")
+        return src.getnframes()
+
+
+def _concat_wavs(tracks: Iterator[Path], out: Path) -> int:
+    """Write the samples of ``tracks`` one after the other into the WAV ``out``, a block at
+    a time. Returns the samples written."""
+    total = 0
+    with wave.open(str(out), "wb") as dest:
+        dest.setnchannels(1)
+        dest.setsampwidth(2)
+        dest.setframerate(SAMPLE_RATE)
+        for track in tracks:
+            with wave.open(str(track), "rb") as src:
+                if src.getframerate() != SAMPLE_RATE or src.getsampwidth() != 2:
+                    raise PermanentStageError(f"{track}: unexpected WAV format")
+                while block := src.readframes(WAV_COPY_FRAMES):
+                    dest.writeframes(block)
+                    total += len(block) // 2
+    return total
+
+
+def _sub_blocks(data: bytes, at: int) -> int:
+    """The offset after the GIF data sub-blocks starting at ``at`` (through the 0 size)."""
+    while True:
+        size = data[at]
+        at += 1 + size
+        if size == 0:
+            return at
+
+
+def _gif_frame_blocks(path: Path) -> tuple[bytes, Iterator[bytes]]:
+    """The logical screen descriptor of the GIF at ``path`` and its frames, each as the
+    bytes of its graphic control extension and image (with the global colour table made its
+    local one, so the frame can stand in another GIF). Reads one file, not one movie."""
+    data = path.read_bytes()
+    if data[:6] not in (b"GIF87a", b"GIF89a"):
+        raise PermanentStageError(f"{path}: not a GIF file")
+    packed = data[10]
+    table = 3 << ((packed & 7) + 1) if packed & 0x80 else 0
+    palette, screen = data[13:13 + table], data[6:13]
+
+    def frames() -> Iterator[bytes]:
+        at, control = 13 + table, b""
+        while at < len(data) and data[at] != 0x3B:
+            if data[at] == 0x21:  # an extension: keep a graphic control one for its frame
+                end = _sub_blocks(data, at + 2)
+                if data[at + 1] == 0xF9:
+                    control = data[at:end]
+                at = end
+            elif data[at] == 0x2C:  # an image
+                flags = data[at + 9]
+                local = 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+                end = _sub_blocks(data, at + 10 + local + 1)
+                if local or not palette:
+                    yield control + data[at:end]
+                else:  # (the global table, as this frame's own)
+                    flags = 0x80 | (flags & 0x40) | (packed & 7)
+                    yield (control + data[at:at + 9] + bytes([flags]) + palette
+                           + data[at + 10:end])
+                at, control = end, b""
+            else:
+                raise PermanentStageError(f"{path}: damaged GIF (byte {data[at]:#x} at {at})")
+
+    return screen, frames()
+
+
+def _concat_gifs(clips: Iterator[Path], out: Path) -> None:
+    """Write the frames of ``clips`` one after the other into the looping GIF ``out``,
+    copying each frame's encoded bytes (no decoding), a clip at a time."""
+    with open(out, "wb") as dest:
+        started = False
+        for clip in clips:
+            screen, frames = _gif_frame_blocks(clip)
+            if not started:
+                # (the first clip's size, no global colour table: every frame has its own)
+                dest.write(b"GIF89a" + screen[:4] + bytes([0]) + screen[5:7] + _GIF_LOOP)
+                started = True
+            for frame in frames:
+                dest.write(frame)
+        if not started:
+            raise PermanentStageError("no clips to assemble")
+        dest.write(b"\x3b")
 
 
 _BODIES: dict[str, Body] = {

@@ -1,0 +1,192 @@
+"""A worker on Redis whose runs folder is full backs off and goes on once space is back.
+
+The disk is a real tmpfs where the test may mount one; elsewhere the ``os.write`` ENOSPC
+test double of :mod:`full_disk` (the test prints which).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from full_disk import ENOSPC_DOUBLE_DRAMATIQ, FULL_MARKER, fill, tmpfs
+from rich.console import Console
+
+from sparkle import keys
+from sparkle.adapters.testing import read_trace
+from sparkle.runner import work_in_foreground
+from sparkle.runstore import RunStore
+from sparkle.schemas import STAGES
+
+BIN = Path(sys.executable).parent
+
+
+def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.redis
+def test_worker_backs_off_on_a_full_disk_and_finishes_once_space_is_back(
+        redis_server, tmp_path, plans_dir):
+    """A stage whose checkpoint cannot be written is sent again after a growing delay, not
+    failed and not dead-lettered; the run finishes once space is back, each stage's adapter
+    having run once."""
+    disk = tmp_path / "disk"
+    with tmpfs(disk, "1m") as mounted:
+        runs = disk / "runs"
+        runs.mkdir(parents=True)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")},
+            "SPARKLE_REDIS_URL": redis_server.url,
+            "SPARKLE_RUNS_DIR": str(runs),
+            "SPARKLE_ADAPTERS": "test",
+            "SPARKLE_INFRA_RETRY_MIN_SEC": "0.2",
+            "SPARKLE_INFRA_RETRY_MAX_SEC": "1",
+        }
+        # Given a run queued on Redis, and then the disk under its folder full
+        submitted = subprocess.run([str(BIN / "sparkle"), "submit",
+                                    str(plans_dir / "lighthouse.json")], env=env, cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        if mounted:
+            print("real tmpfs of 1 MB")
+            filler = fill(disk, leave_bytes=12 * 1024)
+            command = [str(BIN / "dramatiq"), "actors", "-p", "1", "-t", "2"]
+        else:
+            print("no mount allowed here: the os.write ENOSPC test double")
+            filler = runs / FULL_MARKER
+            filler.touch()
+            env["SPARKLE_TEST_FULL_DIR"] = str(runs)
+            command = [sys.executable, "-c", ENOSPC_DOUBLE_DRAMATIQ, "actors", "-p", "1",
+                       "-t", "2"]
+        log = tmp_path / "worker.log"
+        with open(log, "wb") as out:
+            worker = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=out,
+                                      start_new_session=True)
+        try:
+            # When a worker takes it
+            def held_back() -> int:
+                return log.read_text(errors="replace").count("no attempt counted")
+
+            # Then it tries again and again, with a growing delay, naming the cause
+            assert _wait_for(lambda: held_back() >= 3, 30), log.read_text()
+            text = log.read_text()
+            assert "No space left on device (ENOSPC)" in text
+            assert "trying again in 0.2 s" in text and "trying again in 0.4 s" in text
+            store = RunStore(runs)
+            run = store.runs()[0]
+            assert run.status().value in ("queued", "running")
+            # When space is back
+            filler.unlink()
+            # Then the run finishes without any help
+            assert _wait_for(lambda: run.status().value == "succeeded", 60), log.read_text()
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(30)
+        # And no stage was failed or dead-lettered, and each adapter ran once
+        assert [r["stage"] for r in read_trace(run.dir)] == list(STAGES)
+        events = [json.loads(line) for line in
+                  (run.dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+        assert all(e["metadata"].get("infrastructure") for e in events if e["status"] == "fail")
+        import redis
+
+        client = redis.Redis.from_url(redis_server.url)
+        assert client.zcard(keys.dead_letters("sparkle", "script")) == 0
+        assert "Traceback" not in log.read_text()
+
+
+def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
+    """The real ffmpeg writing onto a full disk exits 228; the error says "No space left on
+    device" and names the disk (the unit tests cover the same with an ffmpeg double)."""
+    from sparkle.adapters import media
+
+    disk = tmp_path / "disk"
+    with tmpfs(disk, "256k") as mounted:
+        if not mounted:
+            pytest.skip("needs a real small file system (mount -t tmpfs, as root)")
+        # Given a disk with 16 KB left
+        fill(disk, leave_bytes=16 * 1024)
+        # When ffmpeg encodes a clip larger than that onto it
+        with pytest.raises(media.FFmpegResourceError) as caught:
+            media.ffmpeg_to_file(["-f", "lavfi", "-i", "testsrc=duration=10:size=640x360",
+                                  *media.VIDEO_CODEC_ARGS], disk / "clip.mp4",
+                                 doing="encoding a test clip")
+        # Then the first line says why and where
+        first = str(caught.value).splitlines()[0]
+        assert "No space left on device (ENOSPC, exit 228)" in first
+        assert f"on the file system mounted at {disk} (tmpfs" in first
+        # And it is raised from the OSError it stands for, naming the file: through it the
+        # engine holds the stage back instead of failing it
+        cause = caught.value.__cause__
+        assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+        assert str(cause.filename).startswith(str(disk))
+
+
+def _disk_full_once(run_dir_of_call: list[Path]):  # type: ignore[no-untyped-def]
+    """An images adapter whose first call meets a full disk inside the run folder (wrapped in
+    its own error, as the media adapters do), then works."""
+    from sparkle.adapters.testing import FIXED
+    from sparkle.errors import TransientStageError
+
+    def images(plan, refs, run_dir):  # type: ignore[no-untyped-def]
+        run_dir_of_call.append(run_dir)
+        if len(run_dir_of_call) == 1:
+            cause = OSError(28, "No space left on device", str(run_dir / "frames" / "s1.png"))
+            raise TransientStageError(f"cannot write: {cause}") from cause
+        return FIXED["images"](plan, refs, run_dir)
+
+    return images
+
+
+def test_an_adapter_meeting_a_full_run_folder_is_held_back_not_failed(
+        pipeline, plans_dir, monkeypatch):
+    """An adapter's own ENOSPC on a file of the run folder is an infrastructure failure: the
+    stage is sent again after a backoff with no attempt spent on retries, and (worked as
+    `serve` does, without stopping on it) the run finishes."""
+    from sparkle import engine as engine_module
+    from sparkle.stages import Adapter
+
+    monkeypatch.setattr(engine_module, "INFRA_RETRY_MIN_SEC", 0.05)
+    calls: list[Path] = []
+    pipeline.engine.adapters["images"] = Adapter("images", "full-once", _disk_full_once(calls),
+                                                 ())
+    run = pipeline.create(plans_dir / "lighthouse.json")
+    # When the run is worked to its end, as serve works it (not stopping on the failure)
+    result = work_in_foreground(run, pipeline.broker, pipeline.engine.dispatcher, "sparkle", 2,
+                                Console(file=io.StringIO()))
+    # Then it succeeded; images ran twice, and its first attempt is a fail marked as the disk's
+    assert result.status.value == "succeeded"
+    assert len(calls) == 2
+    images = [(e.status, e.attempt, e.metadata.get("infrastructure")) for e in run.events()
+              if e.stage == "images"]
+    assert images == [("begin", 1, None), ("fail", 1, True), ("begin", 2, None),
+                      ("success", 2, None)]
+
+
+def test_the_foreground_run_stops_on_an_infrastructure_failure(pipeline, plans_dir):
+    """`sparkle run`'s loop returns the failure at once instead of waiting on the retries."""
+    from sparkle.stages import Adapter
+
+    calls: list[Path] = []
+    pipeline.engine.adapters["images"] = Adapter("images", "full-once", _disk_full_once(calls),
+                                                 ())
+    run = pipeline.create(plans_dir / "lighthouse.json")
+    # When it is worked in the foreground, watching for infrastructure failures
+    result = pipeline.work(run)
+    # Then it stopped on the first one, naming the file and the cause
+    assert result.infrastructure is not None
+    assert "frames/s1.png: No space left on device (ENOSPC)" in str(result.infrastructure)
+    assert result.status.value == "running" and len(calls) == 1
