@@ -64,7 +64,7 @@ class Pipeline:
             self.engine.settings.namespace,
             threads,
             Console(file=io.StringIO()),
-            self.engine.infrastructure_failures,
+            failures=self.engine.infrastructure_failures,
         )
 
 
