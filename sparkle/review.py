@@ -175,7 +175,7 @@ def open_review(run: Run, stage: str, reason: ReviewReason,
     run.append_event(stage, "review_requested", max(1, run.attempts(stage)),
                      metadata={"review_id": state.review_id, "reason": reason,
                                **(metadata or {})})
-    log.warning("run %s: waiting for review after %s (%s); `sparkle approve %s`", run.run_id,
+    log.info("run %s: waiting for review after %s (%s); `sparkle approve %s`", run.run_id,
                 stage, reason, run.run_id)
     return state
 
@@ -459,7 +459,7 @@ def _record(run: Run, review: ReviewState, kind: str, who: str | None, note: str
     run.append_event(review.stage, kind, max(1, run.attempts(review.stage)), metadata={
         "review_id": review.review_id, "by": by, "note": text, "waited_sec": waited,
         **({"shots": shots} if shots else {}), **(extra or {})})
-    log.warning("run %s: %s by %s after %s", run.run_id, kind, by, review.stage)
+    log.info("run %s: %s by %s after %s", run.run_id, kind, by, review.stage)
     return Decision(run.run_id, kind, review.review_id, review.stage, by, text, now, waited,
                     shots=list(shots or []), closed=closes)
 
