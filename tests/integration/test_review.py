@@ -246,3 +246,60 @@ def test_two_people_deciding_at_once_exactly_one_wins(pipeline, plans_dir):
     assert f"by {won[0]}" in str(lost[0])
     decisions = [e for e in run.events() if e.status in ("approved", "redo", "rejected")]
     assert [e.metadata["by"] for e in decisions] == won
+
+
+def test_an_earlier_take_can_be_put_back(pipeline, plans_dir):
+    """After a re-roll of s2, `takes --use 1` puts the original keyframes back byte for
+    byte; at the images gate nothing else has to re-run, so the review stays open."""
+    # Given s2 re-rolled once at the images gate
+    run = gated_run(pipeline, plans_dir)
+    original = files(run, "frames")
+    review.redo(pipeline.engine, run.run_id, ["s2"], queue=False)
+    assert pipeline.work(run).status is RunStatus.awaiting_review
+    assert files(run, "frames")["s2_start.png"] != original["s2_start.png"]
+    # When the person picks take 1 again
+    decision = review.use_take(pipeline.engine, run.run_id, "s2", 1, who="dana", queue=False)
+    # Then the original files are back, the review is still open, and take 1 is current
+    assert files(run, "frames") == original
+    assert not decision.closed and decision.stages_reset == []
+    assert run.status() is RunStatus.awaiting_review
+    kept = review.takes_of(pipeline.engine.store, run.run_id, "s2")["s2"]["images"]
+    assert [t["current"] for t in kept] == [True, False]
+    assert kinds(run)[-1] == ("images", "take")
+    with pytest.raises(ReviewError, match="no take 7 of images; takes: 1, 2"):
+        review.use_take(pipeline.engine, run.run_id, "s2", 7)
+    # And approving makes the movie from the original keyframes
+    review.approve(pipeline.engine, run.run_id, queue=False)
+    assert pipeline.work(run).status is RunStatus.succeeded
+
+
+def test_qa_regenerate_naming_shots_rerolls_them_then_escalates(pipeline, plans_dir):
+    """QA (auto-regenerate on) keeps flagging s3: its videos are re-rolled for s3 alone,
+    SPARKLE_QA_REGENERATE_LIMIT (2) times, each with a new seed; then the run waits for a
+    person instead of looping."""
+    # Given a QA that always asks to regenerate s3's videos, and auto-regenerate on
+    from sparkle.adapters import testing
+    from sparkle.stages import Adapter
+
+    def picky_qa(plan: Any, refs: Any, run_dir: Path) -> Any:
+        refs, _ = testing.FIXED["qa"](plan, refs, run_dir)
+        return refs, {"decision": "regenerate", "rule": "picky", "flagged_shots": {
+            "s3": ["black_frames"]}, "regenerate_stages": ["videos", "lipsync", "assemble"]}
+
+    pipeline.engine.adapters["qa"] = Adapter("qa", "picky", picky_qa, ())
+    pipeline.engine.settings = pipeline.engine.settings.model_copy(
+        update={"qa_auto_regenerate": True, "qa_regenerate_limit": 2})
+    run = pipeline.create(plans_dir / "lighthouse.json")
+    # When the run is worked
+    result = pipeline.work(run)
+    # Then s3 alone was re-rolled twice from videos, and the run then waited for a person
+    assert result.status is RunStatus.awaiting_review
+    assert shot_calls(run, "videos") == Counter({"s1": 1, "s2": 1, "s3": 3})
+    assert shot_calls(run, "images") == Counter({"s1": 1, "s2": 1, "s3": 1})
+    assert stage_calls(run)["qa"] == 3
+    seeds = [r["seed"] for r in read_trace(run.dir) if r["stage"] == "videos"]
+    assert len(set(seeds)) == 3  # the plan's, then one per take
+    waiting = read_review(str(run.dir))
+    assert waiting is not None and waiting.reason == "qa_regenerate_limit"
+    qa_rerolls = [e for e in run.events() if e.status == "redo"]
+    assert [e.metadata["by"] for e in qa_rerolls] == ["qa-policy", "qa-policy"]
