@@ -159,13 +159,21 @@ def split_stages(text: str) -> list[str]:
 
 
 def _review_after_as_text(value: Any) -> Any:
-    """``metadata.review_after`` may be written as a JSON list of stages; it is stored as the
-    comma-separated string every other metadata value is (``["images", "qa"]`` and
-    ``"images,qa"`` are the same plan, with the same run id)."""
-    if isinstance(value, dict) and isinstance(value.get("review_after"), list) and all(
-            isinstance(item, str) for item in value["review_after"]):
-        return {**value, "review_after": ",".join(item.strip() for item in value["review_after"])}
-    return value
+    """``metadata.review_after`` may be written as a JSON list of stages or as a string; it
+    is stored as the comma-separated string every other metadata value is, in pipeline
+    order (``["qa", "images"]`` and ``"images, qa"`` are the same plan, with the same run
+    id). Anything naming no stage is left as written, for the error to show."""
+    if not isinstance(value, dict) or "review_after" not in value:
+        return value
+    named = value["review_after"]
+    if isinstance(named, str):
+        named = split_stages(named)
+    if not isinstance(named, list) or not all(isinstance(item, str) for item in named):
+        return value
+    names = [item.strip() for item in named]
+    if not all(name in STAGES for name in names):
+        return {**value, "review_after": ",".join(names)}
+    return {**value, "review_after": ",".join(s for s in STAGES if s in names)}
 
 
 #: The JSON Schema of ``metadata``: strings, except ``review_after`` (a string or a list).
