@@ -176,6 +176,10 @@ def _review_after_as_text(value: Any) -> Any:
     return {**value, "review_after": ",".join(s for s in STAGES if s in names)}
 
 
+#: Metadata key of a plan narrowed to some shots for a re-roll (:mod:`sparkle.takes`):
+#: every shot id of the run's plan, comma-separated, in order.
+NARROWED_FROM = "narrowed_from"
+
 #: The JSON Schema of ``metadata``: strings, except ``review_after`` (a string or a list).
 METADATA_JSON_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -34,7 +34,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparkle import atomic
-from sparkle.schemas import STAGES, AssetRefs, AssetRefsShot, MoviePlan, StageEvent
+from sparkle.schemas import (
+    NARROWED_FROM,
+    STAGES,
+    AssetRefs,
+    AssetRefsShot,
+    MoviePlan,
+    StageEvent,
+)
 from sparkle.stages import StageFn, normalize_result
 from sparkle.statuscache import TAKES_FILE
 
@@ -175,7 +182,9 @@ def run_narrowed(fn: StageFn, stage: str, plan: MoviePlan, refs: AssetRefs, run_
     """Run the adapter ``fn`` of ``stage`` for ``shots`` only and merge what it returns.
 
     Shots of the same take number go to the adapter together, on a plan narrowed to them
-    whose seed is :func:`take_seed` of that take. Each call's files are kept as a new take.
+    whose seed is :func:`take_seed` of that take and whose ``metadata.narrowed_from`` lists
+every shot of the run (for an adapter that numbers shots). Each call's files are kept as a
+new take.
 
     Returns:
       The run's refs with those shots' entries (and any extras) replaced by the adapter's,
@@ -207,7 +216,8 @@ def run_narrowed(fn: StageFn, stage: str, plan: MoviePlan, refs: AssetRefs, run_
         seed = take_seed(plan.seed, number)
         narrow_plan = plan.model_copy(update={
             "shots": [s for s in plan.shots if s.id in group],
-            "metadata": {**plan.metadata, "seed": str(seed)},
+            "metadata": {**plan.metadata, "seed": str(seed),
+                         NARROWED_FROM: ",".join(s.id for s in plan.shots)},
         })
         narrow_refs = AssetRefs(
             shots={shot: refs.shots[shot].model_copy(deep=True) for shot in group
