@@ -327,6 +327,12 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
 
         engine, _ = _engine()
         the_run = engine.store.run(run_id)
+        if the_run.status().value in ("awaiting_review", "rejected"):
+            from sparkle.errors import ReviewError
+
+            raise ReviewError(
+                f"run {run_id} is {the_run.status().value}: resume does not decide for a "
+                f"person; see `sparkle status {run_id}` (approve, redo or reject it)")
         if is_embedded():
             return _work(the_run, from_stage, only, threads)
         reset = force_rerun(the_run, from_stage, only)
