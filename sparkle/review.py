@@ -17,7 +17,10 @@ manifest with who, when, the note and the review id:
 - :func:`redo`: a per-shot stage (``images``, ``videos``, ``tts``, ``lipsync``) runs again
   for the named shots only, then the stages that depend on them (:mod:`sparkle.takes`);
 - :func:`reject`: the run ends as ``rejected`` (not an error; never re-driven);
-- :func:`use_take`: an earlier take of a shot is put back in place.
+- :func:`use_take`: an earlier take of a shot is put back in place;
+
+and for pages: :func:`review_view` (what waits, since when, the files, the history) and
+:func:`takes_of` (every take of every shot).
 
 **Safety.** A decision holds the run's lease (so no worker is inside the run: the one that
 opened the review may not have let go of it yet) and the run folder's file lock (so two
@@ -52,7 +55,7 @@ from sparkle.review_state import (
     write_review,
 )
 from sparkle.runstore import PLAN_FILE, Run, RunState, RunStore
-from sparkle.schemas import STAGES, AssetRefs
+from sparkle.schemas import REVIEW_EVENTS, STAGES, AssetRefs
 from sparkle.settings import Settings
 from sparkle.takes import (
     PER_SHOT_STAGES,
@@ -372,6 +375,24 @@ def takes_of(store: RunStore, run_id: str, shot: str | None = None
     shots = _check_shots(run, [shot]) if shot else [s.id for s in run.plan().shots]
     refs = run.asset_refs()
     return {one: list_takes(run.dir, refs, one) for one in shots}
+
+
+def review_view(store: RunStore, run_id: str) -> dict[str, Any]:
+    """What a page needs to show a run's review: its status, the review waiting (with how
+    long it has waited and the files to look at) or None, and every review event so far
+    (requests and decisions, oldest first, with who, when, note and shots)."""
+    run = store.run(run_id)
+    waiting = read_review(str(run.dir))
+    shown: dict[str, Any] | None = None
+    if waiting is not None:
+        shown = {**waiting.model_dump(mode="json"),
+                 "waiting_sec": round(max(0.0, time.time() - waiting.requested_at), 1)
+                 if waiting.status == "awaiting_review" else None,
+                 "files": review_files(run, waiting.stage)}
+    history = [{"kind": e.status, "stage": e.stage, "at": e.timestamp, **e.metadata}
+               for e in run.events() if e.status in REVIEW_EVENTS]
+    return {"run_id": run_id, "status": run.status().value, "review": shown,
+            "history": history}
 
 
 def review_files(run: Run, stage: str) -> list[str]:

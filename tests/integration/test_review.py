@@ -303,3 +303,18 @@ def test_qa_regenerate_naming_shots_rerolls_them_then_escalates(pipeline, plans_
     assert waiting is not None and waiting.reason == "qa_regenerate_limit"
     qa_rerolls = [e for e in run.events() if e.status == "redo"]
     assert [e.metadata["by"] for e in qa_rerolls] == ["qa-policy", "qa-policy"]
+
+
+def test_review_view_shows_what_waits_and_the_decision_history(pipeline, plans_dir):
+    """For a page: the review waiting, the keyframes to look at, and every request and
+    decision so far with who and the note."""
+    run = gated_run(pipeline, plans_dir)
+    review.redo(pipeline.engine, run.run_id, ["s3"], who="erin", note="sky", queue=False)
+    assert pipeline.work(run).status is RunStatus.awaiting_review
+    view = review.review_view(pipeline.engine.store, run.run_id)
+    assert view["status"] == "awaiting_review"
+    assert view["review"]["stage"] == "images" and view["review"]["waiting_sec"] >= 0
+    assert "frames/s3_start.png" in view["review"]["files"]
+    assert [(h["kind"], h.get("by"), h.get("note")) for h in view["history"]] == [
+        ("review_requested", None, None), ("redo", "erin", "sky"),
+        ("review_requested", None, None)]
