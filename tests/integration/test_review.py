@@ -318,3 +318,36 @@ def test_review_view_shows_what_waits_and_the_decision_history(pipeline, plans_d
     assert [(h["kind"], h.get("by"), h.get("note")) for h in view["history"]] == [
         ("review_requested", None, None), ("redo", "erin", "sky"),
         ("review_requested", None, None)]
+
+
+def test_sparkle_review_after_gates_plans_that_say_nothing(pipeline, plans_dir):
+    """SPARKLE_REVIEW_AFTER=videos stops a plan without metadata.review_after after videos;
+    a plan saying review_after "" (no gates) is not stopped."""
+    pipeline.engine.settings = pipeline.engine.settings.model_copy(
+        update={"review_after": "videos"})
+    silent = pipeline.create(plans_dir / "lighthouse.json")
+    assert pipeline.work(silent).status is RunStatus.awaiting_review
+    assert stage_calls(silent) == Counter({"script": 1, "images": 1, "videos": 1})
+    ungated = pipeline.create(plans_dir / "rooftop.json", review_after="")
+    assert pipeline.work(ungated).status is RunStatus.succeeded
+
+
+def test_a_worker_dying_between_success_and_gate_still_stops_the_run(pipeline, plans_dir,
+                                                                    monkeypatch):
+    """images succeeded but its worker died before opening the review: the next stage's
+    message (a re-drive) opens it instead of running videos."""
+    # Given a gated run whose images succeeded without its review being opened
+    run = pipeline.create(plans_dir / "lighthouse.json", review_after="images")
+    with monkeypatch.context() as patch:
+        patch.setattr(review, "after_success", lambda *args: (False, None))
+        pipeline.engine.execute("script", run.run_id)
+        pipeline.engine.execute("images", run.run_id)
+    assert read_review(str(run.dir)) is None
+    # When the videos message arrives (as the reaper would send it)
+    outcome = pipeline.engine.execute("videos", run.run_id)
+    # Then videos did not run, and the run waits for its review after images
+    assert outcome.value == "awaiting_review"
+    assert "videos" not in stage_calls(run)
+    waiting = read_review(str(run.dir))
+    assert waiting is not None and waiting.stage == "images"
+    assert kinds(run)[-1] == ("images", "review_requested")
