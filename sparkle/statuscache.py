@@ -45,8 +45,9 @@ SUMMARY_SOURCES: tuple[str, ...] = (
     ASSET_REFS_FILE,
     *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
     REVIEW_FILE,
-    TAKES_FILE,
 )
+# (Not TAKES_FILE: it changes only just before ASSET_REFS_FILE is saved, by a re-roll or a
+# take put back, so one more stat per run and listing would buy nothing.)
 
 #: A file's identity: [inode, size, mtime_ns, ctime_ns], or None when it does not exist. An
 #: atomic replace gives a new inode; an append or an edit in place changes size or times.
