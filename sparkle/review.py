@@ -179,7 +179,7 @@ def open_review(run: Run, stage: str, reason: ReviewReason,
                      metadata={"review_id": state.review_id, "reason": reason,
                                **(metadata or {})})
     log.info("run %s: waiting for review after %s (%s); `sparkle approve %s`", run.run_id,
-                stage, reason, run.run_id)
+             stage, reason, run.run_id)
     return state
 
 

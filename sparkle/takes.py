@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparkle import atomic
+from sparkle.errors import UnsafePathError
 from sparkle.schemas import (
     NARROWED_FROM,
     STAGES,
@@ -268,7 +269,7 @@ def _keep(run_dir: Path, shot: str, stage: str, number: int,
     folder = Path(TAKES_DIR) / shot / stage / f"take{number}"
     kept: dict[str, str] = {}
     for path in _paths(refs):
-        source = run_dir / path
+        source = inside(run_dir, path)
         if not source.is_file():
             continue
         name = Path(path).name
@@ -279,6 +280,21 @@ def _keep(run_dir: Path, shot: str, stage: str, number: int,
         kept[path] = str(target)
     return Take(take=number, refs=refs, kept=kept, seed=seed, recorded_at=time.time(),
                 cause=cause)
+
+
+def inside(run_dir: Path, path: str) -> Path:
+    """``run_dir / path``, refused when it resolves outside the run folder (an adapter's
+    refs, or a ``takes.json`` edited by hand, must not make a take read or write there).
+
+    Raises:
+      UnsafePathError: it does.
+    """
+    base = run_dir.resolve()
+    candidate = (base / path).resolve()
+    if base not in candidate.parents:
+        raise UnsafePathError(f"{path!r} resolves outside run folder {str(run_dir)!r}; "
+                              "a take keeps only files inside it")
+    return candidate
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -332,7 +348,7 @@ def restore_take(run_dir: Path, refs: AssetRefs, shot: str, stage: str, number: 
         raise KeyError(f"shot {shot} has no take {number} of {stage}; takes: "
                        f"{', '.join(map(str, have))}")
     for path, copy in take.kept.items():
-        _copy(run_dir / copy, run_dir / path)
+        _copy(inside(run_dir, copy), inside(run_dir, path))
     refs = refs.model_copy(deep=True)
     entry = refs.shot(shot)
     for name, value in take.refs.items():

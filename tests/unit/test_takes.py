@@ -115,3 +115,31 @@ def test_shots_at_the_same_take_share_one_call_and_others_get_their_own(tmp_path
     calls.clear()
     run_narrowed(adapter, "images", plan(), refs, tmp_path, ["s3", "s2"])
     assert calls == [(["s3"], take_seed(42, 2)), (["s2"], take_seed(42, 3))]
+
+
+def test_a_take_never_reads_or_writes_outside_the_run_folder(tmp_path: Path):
+    """An adapter naming a file outside the run folder fails the re-roll (nothing copied
+    from there), and a takes.json edited to point outside is refused when restoring."""
+    from sparkle.errors import UnsafePathError
+
+    run_dir = tmp_path / "run"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+
+    def escaping(movie_plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Any:
+        refs = refs.model_copy(deep=True)
+        refs.shot("s2").start_frame = "../secret.txt"
+        return refs
+
+    run_dir.mkdir()
+    with pytest.raises(UnsafePathError, match="outside run folder"):
+        run_narrowed(escaping, "images", plan(), AssetRefs(), run_dir, ["s2"])
+    assert not list(run_dir.rglob("secret.txt"))
+    index = run_dir / "takes.json"
+    index.write_text(json.dumps({"shots": {"s2": {"images": {"current": 1, "takes": [{
+        "take": 1, "refs": {"start_frame": "../evil.png"}, "kept": {"../evil.png": "x.png"},
+        "seed": 1, "recorded_at": 1.0, "cause": "original"}]}}}}))
+    (run_dir / "x.png").write_bytes(b"x")
+    with pytest.raises(UnsafePathError):
+        restore_take(run_dir, AssetRefs(), "s2", "images", 1)
+    assert not (tmp_path / "evil.png").exists()
