@@ -27,7 +27,8 @@ def test_waiting_run_survives_a_worker_restart_and_is_never_redriven(redis_serve
                                                                        plans_dir):
     """Gated after images: the run waits; the workers are stopped and started again; the
     reapers (in the workers, and a one-shot `sparkle redrive --older-than 0`) leave it
-    alone; `sparkle approve` queues videos and the run completes."""
+    alone; `sparkle redo --shots s2` has the workers draw s2 alone; `sparkle approve`
+    queues videos and the run completes."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
     env = {**clean, "SPARKLE_REDIS_URL": redis_server.url,
            "SPARKLE_RUNS_DIR": str(tmp_path / "runs"), "SPARKLE_ADAPTERS": "test",
@@ -65,6 +66,12 @@ def test_waiting_run_survives_a_worker_restart_and_is_never_redriven(redis_serve
         assert not any(status == "redrive" for _, status in statuses)
         listed = json.loads(sparkle("runs", "--json").stdout)
         assert listed["status"] == "awaiting_review" and listed["review_after"] == "images"
+        # When a person re-rolls s2, the workers draw s2 alone and the run waits again
+        assert f"{run_id}: queued images" in sparkle("redo", run_id, "--shots", "s2").stdout
+        wait_for(lambda: run.status().value == "awaiting_review" and sum(
+            1 for r in read_trace(run.dir) if r["stage"] == "images") == 2, 30, "the re-roll")
+        assert [r["shots"] for r in read_trace(run.dir) if r["stage"] == "images"] == [
+            ["s1", "s2", "s3"], ["s2"]]
         # When a person approves it
         out = sparkle("approve", run_id, "--note", "keyframes fine").stdout
         # Then videos is queued for the workers and the run completes, every stage once
@@ -72,6 +79,7 @@ def test_waiting_run_survives_a_worker_restart_and_is_never_redriven(redis_serve
         wait_for(lambda: run.status().value == "succeeded", 60, "the run to finish")
     finally:
         workers.close()
-    assert Counter(r["stage"] for r in read_trace(run.dir)) == Counter(STAGES)
+    assert Counter(r["stage"] for r in read_trace(run.dir)) == Counter(STAGES) + Counter(
+        ["images"])
     approved = [e for e in run.events() if e.status == "approved"]
     assert [e.metadata["note"] for e in approved] == ["keyframes fine"]
