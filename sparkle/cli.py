@@ -1,9 +1,11 @@
 """The ``sparkle`` command line.
 
-Exit codes: 0 success; 1 a stage failed (the message says how to resume); 2 bad input or
-configuration (the message names the file, the field and what to do); 3 an infrastructure
-failure: the storage under the runs folder or the inbox failed (full, read-only, I/O error;
-the message names the path, the cause and the file system, and how to go on).
+Exit codes: 0 success; 1 a stage failed (the message says how to resume), or a review
+decision was refused; 2 bad input or configuration (the message names the file, the field
+and what to do); 3 an infrastructure failure: the storage under the runs folder or the
+inbox failed (full, read-only, I/O error; the message names the path, the cause and the
+file system, and how to go on); 5 the run stopped at a review gate and waits for a person
+(the files to look at and the commands that decide are printed).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -232,6 +235,15 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
     if result.status.value == "cancelled":
         click.echo(f"cancelled: resume with `{_resume_command(the_run.run_id)}`")
         return EXIT_FAILED
+    if result.status.value == "awaiting_review":
+        from sparkle.cli_review import EXIT_AWAITING_REVIEW, waiting_message
+
+        click.echo(waiting_message(the_run))
+        return EXIT_AWAITING_REVIEW
+    if result.status.value == "rejected":
+        click.echo(f"{the_run.run_id} was rejected at review; it does not continue "
+                   f"(`sparkle timeline {the_run.run_id}` shows who and why)", err=True)
+        return EXIT_FAILED
     for view in the_run.stage_views():
         if view.status == "failed":
             click.echo(f"stage {view.stage} failed (attempt {view.attempt}): {view.error}",
@@ -351,6 +363,12 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
 
         engine, _ = _engine()
         the_run = engine.store.run(run_id)
+        if the_run.status().value in ("awaiting_review", "rejected"):
+            from sparkle.errors import ReviewError
+
+            raise ReviewError(
+                f"run {run_id} is {the_run.status().value}: resume does not decide for a "
+                f"person; see `sparkle status {run_id}` (approve, redo or reject it)")
         if is_embedded():
             return _work(the_run, from_stage, only, threads)
         reset = force_rerun(the_run, from_stage, only)
@@ -395,14 +413,18 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 
 @main.command()
 @click.option("--status", "only_status", type=click.Choice(
-    ["queued", "running", "failed", "succeeded", "cancelled"]), help="Only runs with this status.")
+    ["queued", "running", "failed", "succeeded", "cancelled", "awaiting_review", "rejected"]),
+    help="Only runs with this status.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
 def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
-    """One line per run: id, status, QA decision, stage reached."""
+    """One line per run: id, status, QA decision, stage reached (and, for a run awaiting
+    review, the stage it stopped after and how long it has waited)."""
     _settings(runs_dir=runs_dir)
+    from sparkle.review_state import read_review
     from sparkle.runindex import listing
     from sparkle.runstore import RunStore
+    from sparkle.statuscache import duration_text
 
     # summaries() answers from each run's stat-validated summary cache: 10,000 runs in
     # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md); queued or running runs on Redis
@@ -411,12 +433,22 @@ def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
         state, decision, next_stage = summary.status.value, summary.qa_decision, summary.next_stage
         if only_status and state != only_status:
             continue
+        waiting = None
+        if state == "awaiting_review":  # (only these: one more small file each)
+            review = read_review(str(get_settings().runs_dir / summary.run_id))
+            if review is not None:
+                waiting = (review.stage, max(0.0, time.time() - review.requested_at))
         if as_json:
-            click.echo(json.dumps({"run_id": summary.run_id, "status": state,
-                                   "qa_decision": decision, "next_stage": next_stage}))
+            record: dict[str, Any] = {"run_id": summary.run_id, "status": state,
+                                      "qa_decision": decision, "next_stage": next_stage}
+            if waiting is not None:
+                record.update(review_after=waiting[0], waiting_sec=round(waiting[1], 1))
+            click.echo(json.dumps(record))
         else:
             qa = _decision_label(decision) if decision else "-"
-            click.echo(f"{summary.run_id:<56} {state:<10} {qa:<13} {next_stage or 'done'}")
+            where = (f"after {waiting[0]}, waiting {duration_text(waiting[1])}"
+                     if waiting is not None else next_stage or "done")
+            click.echo(f"{summary.run_id:<56} {state:<15} {qa:<13} {where}")
 
 
 # -- services ----------------------------------------------------------------------------
@@ -507,8 +539,9 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
 
 def _register_commands() -> None:
     from sparkle.cli_ops import COMMANDS
+    from sparkle.cli_review import COMMANDS as REVIEW_COMMANDS
 
-    for command in COMMANDS:
+    for command in [*COMMANDS, *REVIEW_COMMANDS]:
         main.add_command(command)
 
 

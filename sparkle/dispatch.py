@@ -10,6 +10,7 @@ pending for it. A pending record whose message was lost is the reaper's business
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from dramatiq.brokers.stub import StubBroker
 from sparkle import keys, lease, runlock
 from sparkle.roundtrip import Command
 from sparkle.runstore import Run
+from sparkle.statuscache import REVIEW_FILE
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +108,12 @@ class Dispatcher:
     def kick(self, run: Run) -> str | None:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.
 
-        Sends nothing when the run is done or cancelled, when that stage already has a
-        message on its way, or when a worker (embedded: another process) holds the run.
-        Used by ``submit``, the inbox, ``resume`` and the reaper.
+        Sends nothing when the run is done, cancelled or waiting for a review decision (or
+        rejected), when that stage already has a message on its way, or when a worker
+        (embedded: another process) holds the run. Used by ``submit``, the inbox,
+        ``resume`` and the reaper.
         """
-        if run.cancelled:
+        if run.cancelled or os.path.exists(f"{run.dir}/{REVIEW_FILE}"):
             return None
         stage = run.next_stage()
         if stage is None:

@@ -37,7 +37,7 @@ import tenacity
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, metrics, notifications
+from sparkle import atomic, metrics, notifications, review, takes
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.infrastructure import (
@@ -106,6 +106,8 @@ class Outcome(enum.StrEnum):
     #: The storage under the run's bookkeeping failed (full, read-only, I/O error): the
     #: stage is sent again after a backoff, no attempt counted (:mod:`sparkle.infrastructure`).
     infrastructure = "infrastructure"
+    #: The run waits for a person's review decision (or was rejected); nothing ran.
+    awaiting_review = "awaiting_review"
 
 
 class _Transient(Exception):
@@ -302,6 +304,10 @@ class Engine:
             log.warning("run %s stage %s: %s is not done yet; queueing it instead",
                         run.run_id, stage, first)
             return Outcome.out_of_order, self._unqueued_next(run, state)
+        if review.holds(run, state, stage, self.settings):
+            log.info("run %s stage %s: the run waits for a review; not starting", run.run_id,
+                     stage)
+            return Outcome.awaiting_review, None
         crashes = state.crashed_begins(stage)
         if crashes >= self.settings.crash_loop_limit:
             message = (
@@ -313,7 +319,9 @@ class Engine:
             self._record_failure(run, stage, state.attempts(stage), message, lease,
                                  event=True, reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
-        self._run_attempts(run, stage, lease, state.attempts(stage))
+        # (a stage re-run for some shots only: the person's redo, or QA's)
+        shots = takes.narrowed_shots(state.events, stage) if stage in takes.SHOT_FIELDS else None
+        self._run_attempts(run, stage, lease, state.attempts(stage), shots)
         follow_up = self._after_success(run, stage, state)
         if follow_up is None and stage == STAGES[-1] and not run.cancelled:
             notifications.run_ended(run, self.settings, "succeeded")
@@ -327,7 +335,7 @@ class Engine:
         and only this worker can still send it.
         """
         stage = state.next_stage()
-        if stage is None:
+        if stage is None or state.review() is not None:
             return None
         pending = self.dispatcher.pending(run.run_id)
         if pending is not None and pending[0] == stage:
@@ -338,6 +346,12 @@ class Engine:
         if run.cancelled:
             log.info("run %s: cancelled after %s; not continuing", run.run_id, stage)
             return None
+        # A review gate after this stage, or QA's escalate / per-shot regenerate.
+        handled, follow_up = review.after_success(run, stage, self.settings)
+        if handled:
+            if follow_up is None:  # (the run now waits for a person: tell who listens)
+                notifications.run_ended(run, self.settings, "awaiting_review")
+            return follow_up
         if stage == "qa" and self.settings.qa_auto_regenerate:
             regenerate = self._qa_regenerate_from(run)
             if regenerate is not None:
@@ -363,8 +377,10 @@ class Engine:
         log.info("run %s: QA decided regenerate; re-running from %s", run.run_id, earliest)
         return earliest
 
-    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int) -> None:
-        """Run the adapter under tenacity; ``attempt`` is the last attempt number used."""
+    def _run_attempts(self, run: Run, stage: str, lease: Lease, attempt: int,
+                      shots: list[str] | None = None) -> None:
+        """Run the adapter under tenacity; ``attempt`` is the last attempt number used;
+        ``shots``: run it for these shots only (:mod:`sparkle.takes`)."""
         adapter = self.adapters[stage]
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.retry_attempts),
@@ -381,7 +397,7 @@ class Engine:
         def one_attempt() -> None:
             nonlocal attempt
             attempt += 1
-            self._attempt(run, stage, adapter, attempt, lease)
+            self._attempt(run, stage, adapter, attempt, lease, shots)
 
         try:
             # (called, not iterated: the same policy for about two thirds of the cost)
@@ -402,7 +418,8 @@ class Engine:
         with self.slots.released():
             self.sleep(seconds)
 
-    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
+    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease,
+                 shots: list[str] | None = None) -> None:
         if lease.lost.is_set():
             raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
         begin_meta = {"adapter": adapter.name, "worker": worker_id()}
@@ -420,8 +437,11 @@ class Engine:
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             with self.slots.released():
-                result = adapter.fn(plan, refs_before, run.dir)
-            refs, metadata = normalize_result(result)
+                if shots is None:
+                    refs, metadata = normalize_result(adapter.fn(plan, refs_before, run.dir))
+                else:
+                    refs, metadata = takes.run_narrowed(adapter.fn, stage, plan, refs_before,
+                                                        run.dir, shots)
             outputs = self._check_paths(run, refs)
             # The success recorded next survives a power cut: so must what it names. (Out
             # of the bookkeeping slot, like the adapter: flushing media may take a while.)
@@ -487,7 +507,8 @@ class Engine:
             run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                             attempt=attempt, metadata=success_meta))
             checkpointed = True
-            run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
+            run.append_event(stage, "success", attempt, metadata={
+                "duration_sec": duration, **({"shots": shots} if shots is not None else {})})
         except OSError as exc:
             if not is_infrastructure(exc):
                 raise

@@ -60,3 +60,12 @@ class LeaseLostError(SparkleError):
 
 class ConfigError(SparkleError):
     """A setting or a configuration file is wrong."""
+
+
+class ReviewError(SparkleError):
+    """A review decision cannot apply: the run is not waiting, a shot id is unknown, a stage
+    was not reached. The message says what the run is doing and what can be done."""
+
+
+class DecisionConflictError(ReviewError):
+    """Another decision on the same review won; this one was not applied."""

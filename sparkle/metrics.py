@@ -173,10 +173,14 @@ class StateCollector:
         runs = GaugeMetricFamily("sparkle_runs", "Runs by status.", labels=["status"])
         # From the per-run summary caches: a scrape of 10,000 runs reads one small file and
         # stats eleven per run instead of validating every checkpoint.
-        counts = collections.Counter(s.status.value for s in self.store.summaries())
-        for status in ("queued", "running", "failed", "succeeded", "cancelled"):
+        summaries = self.store.summaries()
+        counts = collections.Counter(s.status.value for s in summaries)
+        for status in ("queued", "running", "failed", "succeeded", "cancelled",
+                       "awaiting_review", "rejected"):
             runs.add_metric([status], counts[status])
         yield runs
+        yield self._review_wait([s.run_id for s in summaries
+                                 if s.status.value == "awaiting_review"])
         queues = GaugeMetricFamily("sparkle_queue_messages",
                                    "Messages in each stage queue, by state.",
                                    labels=["queue", "state"])
@@ -188,6 +192,24 @@ class StateCollector:
             log.warning("metrics: cannot read queue depths from Redis (%s)", exc)
             return
         yield queues
+
+    def _review_wait(self, waiting: list[str]) -> Any:
+        """How long the longest-waiting run has waited for a person (0 when none waits)."""
+        import time
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        from sparkle.review_state import read_review
+
+        oldest = 0.0
+        for run_id in waiting:
+            review = read_review(str(self.store.root / run_id))
+            if review is not None:
+                oldest = max(oldest, time.time() - review.requested_at)
+        gauge = GaugeMetricFamily("sparkle_review_oldest_wait_seconds",
+                                  "Seconds the longest-waiting run has awaited review.")
+        gauge.add_metric([], round(oldest, 1))
+        return gauge
 
     def _depths(self, stage: str) -> dict[str, int]:
         from dramatiq.brokers.stub import StubBroker

@@ -35,3 +35,8 @@ class RunStatus(enum.StrEnum):
     succeeded = "succeeded"
     #: Stopped by ``sparkle cancel``; only ``sparkle resume`` continues it.
     cancelled = "cancelled"
+    #: Stopped at a review gate (or by QA's ``escalate``) until a person approves, re-rolls
+    #: shots or rejects it (:mod:`sparkle.review`). Never re-driven while it waits.
+    awaiting_review = "awaiting_review"
+    #: A person rejected it at a review gate: finished, not an error, never re-driven.
+    rejected = "rejected"

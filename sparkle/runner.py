@@ -40,7 +40,8 @@ from sparkle.stages import check_stage
 POLL_SEC = 0.1
 
 #: Statuses at which a run has come to rest.
-RESTING = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+RESTING = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled,
+           RunStatus.awaiting_review, RunStatus.rejected)
 
 
 def force_rerun(run: Run, from_stage: str | None = None, only: str | None = None) -> list[str]:

@@ -45,6 +45,7 @@ from sparkle import atomic, refmerge, statuscache, unique
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.infrastructure import bookkeeping, naming
 from sparkle.names import RunStatus as RunStatus
+from sparkle.review_state import ReviewState, read_review
 from sparkle.schemas import (
     ID_RE,
     STAGES,
@@ -60,6 +61,7 @@ from sparkle.statuscache import MANIFEST_FILE as MANIFEST_FILE
 from sparkle.statuscache import PLAN_FILE as PLAN_FILE
 from sparkle.statuscache import SUMMARY_FILE as SUMMARY_FILE
 from sparkle.statuscache import SUMMARY_SOURCES as SUMMARY_SOURCES
+from sparkle.takes import take_counts
 
 log = logging.getLogger(__name__)
 
@@ -516,6 +518,8 @@ class RunState:
         self._manifest_size: int | None = None
         self._appended_before = len(run.appended)
         self._checkpoint_before_history = False
+        self._review: ReviewState | None = None
+        self._review_read = False
 
     def checkpoint(self, stage: str) -> Checkpoint | None:
         if stage not in self._checkpoints:
@@ -637,10 +641,20 @@ class RunState:
                 break
         return count
 
+    def review(self) -> ReviewState | None:
+        """The run's ``review.json``: present while it waits for a person, or once rejected."""
+        if not self._review_read:
+            self._review = read_review(str(self.run.dir))
+            self._review_read = True
+        return self._review
+
     def status(self) -> RunStatus:
-        """The run's status: cancelled (marker present), else failed (a failed checkpoint),
-        succeeded (every stage's checkpoint says success), running (any checkpoint),
-        queued (none). The manifest is not read."""
+        """The run's status: rejected or awaiting_review (``review.json``), cancelled (marker
+        present), else failed (a failed checkpoint), succeeded (every stage's checkpoint
+        says success), running (any checkpoint), queued (none). The manifest is not read."""
+        review = self.review()
+        if review is not None:
+            return RunStatus(review.status)
         if self.run.cancelled:
             return RunStatus.cancelled
         checkpoints = [self.checkpoint(stage) for stage in STAGES]
@@ -707,6 +721,7 @@ def _read(path: str) -> bytes:
 def status_view(run: Run, state: RunState) -> dict[str, Any]:
     """What ``sparkle status --json`` prints for the run (rendered by
     :mod:`sparkle.statuscache`)."""
+    review = state.review()
     return {
         "run_id": run.run_id,
         "status": state.status().value,
@@ -717,6 +732,12 @@ def status_view(run: Run, state: RunState) -> dict[str, Any]:
              "duration_sec": v.duration_sec, "error": v.error}
             for v in state.stage_views()
         ],
+        "review": None if review is None else {
+            "review_id": review.review_id, "stage": review.stage, "reason": review.reason,
+            "requested_at": float(review.requested_at), "decided_by": review.decided_by,
+            "note": review.note,
+        },
+        "takes": take_counts(run.dir),
     }
 
 

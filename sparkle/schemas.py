@@ -12,7 +12,15 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # Defined in sparkle.names (no pydantic there); re-exported because many modules take them
@@ -131,6 +139,11 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
             check_id(metadata["run_id"])
         except PydanticCustomError as exc:
             bad("run_id", str(exc))
+    if "review_after" in metadata:
+        unknown = [name for name in split_stages(metadata["review_after"]) if name not in STAGES]
+        if unknown:
+            bad("review_after", f"names no stage: {', '.join(map(repr, unknown))}; stages are "
+                f"{', '.join(STAGES)} (e.g. [\"images\", \"qa\"] or 'images,qa')")
     if problems:
         raise PydanticCustomError(
             "bad_metadata",
@@ -139,6 +152,49 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
         )
     return metadata
 
+
+def split_stages(text: str) -> list[str]:
+    """Stage names in a comma-separated list (``"images, qa"``); blanks are dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _review_after_as_text(value: Any) -> Any:
+    """``metadata.review_after`` may be written as a JSON list of stages or as a string; it
+    is stored as the comma-separated string every other metadata value is, in pipeline
+    order (``["qa", "images"]`` and ``"images, qa"`` are the same plan, with the same run
+    id). Anything naming no stage is left as written, for the error to show."""
+    if not isinstance(value, dict) or "review_after" not in value:
+        return value
+    named = value["review_after"]
+    if isinstance(named, str):
+        named = split_stages(named)
+    if not isinstance(named, list) or not all(isinstance(item, str) for item in named):
+        return value
+    names = [item.strip() for item in named]
+    if not all(name in STAGES for name in names):
+        return {**value, "review_after": ",".join(names)}
+    return {**value, "review_after": ",".join(s for s in STAGES if s in names)}
+
+
+#: Metadata key of a plan narrowed to some shots for a re-roll (:mod:`sparkle.takes`):
+#: every shot id of the run's plan, comma-separated, in order.
+NARROWED_FROM = "narrowed_from"
+
+#: The JSON Schema of ``metadata``: strings, except ``review_after`` (a string or a list).
+METADATA_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Metadata",
+    "additionalProperties": {"type": "string"},
+    "properties": {
+        "review_after": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"enum": list(STAGES)}},
+            ],
+            "description": "Stages after which the run stops for a person's review.",
+        }
+    },
+}
 
 #: Reference problems listed for one plan: a plan made of mistakes is reported in a few
 #: lines, not one line per mistake (the inbox writes them into its error record).
@@ -208,10 +264,14 @@ class MoviePlan(_Model):
     title: str = Field(min_length=1, max_length=300, pattern=r"\S")
     characters: list[CharacterSpec] = Field(default_factory=list)
     shots: list[ShotSpec] = Field(min_length=1)
-    #: Free-form string settings; known keys: ``seed``, ``fps``, ``resolution``, ``run_id``.
-    metadata: Annotated[dict[str, str], AfterValidator(_check_metadata)] = Field(
-        default_factory=dict
-    )
+    #: Free-form string settings; known keys: ``seed``, ``fps``, ``resolution``, ``run_id``,
+    #: ``review_after`` (stages to stop after for a person: a list or ``"images,qa"``).
+    metadata: Annotated[
+        dict[str, str],
+        BeforeValidator(_review_after_as_text),
+        AfterValidator(_check_metadata),
+        WithJsonSchema(METADATA_JSON_SCHEMA),
+    ] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_references(self) -> MoviePlan:
@@ -245,6 +305,15 @@ class MoviePlan(_Model):
     def seed(self) -> int:
         """The plan's seed (``metadata.seed``), 0 when unset."""
         return int(self.metadata.get("seed", "0"))
+
+    @property
+    def review_after(self) -> tuple[str, ...] | None:
+        """The stages to stop after for a review (``metadata.review_after``), in pipeline
+        order; None when the plan does not say (``SPARKLE_REVIEW_AFTER`` applies then)."""
+        if "review_after" not in self.metadata:
+            return None
+        named = set(split_stages(self.metadata["review_after"]))
+        return tuple(stage for stage in STAGES if stage in named)
 
     @property
     def fps(self) -> float:
@@ -330,8 +399,15 @@ class Checkpoint(_Model):
 
 
 #: ``reset`` marks a forced re-run, ``redrive`` a re-enqueue by the reaper or an operator,
-#: ``cancel`` a cancellation request.
-EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel"]
+#: ``cancel`` a cancellation request. The review kinds (:mod:`sparkle.review`):
+#: ``review_requested`` (the run stopped after the stage for a person), and the person's
+#: decision: ``approved``, ``redo`` (shots re-rolled), ``rejected``; ``take`` records an
+#: earlier take put back in place (:mod:`sparkle.takes`).
+EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel",
+                      "review_requested", "approved", "redo", "rejected", "take"]
+
+#: The event kinds that record a review: its request and the decisions answering it.
+REVIEW_EVENTS = ("review_requested", "approved", "redo", "rejected", "take")
 
 
 class StageEvent(_Model):

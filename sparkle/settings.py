@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     qa_policy: Path | None = None
     #: Re-run from the earliest stage QA names, once, when QA decides ``regenerate``.
     qa_auto_regenerate: bool = False
+    #: Stages after which a run stops for a person's review (comma-separated, e.g.
+    #: ``images,qa``), for plans whose ``metadata.review_after`` says nothing; empty: none.
+    review_after: str = ""
+    #: Times per run that QA's ``regenerate`` may re-roll the shots it names (with
+    #: ``SPARKLE_QA_AUTO_REGENERATE``); after that the run waits for a person instead.
+    qa_regenerate_limit: int = Field(default=2, ge=0, le=100)
+    #: Seconds a review decision waits for a worker to let go of the run before refusing.
+    decision_wait_sec: float = Field(default=10.0, gt=0)
     #: Seconds between reaper passes in ``sparkle watch`` and ``sparkle serve``.
     reaper_interval_sec: float = Field(default=10.0, gt=0)
     #: ``begin`` checkpoints without an outcome before a stage is failed as a crash loop.
@@ -115,6 +123,24 @@ class Settings(BaseSettings):
     #: About how long, in milliseconds, a message of a limited stage that found every slot
     #: taken waits before trying again (±50 % at random). Not counted as a retry.
     stage_concurrency_retry_ms: int = Field(default=500, ge=10, le=600_000)
+
+    @model_validator(mode="after")
+    def _review_after_names_stages(self) -> Settings:
+        from sparkle.schemas import STAGES, split_stages
+
+        unknown = [name for name in split_stages(self.review_after) if name not in STAGES]
+        if unknown:
+            raise ValueError(f"SPARKLE_REVIEW_AFTER names no stage: {', '.join(unknown)}; "
+                             f"stages are {', '.join(STAGES)} (e.g. images,qa)")
+        return self
+
+    @property
+    def review_after_stages(self) -> tuple[str, ...]:
+        """``review_after`` as stage names in pipeline order."""
+        from sparkle.schemas import STAGES, split_stages
+
+        named = set(split_stages(self.review_after))
+        return tuple(stage for stage in STAGES if stage in named)
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:

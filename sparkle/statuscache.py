@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, NamedTuple, overload
 
 from sparkle.names import STAGES, RunStatus
@@ -27,9 +28,13 @@ MANIFEST_FILE = "manifest.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CANCELLED_FILE = "cancelled"
 SUMMARY_FILE = ".summary.json"
+#: Present while a person has to decide (:mod:`sparkle.review_state`).
+REVIEW_FILE = "review.json"
+#: Every take of every re-rolled shot (:mod:`sparkle.takes`).
+TAKES_FILE = "takes.json"
 
 #: Version of the ``.summary.json`` format; a cache of any other version is derived again.
-SUMMARY_VERSION = 3
+SUMMARY_VERSION = 4
 
 #: The files a run's summary and status view depend on, relative to its folder. The plan
 #: comes first: a folder without one is not a run.
@@ -39,7 +44,10 @@ SUMMARY_SOURCES: tuple[str, ...] = (
     MANIFEST_FILE,
     ASSET_REFS_FILE,
     *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
+    REVIEW_FILE,
 )
+# (Not TAKES_FILE: it changes only just before ASSET_REFS_FILE is saved, by a re-roll or a
+# take put back, so one more stat per run and listing would buy nothing.)
 
 #: A file's identity: [inode, size, mtime_ns, ctime_ns], or None when it does not exist. An
 #: atomic replace gives a new inode; an append or an edit in place changes size or times.
@@ -51,7 +59,11 @@ FileIdentity = list[int] | None
 MAX_CACHE_BYTES = 64 * 1024
 
 #: Keys of a status view (what ``sparkle status --json`` prints) and of each of its stages.
-VIEW_KEYS = ("run_id", "status", "qa_decision", "final_movie", "stages")
+VIEW_KEYS = ("run_id", "status", "qa_decision", "final_movie", "stages", "review", "takes")
+
+#: Keys of a status view's ``review`` (None unless the run waits for a person or was
+#: rejected).
+REVIEW_KEYS = ("review_id", "stage", "reason", "requested_at", "decided_by", "note")
 STAGE_KEYS = ("stage", "status", "attempt", "duration_sec", "error")
 
 
@@ -209,6 +221,20 @@ def _view(stored: Any) -> dict[str, Any]:
             raise ValueError("duration_sec")
         _optional_text(error)
         stages.append(dict(zip(STAGE_KEYS, row, strict=True)))
+    review = stored["review"]
+    if review is not None:
+        if type(review) is not dict or tuple(review) != REVIEW_KEYS:
+            raise ValueError("review")
+        if type(review["requested_at"]) is not float:
+            raise ValueError("requested_at")
+        for key in ("review_id", "stage", "reason"):
+            _text(review[key])
+        _optional_text(review["decided_by"])
+        _optional_text(review["note"])
+    takes = stored["takes"]
+    if type(takes) is not dict or not all(type(k) is str and type(v) is int
+                                          for k, v in takes.items()):
+        raise ValueError("takes")
     return {**stored, "stages": stages}
 
 
@@ -230,9 +256,32 @@ def decision_label(decision: str) -> str:
     return "needs_review" if decision == "escalate" else decision
 
 
+def waited(view: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds the run has waited for a person (None unless it is awaiting review)."""
+    review = view["review"]
+    if review is None or view["status"] != "awaiting_review":
+        return None
+    requested: float = review["requested_at"]
+    return max(0.0, (time.time() if now is None else now) - requested)
+
+
+def duration_text(seconds: float) -> str:
+    """``42s``, ``5m07s``, ``3h12m``, ``2d04h``."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
 def render_json(view: dict[str, Any]) -> str:
-    """``sparkle status --json``."""
-    return json.dumps(view, indent=2)
+    """``sparkle status --json`` (with ``waiting_sec`` while the run awaits review)."""
+    seconds = waited(view)
+    shown = view if seconds is None else {**view, "waiting_sec": round(seconds, 1)}
+    return json.dumps(shown, indent=2)
 
 
 #: Characters of a stage's error ``sparkle status`` shows on its line (the whole text is in
@@ -257,6 +306,19 @@ def render_text(view: dict[str, Any]) -> str:
     decision = view["qa_decision"]
     qa = f"  qa: {decision_label(decision)}" if decision else ""
     lines = [f"{view['run_id']}  {view['status']}{qa}"]
+    review = view["review"]
+    seconds = waited(view)
+    if review is not None and seconds is not None:
+        lines.append(f"  waiting for review after {review['stage']} ({review['reason']}) for "
+                     f"{duration_text(seconds)}: `sparkle approve {view['run_id']}`, "
+                     f"`sparkle redo {view['run_id']} --shots ID,...` or "
+                     f"`sparkle reject {view['run_id']} --note TEXT`")
+    elif review is not None:
+        note = f": {review['note']}" if review["note"] else ""
+        lines.append(f"  rejected after {review['stage']} by {review['decided_by']}{note}")
+    if view["takes"]:
+        lines.append("  takes: " + ", ".join(f"{shot} {count}"
+                                             for shot, count in sorted(view["takes"].items())))
     for item in view["stages"]:
         seconds = item["duration_sec"]
         duration = f"{seconds:.2f}s" if seconds is not None else "-"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sparkle.runstore import Run
-from sparkle.schemas import StageEvent
+from sparkle.schemas import REVIEW_EVENTS, StageEvent
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,28 @@ def _detail(event: StageEvent, later: list[StageEvent]) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(meta.items()))
     if event.status == "fail":
         return "transient" if meta.get("transient") else ""
+    if event.status in REVIEW_EVENTS:
+        return _review_detail(event)
+    if event.status == "success" and isinstance(meta.get("shots"), list):
+        return f"shots {', '.join(map(str, meta['shots']))}"
     return ""
+
+
+def _review_detail(event: StageEvent) -> str:
+    """``review_requested``: why and the review id; a decision: who, what, waited, note."""
+    meta = event.metadata
+    if event.status == "review_requested":
+        return f"{meta.get('reason', '?')}, review {meta.get('review_id', '?')}"
+    parts = [f"by {meta.get('by', '?')}"]
+    if isinstance(meta.get("shots"), list):
+        stage = meta.get("redo_stage") or meta.get("take_stage")
+        parts.append(f"{stage + ' of ' if stage else ''}shots {', '.join(map(str, meta['shots']))}")
+    if "take" in meta:
+        parts.append(f"take {meta['take']}")
+    if isinstance(meta.get("waited_sec"), int | float):
+        parts.append(f"after {float(meta['waited_sec']):.0f}s")
+    text = ", ".join(parts)
+    return f"{text}: {meta['note']}" if meta.get("note") else text
 
 
 def render(run: Run, entries: list[TimelineEntry], status: str) -> str:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sparkle.adapters.media import os_error, relative_to_run
 from sparkle.atomic import temp_path_for
-from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
+from sparkle.schemas import NARROWED_FROM, AssetRefs, MoviePlan, ShotSpec
 
 #: Name recorded in the stage metadata.
 ADAPTER_NAME = "pillow-storyboard"
@@ -164,9 +164,11 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def render_keyframe(
-    plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int]
+    plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int],
+    total: int | None = None,
 ) -> Image.Image:
-    """Draw one storyboard keyframe of ``shot`` (``index`` counts from 1)."""
+    """Draw one storyboard keyframe of ``shot`` (``index`` counts from 1, of ``total``
+    shots: by default the plan's)."""
     width, height = size
     prompt = shot.start_frame_prompt if which == "start" else shot.end_frame_prompt
     setting = shot.setting or shot.visual_description
@@ -238,7 +240,8 @@ def render_keyframe(
     layer = ImageDraw.Draw(overlay)
     margin, title_px, body_px = _caption_metrics(height)
     title_font, body_font = _font(title_px), _font(body_px)
-    header = f"{plan.title}  ·  shot {shot.id} ({index}/{len(plan.shots)})  ·  {which.upper()}"
+    total = len(plan.shots) if total is None else total
+    header = f"{plan.title}  ·  shot {shot.id} ({index}/{total})  ·  {which.upper()}"
     band_top = height - caption_height(height)
     layer.rectangle((0, band_top, width, height), fill=(0, 0, 0, 150))
     y = band_top + margin * 0.5
@@ -267,12 +270,17 @@ def images_stage(
     refs = refs.model_copy(deep=True)
     size = plan.resolution
     latencies: list[float] = []
-    for index, shot in enumerate(plan.shots, start=1):
+    # A re-roll's plan is narrowed to some shots (sparkle.takes); it names them all, so the
+    # captions keep each shot's place in the movie.
+    every = plan.metadata.get(NARROWED_FROM, "").split(",") if NARROWED_FROM in plan.metadata \
+        else [s.id for s in plan.shots]
+    for shot in plan.shots:
+        index = every.index(shot.id) + 1 if shot.id in every else 1
         entry = refs.shot(shot.id)
         for which in KEYFRAMES:
             began = time.perf_counter()
             path = run_dir / "frames" / f"{shot.id}_{which}.png"
-            save_png(render_keyframe(plan, shot, which, index, size), path)
+            save_png(render_keyframe(plan, shot, which, index, size, len(every)), path)
             latencies.append(time.perf_counter() - began)
             if which == "start":
                 entry.start_frame = relative_to_run(run_dir, path)

@@ -19,6 +19,7 @@ QA reads it to tell an extended shot from a wrong-length one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -220,6 +221,19 @@ def mux_shot(
     )
 
 
+def _earlier_timings(run_dir: Path, fps: float, redone: set[str]) -> dict[str, Any]:
+    """The timing records of shots other than ``redone`` in the timing file already there
+    (at the same frame rate), or none when it is missing or unreadable."""
+    try:
+        data = json.loads((run_dir / TIMING_PATH).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    shots = data.get("shots") if isinstance(data, dict) else None
+    if data.get("fps") != fps or not isinstance(shots, dict):
+        return {}
+    return {shot: timing for shot, timing in shots.items() if shot not in redone}
+
+
 def lipsync_stage(
     plan: MoviePlan, refs: AssetRefs, run_dir: Path
 ) -> tuple[AssetRefs, dict[str, Any]]:
@@ -251,6 +265,8 @@ def lipsync_stage(
     with ThreadPoolExecutor(max_workers=max(1, LIPSYNC_WORKERS)) as pool:
         list(pool.map(mux, jobs))
     record = {timing.shot_id: timing.as_json(run_dir) for _, timing, _, _ in jobs}
+    # A call for some shots only (a re-roll, sparkle.takes) keeps the others' timings.
+    record = {**_earlier_timings(run_dir, fps, {shot.id for shot in plan.shots}), **record}
     try:
         write_json(run_dir / TIMING_PATH, {"fps": fps, "shots": record})
     except OSError as exc:

@@ -14,8 +14,9 @@ Faults are injected through plan metadata, ``fault_<stage>``:
 - ``crash``: kill the worker process (``os._exit``), every attempt;
 - ``crash:N``: kill the worker process on the first N attempts.
 
-Every call appends ``{"stage", "pid", "start", "end", "outcome"}`` to ``trace.jsonl`` in
-the run folder, so tests can count calls and check that no two stages of a run overlapped.
+Every call appends ``{"stage", "pid", "start", "end", "outcome", "shots", "seed"}`` to
+``trace.jsonl`` in the run folder, so tests can count calls (per shot, too: a re-rolled shot
+is a call on a plan narrowed to it) and check that no two stages of a run overlapped.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def _traced(
                     "start": start,
                     "end": time.time(),
                     "outcome": outcome,
+                    "shots": [shot.id for shot in plan.shots],
+                    "seed": plan.seed,
                 },
             )
 

@@ -7,6 +7,7 @@ rendered run and the QA stage must find them and decide as the policy says.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import wave
@@ -619,3 +620,33 @@ def test_both_voices_are_heard_in_the_lighthouse_movie(default_lighthouse: Rende
     silence = _mean_volume_db(movie, 0.5, 3.0)
     assert mira > -35 and tom > -35, (mira, tom)
     assert silence < -60
+
+
+def test_a_reroll_of_one_shot_keeps_the_others_media_and_qa_still_passes(
+    run_copy: Callable[[str], Rendered],
+) -> None:
+    """Protects: a re-roll narrowed to one shot (sparkle.takes) through the real images,
+    videos and lipsync adapters changes only that shot's files, keeps the other shots'
+    lipsync timings (an extended shot stays extended), and the whole movie still passes QA."""
+    from sparkle.adapters.assemble import assemble_stage
+    from sparkle.takes import run_narrowed
+
+    # Given a rendered run whose shot 'ask' was extended to fit its dialogue
+    plan, refs, _, run_dir = run_copy("long_line.json")
+    timing = (run_dir / "lipsync" / "timing.json").read_text()
+    before = {p.name: p.read_bytes() for p in (run_dir / "lipsync").glob("*.mp4")}
+    # When shot 'after' is re-rolled from images on, each stage narrowed to it
+    for stage, adapter in (("images", images_stage), ("videos", videos_stage),
+                           ("lipsync", lipsync_stage)):
+        refs, metadata = run_narrowed(adapter, stage, plan, refs, run_dir, ["after"])
+        assert metadata["shots"] == ["after"]
+    refs, _ = assemble_stage(plan, refs, run_dir)
+    report, _ = _judge(plan, refs, run_dir)
+    # Then only 'after' changed, the timings of the others are kept, and QA approves
+    after = {p.name: p.read_bytes() for p in (run_dir / "lipsync").glob("*.mp4")}
+    assert after["ask.mp4"] == before["ask.mp4"] and after["answer.mp4"] == before["answer.mp4"]
+    assert after["after.mp4"] != before["after.mp4"]
+    kept, now = json.loads(timing)["shots"], json.loads(
+        (run_dir / "lipsync" / "timing.json").read_text())["shots"]
+    assert now["ask"] == kept["ask"] and now["answer"] == kept["answer"]
+    assert (report.decision, report.issues_found) == ("approve", 0), report.summary

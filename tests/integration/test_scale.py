@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparkle import runstore
+from sparkle.review_state import ReviewState, write_review
 from sparkle.runstore import (
     SUMMARY_FILE,
     Run,
@@ -59,8 +60,17 @@ def fresh(store: RunStore) -> list[RunSummary]:
 
 
 def make_run(store: RunStore, run_id: str, state: str, stop_at: int = 0) -> Run:
-    """A run in ``state`` (queued, running, failed, succeeded, cancelled) via the API."""
+    """A run in ``state`` (queued, running, failed, succeeded, cancelled, awaiting_review,
+    rejected) via the API."""
     run, _ = store.create(plan(run_id))
+    if state in ("awaiting_review", "rejected"):
+        for stage in STAGES[:stop_at + 1]:
+            run.write_checkpoint(checkpoint(stage, "success"), durable=False)
+            run.append_event(stage, "success", 1, durable=False)
+        write_review(str(run.dir), ReviewState(
+            status=state, review_id="r-1", stage=STAGES[stop_at], reason="review_after",  # type: ignore[arg-type]
+            requested_at=1.0))
+        return run
     done = len(STAGES) if state == "succeeded" else (0 if state == "queued" else stop_at)
     for stage in STAGES[:done]:
         run.write_checkpoint(checkpoint(stage, "success", decision="approve"), durable=False)
@@ -109,7 +119,7 @@ def test_listing_2000_runs_matches_a_fresh_look_and_reads_caches_the_second_time
     templates = RunStore(tmp_path / "templates")
     kinds = [("queued", 0), ("succeeded", 0)] + [
         (state, index) for state in ("running", "failed", "cancelled") for index in (0, 3, 6)
-    ]
+    ] + [("awaiting_review", 1), ("awaiting_review", 6), ("rejected", 1)]
     made = [make_run(templates, f"t-{state}-{i}", state, i) for state, i in kinds]
     store = RunStore(tmp_path / "runs")
     store.root.mkdir()
@@ -162,6 +172,18 @@ def _manifest_only_success(run: Run) -> None:
     run.append_event("script", "success", 1, durable=False)
 
 
+def _open_review(run: Run) -> None:
+    from sparkle.review import open_review
+
+    open_review(run, "qa", "qa_escalate")
+
+
+def _review_file_only(run: Run) -> None:
+    """A review opened by a worker that died before appending its event: only the file."""
+    write_review(str(run.dir), ReviewState(status="awaiting_review", review_id="r-1",  # type: ignore[arg-type]
+                                           stage="qa", reason="qa_escalate", requested_at=1.0))
+
+
 CHANGES: list[Any] = [
     pytest.param("succeeded", _fail, id="stage-failed-through-the-api"),
     pytest.param("succeeded", _begin_again, id="stage-restarted-through-the-api"),
@@ -170,6 +192,8 @@ CHANGES: list[Any] = [
     pytest.param("succeeded", _delete_checkpoint, id="checkpoint-deleted-by-hand"),
     pytest.param("succeeded", _cancel, id="cancelled"),
     pytest.param("queued", _manifest_only_success, id="success-in-the-manifest-only"),
+    pytest.param("succeeded", _open_review, id="review-opened"),
+    pytest.param("succeeded", _review_file_only, id="review-file-without-its-event"),
 ]
 
 
@@ -343,6 +367,7 @@ def test_cache_entries_cover_every_state_file():
         "manifest.jsonl",
         "asset_refs.json",
         *(f"checkpoints/{stage}.json" for stage in STAGES),
+        "review.json",
     }
 
 

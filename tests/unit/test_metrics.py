@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import urllib.request
 
 from prometheus_client import REGISTRY
@@ -68,3 +69,25 @@ print(errors)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_gauges_count_runs_awaiting_review_and_the_longest_wait(pipeline, plans_dir):
+    """A run stopped at its review gate is counted as awaiting_review, and how long the
+    longest-waiting run has waited is a gauge."""
+    from sparkle.runstore import RunStatus
+
+    run = pipeline.create(plans_dir / "rooftop.json", review_after="images")
+    assert pipeline.work(run).status is RunStatus.awaiting_review
+    from sparkle.review_state import read_review, write_review
+
+    waiting = read_review(str(run.dir))
+    assert waiting is not None  # (as if it had been waiting for 100 s)
+    write_review(str(run.dir), waiting.model_copy(update={"requested_at": time.time() - 100}))
+    engine = pipeline.engine
+    collector = metrics.StateCollector(engine.store, pipeline.broker, engine.client,
+                                       engine.settings.namespace)
+    families = {family.name: family for family in collector.collect()}
+    runs = {s.labels["status"]: s.value for s in families["sparkle_runs"].samples}
+    assert runs["awaiting_review"] == 1 and runs["rejected"] == 0
+    [wait] = families["sparkle_review_oldest_wait_seconds"].samples
+    assert 100 <= wait.value < 200
