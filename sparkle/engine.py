@@ -35,7 +35,7 @@ import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, metrics
+from sparkle import atomic, contract, metrics
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
@@ -328,8 +328,11 @@ class Engine:
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             with self.slots.released():
-                result = adapter.fn(plan, refs_before, run.dir)
+                # (an absolute run folder: a path the adapter builds from it and stores,
+                # as the seed contract's example does, is then one the engine can place)
+                result = adapter.fn(plan, refs_before, run.dir.absolute())
             refs, metadata = normalize_result(result)
+            contract.relative_refs(refs, run.dir, stage)
             outputs = self._check_paths(run, refs)
             # The success recorded next survives a power cut: so must what it names. (Out
             # of the bookkeeping slot, like the adapter: flushing media may take a while.)

@@ -40,7 +40,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sparkle import atomic, statuscache
+from sparkle import atomic, contract, statuscache
+from sparkle.contract import ATTEMPT_EVENTS
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
@@ -532,9 +533,10 @@ class RunState:
         finally:
             os.close(fd)
 
-    def last_event(self, stage: str) -> StageEvent | None:
+    def last_event(self, stage: str, kinds: tuple[str, ...] | None = None) -> StageEvent | None:
+        """The stage's last event (of ``kinds`` when given), None when it has none."""
         for event in reversed(self.events):
-            if event.stage == stage:
+            if event.stage == stage and (kinds is None or event.status in kinds):
                 return event
         return None
 
@@ -554,7 +556,16 @@ class RunState:
         if last is not None and last.status == "success":
             return True
         checkpoint = self.checkpoint(stage)
-        return checkpoint is not None and checkpoint.status == "success"
+        if checkpoint is None or checkpoint.status != "success":
+            return False
+        # (a success the adapter wrote itself, as the seed contract's example stage does,
+        # counts only once the engine recorded it)
+        if not contract.engine_recorded(checkpoint, self.last_event(stage, ATTEMPT_EVENTS)):
+            log.warning("run %s: checkpoint of %s says success, but the engine recorded no "
+                        "success for that attempt (written by the adapter?); not done",
+                        self.run.run_id, stage)
+            return False
+        return True
 
     def next_stage(self) -> str | None:
         """The first stage that is not done, or None when every stage is."""

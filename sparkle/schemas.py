@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -63,6 +63,35 @@ SafeId = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+    def json(self, **kwargs: Any) -> str:
+        """The model as JSON, pydantic-v1 style (the seed contract's adapters call
+        ``checkpoint.json()``); the same as ``model_dump_json``, without v2's warning."""
+        return self.model_dump_json(**kwargs)
+
+
+class _ItemAccess(_Model):
+    """Dict-style access to a model's fields, as the seed contract's adapters use it
+    (``asset_refs['shots'][shot_id]['start_frame'] = path``); attributes work as well.
+    An assigned value is validated like the field's value in a file would be."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in type(self).model_fields:
+            raise KeyError(f"{key!r} is not a field of {type(self).__name__}; fields: "
+                           f"{', '.join(type(self).model_fields)}")
+        self.__pydantic_validator__.validate_assignment(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in type(self).model_fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The field ``key``, or ``default`` when the model has no such field."""
+        return getattr(self, key) if key in type(self).model_fields else default
 
 
 class DialogueLine(_Model):
@@ -258,7 +287,7 @@ class MoviePlan(_Model):
         return int(width), int(height)
 
 
-class AssetRefsShot(_Model):
+class AssetRefsShot(_ItemAccess):
     """Files produced for one shot, as paths relative to the run directory."""
 
     start_frame: str | None = None
@@ -268,8 +297,12 @@ class AssetRefsShot(_Model):
     final_video_clip: str | None = None
 
 
-class AssetRefs(_Model):
-    """Everything a run has produced so far; each stage adds to it."""
+class AssetRefs(_ItemAccess):
+    """Everything a run has produced so far; each stage adds to it.
+
+    Item access follows the seed contract: ``refs['shots'][shot_id]`` creates the shot's
+    entry when it is missing (so ``refs['shots']['s1']['start_frame'] = path`` works on
+    empty refs), ``refs['extras']`` is the extras dict itself."""
 
     shots: dict[str, AssetRefsShot] = Field(default_factory=dict)
     extras: dict[str, str] = Field(default_factory=dict)
@@ -277,6 +310,43 @@ class AssetRefs(_Model):
     def shot(self, shot_id: str) -> AssetRefsShot:
         """Return the entry for ``shot_id``, creating an empty one when missing."""
         return self.shots.setdefault(shot_id, AssetRefsShot())
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "shots":
+            return ShotsView(self)
+        return super().__getitem__(key)
+
+
+class ShotsView(MutableMapping[str, AssetRefsShot]):
+    """``asset_refs['shots']``: the refs' shots, where reading a missing shot creates it
+    (the contract's adapters assign into ``['shots'][id]`` without creating it first) and
+    an assigned dict is validated as an :class:`AssetRefsShot`."""
+
+    def __init__(self, refs: AssetRefs) -> None:
+        self._refs = refs
+
+    def __getitem__(self, shot_id: str) -> AssetRefsShot:
+        return self._refs.shot(check_id(shot_id))
+
+    def __setitem__(self, shot_id: str, value: AssetRefsShot | dict[str, Any]) -> None:
+        self._refs.shots[check_id(shot_id)] = AssetRefsShot.model_validate(value)
+
+    def __delitem__(self, shot_id: str) -> None:
+        del self._refs.shots[shot_id]
+
+    def __contains__(self, shot_id: object) -> bool:
+        return shot_id in self._refs.shots
+
+    def get(self, shot_id: str, default: Any = None) -> Any:
+        """The shot's entry, or ``default`` when it has none (reading with get creates
+        nothing)."""
+        return self._refs.shots.get(shot_id, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs.shots)
+
+    def __len__(self) -> int:
+        return len(self._refs.shots)
 
 
 QADecision = Literal["approve", "regenerate", "escalate"]
@@ -324,7 +394,8 @@ class Checkpoint(_Model):
     status: CheckpointStatus
     #: Seconds since the epoch.
     timestamp: float
-    attempt: int = Field(ge=1)
+    #: 1 when unset, as the seed contract's example builds it (the engine always sets it).
+    attempt: int = Field(default=1, ge=1)
     error: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
