@@ -406,7 +406,7 @@ EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel"]
 
 
 class StageEvent(_Model):
-    """One entry of a run's history: one line of ``manifest.jsonl``."""
+    """One entry of a run's history (``events`` of ``manifest.json``)."""
 
     run_id: SafeId
     stage: StageName
@@ -417,6 +417,17 @@ class StageEvent(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class RunManifest(_Model):
+    """A run's history, ``runs/<run_id>/manifest.json``: the seed contract's RunManifest.
+
+    Written by Sparkle one event per line (:mod:`sparkle.manifest`); read event by event,
+    so an event this version does not know (a newer Sparkle's kind) is skipped, not fatal.
+    """
+
+    run_id: SafeId
+    events: list[StageEvent] = Field(default_factory=list)
+
+
 #: Models whose JSON Schemas are exported by ``sparkle schema``.
 EXPORTED_MODELS: dict[str, type[BaseModel]] = {
     "MoviePlan": MoviePlan,
@@ -424,4 +435,5 @@ EXPORTED_MODELS: dict[str, type[BaseModel]] = {
     "QAReport": QAReport,
     "Checkpoint": Checkpoint,
     "StageEvent": StageEvent,
+    "RunManifest": RunManifest,
 }

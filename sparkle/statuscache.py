@@ -23,13 +23,15 @@ from sparkle.names import STAGES, RunStatus
 
 PLAN_FILE = "movie_plan.json"
 ASSET_REFS_FILE = "asset_refs.json"
-MANIFEST_FILE = "manifest.jsonl"
+MANIFEST_FILE = "manifest.json"
+#: The manifest as Sparkle wrote it before ``manifest.json`` (read still; see runstore).
+LEGACY_LOG = "manifest.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CANCELLED_FILE = "cancelled"
 SUMMARY_FILE = ".summary.json"
 
 #: Version of the ``.summary.json`` format; a cache of any other version is derived again.
-SUMMARY_VERSION = 3
+SUMMARY_VERSION = 4
 
 #: The files a run's summary and status view depend on, relative to its folder. The plan
 #: comes first: a folder without one is not a run.
@@ -37,6 +39,7 @@ SUMMARY_SOURCES: tuple[str, ...] = (
     PLAN_FILE,
     CANCELLED_FILE,
     MANIFEST_FILE,
+    LEGACY_LOG,
     ASSET_REFS_FILE,
     *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
 )
