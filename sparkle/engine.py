@@ -35,7 +35,7 @@ import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, contract, metrics
+from sparkle import atomic, contract, metrics, retrying
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
@@ -327,7 +327,8 @@ class Engine:
             plan, refs_before = run.plan(), run.asset_refs()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
-            with self.slots.released():
+            # (the stage is made current for sparkle.retry, which records in its manifest)
+            with self.slots.released(), retrying.stage_context(run, stage, attempt, lease.lost):
                 # (an absolute run folder: a path the adapter builds from it and stores,
                 # as the seed contract's example does, is then one the engine can place)
                 result = adapter.fn(plan, refs_before, run.dir.absolute())
@@ -373,7 +374,11 @@ class Engine:
         run.save_asset_refs(refs)
         run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, metadata=success_meta))
-        run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
+        # Not flushed: the success checkpoint, flushed just before, is what resume needs
+        # (the either-or rule; a success checkpoint of the begun attempt counts, see
+        # contract.engine_recorded), and flushing the manifest's rename cost 2 fsyncs a hop.
+        run.append_event(stage, "success", attempt, metadata={"duration_sec": duration},
+                         durable=False)
         metrics.attempt_finished(stage, duration)
         log.info("run %s stage %s: succeeded in %.2fs (attempt %d)", run.run_id, stage,
                  duration, attempt)

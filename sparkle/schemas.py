@@ -401,8 +401,9 @@ class Checkpoint(_Model):
 
 
 #: ``reset`` marks a forced re-run, ``redrive`` a re-enqueue by the reaper or an operator,
-#: ``cancel`` a cancellation request.
-EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel"]
+#: ``cancel`` a cancellation request, ``retry`` a failed (or finally successful) attempt of
+#: a call inside an adapter (:mod:`sparkle.retrying`).
+EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel", "retry"]
 
 
 class StageEvent(_Model):
