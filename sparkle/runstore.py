@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from sparkle import atomic, contract, statuscache
+from sparkle import atomic, base_image_plan, contract, statuscache
 from sparkle import manifest as manifest_file
 from sparkle.contract import ATTEMPT_EVENTS
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
@@ -80,8 +80,9 @@ HASH_CHARS = 10
 
 
 def canonical_plan_json(plan: MoviePlan) -> str:
-    """The plan as JSON with sorted keys and no whitespace: equal plans give equal text."""
-    return json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The plan as received (in whichever format), as JSON with sorted keys and no
+    whitespace: equal plans give equal text."""
+    return json.dumps(plan.received_json(), sort_keys=True, separators=(",", ":"))
 
 
 def plan_digest(plan: MoviePlan) -> str:
@@ -257,7 +258,11 @@ class Run:
     def plan(self) -> MoviePlan:
         """The run's plan. Raises RunNotFoundError when the folder holds none."""
         try:
-            return MoviePlan.model_validate_json(_read(f"{self.dir}/{PLAN_FILE}"))
+            data = _read(f"{self.dir}/{PLAN_FILE}")
+            # (the plan as received: in the base-image format, made into Sparkle's here)
+            if b'"base_images"' in data:
+                return base_image_plan.load_json(data)
+            return MoviePlan.model_validate_json(data)
         except FileNotFoundError:
             raise RunNotFoundError(f"no run {self.run_id!r} in {self.dir.parent}") from None
         except OSError as exc:
@@ -874,8 +879,11 @@ class RunStore:
             if not (run.dir / MANIFEST_FILE).exists():
                 atomic.write_bytes(run.dir / MANIFEST_FILE, manifest_file.empty(run.run_id))
             # The plan is written last: its presence is what makes the run exist.
-            atomic.write_json(run.dir / PLAN_FILE, plan)
-            return run, True
+            atomic.write_json(run.dir / PLAN_FILE,
+                              plan if plan.as_received() is plan else plan.received_json())
+        if plan.warnings:
+            run.append_event("script", "warning", 1, metadata={"warnings": plan.warnings})
+        return run, True
 
     def summaries(self) -> list[RunSummary]:
         """The summary of every run, sorted by id: what ``sparkle runs`` lists.

@@ -8,11 +8,20 @@ JSON Schemas of the public models are exported with ``sparkle schema`` into ``sc
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # Defined in sparkle.names (no pydantic there); re-exported because many modules take them
@@ -34,6 +43,9 @@ RESOLUTION_RANGE = (16, 7680)
 RESOLUTION_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 SEED_RE = re.compile(r"-?[0-9]{1,19}")
+
+#: Environment variable giving the seed of plans without ``metadata.seed``.
+SEED_VARIABLE = "SPARKLE_SEED"
 
 FPS_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 
@@ -256,6 +268,42 @@ class MoviePlan(_Model):
             )
         return self
 
+    #: The plan as received, when it came in another format (:mod:`sparkle.base_image_plan`).
+    _source: BaseModel | None = PrivateAttr(default=None)
+    #: Shot id -> the names of its start and end keyframes, when shots share them.
+    _keyframes: dict[str, tuple[str, str]] = PrivateAttr(default_factory=dict)
+    #: What was accepted but is worth knowing (a timeline's gaps); recorded on the run.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    def set_source(self, source: BaseModel, keyframes: dict[str, tuple[str, str]],
+                   warnings: list[str]) -> None:
+        """Remember that this plan was made from ``source`` (the plan as received), whose
+        shots start and end on the named ``keyframes``, with ``warnings``."""
+        self._source, self._keyframes, self._warnings = source, keyframes, list(warnings)
+
+    def as_received(self) -> BaseModel:
+        """The plan as it was received (the model it was read as)."""
+        return self._source if self._source is not None else self
+
+    def received_json(self) -> dict[str, Any]:
+        """The plan as it was received, as JSON: what the run folder keeps and the run id
+        is made from. (A plan in another format keeps only the fields it was given.)"""
+        if self._source is not None:
+            return self._source.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(mode="json")
+
+    @property
+    def warnings(self) -> list[str]:
+        """What was accepted but is worth knowing about this plan (recorded on its run)."""
+        return list(self._warnings)
+
+    def keyframe_names(self, shot: ShotSpec) -> tuple[str, str]:
+        """Names (path-safe, unique in the movie) of the start and end keyframes of
+        ``shot``: ``<shot>_start`` and ``<shot>_end``, or, when the plan has shots share
+        keyframes, the shared keyframe's id, so that one is rendered once and both shots
+        name the same file."""
+        return self._keyframes.get(shot.id, (f"{shot.id}_start", f"{shot.id}_end"))
+
     def shot(self, shot_id: str) -> ShotSpec:
         """Return the shot with ``shot_id``; raises KeyError when there is none."""
         for shot in self.shots:
@@ -272,8 +320,21 @@ class MoviePlan(_Model):
 
     @property
     def seed(self) -> int:
-        """The plan's seed (``metadata.seed``), 0 when unset."""
-        return int(self.metadata.get("seed", "0"))
+        """The plan's seed: ``metadata.seed``, else the ``SPARKLE_SEED`` environment
+        variable (the seed contract's "from movie_plan.metadata or environment"), else 0.
+
+        Raises:
+          ValueError: ``SPARKLE_SEED`` is set but not an integer.
+        """
+        if "seed" in self.metadata:
+            return int(self.metadata["seed"])
+        from_env = os.environ.get(SEED_VARIABLE, "").strip()
+        if not from_env:
+            return 0
+        if not SEED_RE.fullmatch(from_env):
+            raise ValueError(f"{SEED_VARIABLE}={from_env!r} is not an integer; set it to "
+                             "e.g. 42, or give the plan a metadata.seed")
+        return int(from_env)
 
     @property
     def fps(self) -> float:
@@ -402,8 +463,10 @@ class Checkpoint(_Model):
 
 #: ``reset`` marks a forced re-run, ``redrive`` a re-enqueue by the reaper or an operator,
 #: ``cancel`` a cancellation request, ``retry`` a failed (or finally successful) attempt of
-#: a call inside an adapter (:mod:`sparkle.retrying`).
-EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel", "retry"]
+#: a call inside an adapter (:mod:`sparkle.retrying`), ``warning`` something accepted in
+#: the plan but worth knowing (recorded when the run is created).
+EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel", "retry",
+                      "warning"]
 
 
 class StageEvent(_Model):

@@ -86,6 +86,8 @@ def _detail(event: StageEvent, later: list[StageEvent]) -> str:
         text = reason + (f" after {float(idle):.0f}s still" if isinstance(idle, int | float)
                          else "")
         return text + (f" ({by})" if by else "")
+    if event.status == "warning":
+        return "; ".join(str(w) for w in meta.get("warnings", []))
     if event.status == "retry":
         text = (f"call {meta.get('call', '?')} attempt {meta.get('call_attempt', '?')}/"
                 f"{meta.get('attempts', '?')}: {meta.get('outcome', '?')}")
