@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from sparkle.schemas import (
+    EXPORTED_MODELS,
     FPS_RANGE,
     MAX_SHOT_SECONDS,
     MoviePlan,
@@ -154,6 +155,11 @@ class BaseImagePlan(_Model):
                 {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
             )
         return self
+
+
+# `sparkle schema` exports this format's schema beside Sparkle's own (registered here:
+# sparkle.schemas cannot import this module, which builds on it).
+EXPORTED_MODELS["BaseImagePlan"] = BaseImagePlan
 
 
 def _items(value: object) -> list[Any]:

@@ -492,7 +492,8 @@ class RunManifest(_Model):
     events: list[StageEvent] = Field(default_factory=list)
 
 
-#: Models whose JSON Schemas are exported by ``sparkle schema``.
+#: Models whose JSON Schemas are exported by ``sparkle schema`` (and ``BaseImagePlan``,
+#: added by :mod:`sparkle.base_image_plan` when imported).
 EXPORTED_MODELS: dict[str, type[BaseModel]] = {
     "MoviePlan": MoviePlan,
     "AssetRefs": AssetRefs,

@@ -44,6 +44,7 @@ def test_committed_schemas_are_exactly_the_exported_models():
         "Checkpoint",
         "StageEvent",
         "RunManifest",
+        "BaseImagePlan",
     }
 
 
