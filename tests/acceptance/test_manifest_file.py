@@ -113,3 +113,33 @@ def test_manifest_json_is_valid_after_the_worker_is_killed_mid_stage_and_resume_
     final = read_manifest(path)
     assert final is not None
     assert sum(e["status"] == "success" for e in final["events"]) == 7
+
+
+def test_a_run_written_with_manifest_jsonl_resumes_and_keeps_its_history(tmp_path, plans_dir):
+    """A run folder as earlier versions left it (history in manifest.jsonl, no
+    manifest.json), failed at videos: `sparkle resume` reads that history (done stages are
+    not run again) and finishes, its whole history now in a valid manifest.json."""
+    # Given a run failed at videos, its history turned into the earlier layout
+    plan = plan_with(tmp_path, plans_dir, fault_videos="permanent")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
+    failed = subprocess.run([str(BIN), "run", str(plan), "--adapters", "test"], cwd=tmp_path,
+                            env=clean, capture_output=True, text=True, timeout=PATIENCE_SEC)
+    assert failed.returncode == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    earlier = json.loads((run_dir / "manifest.json").read_bytes())["events"]
+    (run_dir / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in earlier))
+    (run_dir / "manifest.json").unlink()
+    # When it is resumed with videos fixed
+    resumed = subprocess.run(
+        [str(BIN), "resume", run_dir.name, "--adapters", "test"], cwd=tmp_path,
+        env={**clean, "SPARKLE_ADAPTER_VIDEOS": "sparkle.adapters.testing:fixed_videos"},
+        capture_output=True, text=True, timeout=PATIENCE_SEC)
+    # Then it finished without running script or images again, the history kept whole
+    assert resumed.returncode == 0, resumed.stderr
+    trace = [json.loads(line)["stage"]
+             for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+    assert trace.count("script") == 1 and trace.count("images") == 1
+    assert not (run_dir / "manifest.jsonl").exists()
+    final = read_manifest(run_dir / "manifest.json")
+    assert final is not None and final["events"][:len(earlier)] == earlier
+    assert sum(e["status"] == "success" for e in final["events"]) == 7
