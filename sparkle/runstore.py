@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 
+#: The lock of the manifest alone (not ``.lock``: a writer may add an event while it
+#: holds the run folder's lock for something else).
+MANIFEST_LOCK_FILE = ".manifest.lock"
+
 #: The manifest as Sparkle wrote it before ``manifest.json``: one event per line, appended.
 #: Still read (after ``manifest.json``, whose events come first); the next event moves its
 #: events into ``manifest.json`` and removes it.
@@ -238,10 +242,11 @@ class Run:
         return os.path.isfile(f"{self.dir}/{PLAN_FILE}")
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, name: str = LOCK_FILE) -> Iterator[None]:
         """Hold the run folder's file lock (exclusive, across processes; across hosts too
-        on NFS, where Linux implements ``flock`` with NFS locks)."""
-        path = f"{self.dir}/{LOCK_FILE}"
+        on NFS, where Linux implements ``flock`` with NFS locks). ``name``: another lock
+        file of the run, for a lock of one file only (the manifest's)."""
+        path = f"{self.dir}/{name}"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:
@@ -409,7 +414,7 @@ class Run:
         """Add one event to ``manifest.json``: the file is written anew with the event
         added and renamed into place, under the run folder's lock.
 
-        The lock (``flock`` on the run's ``.lock``) orders the writers of one host; writers
+        The lock (``flock`` on the run's ``.manifest.lock``) orders the writers of one host; writers
         on several hosts are ordered by the run's lease (see docs/RELIABILITY.md, "Who
         writes a run's files"). Only the new event is encoded: the events already there are
         spliced as bytes (:mod:`sparkle.manifest`). A run written before ``manifest.json``
@@ -428,7 +433,7 @@ class Run:
         )
         record = event.model_dump_json().encode("utf-8")
         path = f"{self.dir}/{MANIFEST_FILE}"
-        with self.locked():
+        with self.locked(MANIFEST_LOCK_FILE):
             try:
                 data: bytes | None = _read(path)
             except FileNotFoundError:

@@ -964,11 +964,11 @@ def test_stages_the_history_shows_done_are_decided_without_reading_their_checkpo
 
 
 def test_an_append_waits_for_the_lock_on_the_run(run: Run):
-    """Events are added under an exclusive ``flock`` on the run's lock file: one added while
+    """Events are added under an exclusive ``flock`` on the manifest's lock file: one added while
     another process holds it waits for the lock, then lands after what the holder wrote."""
     import fcntl
 
-    holder = os.open(run.dir / ".lock", os.O_RDWR | os.O_CREAT)  # another open file
+    holder = os.open(run.dir / ".manifest.lock", os.O_RDWR | os.O_CREAT)  # another holder
     fcntl.flock(holder, fcntl.LOCK_EX)
     appender = threading.Thread(target=run.append_event, args=("script", "success", 1))
     try:
