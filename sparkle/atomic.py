@@ -144,7 +144,7 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     # them, so a team sharing a runs folder by group permissions can read checkpoints.
     # (an error of os.write or os.fsync names no file: the one being written is named)
     with naming(path):
-        tmp, fd = _create_temp(folder, name)
+        tmp, fd = create_temp(folder, name)
         try:
             try:
                 write_all(fd, data)
@@ -162,7 +162,7 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
             fsync_dir(folder)
 
 
-def _create_temp(folder: str, name: str) -> tuple[str, int]:
+def create_temp(folder: str, name: str) -> tuple[str, int]:
     """Create a new temp file for ``name`` in ``folder`` (made if missing): path and fd.
 
     The name is random, not secret (:mod:`sparkle.unique`: no system call, where

@@ -141,7 +141,10 @@ def validate(plans: tuple[Path, ...]) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"),
               show_default=True, help="Folder to write the .schema.json files to.")
 def schema(out: Path) -> None:
-    """Write the JSON Schemas of MoviePlan, AssetRefs, QAReport, Checkpoint and StageEvent."""
+    """Write the JSON Schemas of MoviePlan, BaseImagePlan, AssetRefs, QAReport, Checkpoint,
+    StageEvent and RunManifest."""
+    import sparkle.base_image_plan  # noqa: F401 (registers BaseImagePlan for export)
+
     out.mkdir(parents=True, exist_ok=True)
     for name, model in EXPORTED_MODELS.items():
         path = out / f"{name}.schema.json"

@@ -211,7 +211,8 @@ def replay(run_id: str | None, stage: str | None, replay_all: bool, rate: float 
             letter, result = item.letter, item.result.value
             notes = {"already_done": "stage already done; entry removed",
                      "cancelled": "run cancelled; kept (resume it first)",
-                     "missing": "no such run folder; kept (`sparkle dlq purge` removes it)"}
+                     "missing": "no such run folder; kept (`sparkle dlq purge` removes it)",
+                     "busy": "a worker holds the run; kept (replay it later)"}
             text = notes.get(result, "sent again")
             click.echo(f"{result:<12} {letter.run_id or '?'} {letter.stage}: {text}")
 

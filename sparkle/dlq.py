@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from sparkle import keys, metrics
+from sparkle import keys, lease, metrics
 from sparkle.dispatch import Dispatcher
 from sparkle.redrive import message_run_id
 from sparkle.runstore import Run, RunStore
@@ -82,6 +82,8 @@ class ReplayResult(enum.StrEnum):
     cancelled = "cancelled"
     #: No such run folder: nothing sent; the entry was kept (``dlq purge`` removes it).
     missing = "missing"
+    #: A worker holds the run (its lease): nothing sent; the entry was kept.
+    busy = "busy"
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,15 @@ class DeadLetterQueue:
         if run.stage_done(letter.stage):
             self._remove(letter.stage, [letter.entry_id])
             return ReplayResult.already_done
-        run.append_event(letter.stage, "redrive", max(1, run.attempts(letter.stage)),
-                         metadata={"reason": "dlq_replay", "dead_letter": letter.entry_id,
-                                   "message_id": letter.message_id})
+        # (holding the run's lease, as every write to a run's files is)
+        with lease.for_a_write(self.client, self.namespace, run.run_id) as ours:
+            if not ours:
+                log.warning("dead letter %s (%s): run %s is held by a worker; kept for a "
+                            "later replay", letter.entry_id, letter.stage, letter.run_id)
+                return ReplayResult.busy
+            run.append_event(letter.stage, "redrive", max(1, run.attempts(letter.stage)),
+                             metadata={"reason": "dlq_replay", "dead_letter": letter.entry_id,
+                                       "message_id": letter.message_id})
         self.dispatcher.send(run.run_id, letter.stage)
         self._remove(letter.stage, [letter.entry_id])
         metrics.redriven(letter.stage, "dlq_replay")

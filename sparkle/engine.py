@@ -37,7 +37,7 @@ import tenacity
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, metrics, notifications, review, takes
+from sparkle import atomic, contract, metrics, notifications, retrying, review, takes
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.infrastructure import (
@@ -436,12 +436,17 @@ class Engine:
                 plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
-            with self.slots.released():
+            # (the stage is made current for sparkle.retry, which records in its manifest)
+            with self.slots.released(), retrying.stage_context(run, stage, attempt, lease.lost):
+                # (an absolute run folder: a path the adapter builds from it and stores,
+                # as the seed contract's example does, is then one the engine can place)
                 if shots is None:
-                    refs, metadata = normalize_result(adapter.fn(plan, refs_before, run.dir))
+                    result = adapter.fn(plan, refs_before, run.dir.absolute())
                 else:
-                    refs, metadata = takes.run_narrowed(adapter.fn, stage, plan, refs_before,
-                                                        run.dir, shots)
+                    result = takes.run_narrowed(adapter.fn, stage, plan, refs_before,
+                                                run.dir.absolute(), shots)
+            refs, metadata = normalize_result(result)
+            contract.relative_refs(refs, run.dir, stage)
             outputs = self._check_paths(run, refs)
             # The success recorded next survives a power cut: so must what it names. (Out
             # of the bookkeeping slot, like the adapter: flushing media may take a while.)
@@ -507,8 +512,12 @@ class Engine:
             run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                             attempt=attempt, metadata=success_meta))
             checkpointed = True
+            # Not flushed: the success checkpoint, flushed just before, is what resume needs
+            # (the either-or rule; a success checkpoint of the begun attempt counts, see
+            # contract.engine_recorded), and flushing the manifest's rename cost 2 fsyncs a hop.
             run.append_event(stage, "success", attempt, metadata={
-                "duration_sec": duration, **({"shots": shots} if shots is not None else {})})
+                "duration_sec": duration, **({"shots": shots} if shots is not None else {})},
+                durable=False)
         except OSError as exc:
             if not is_infrastructure(exc):
                 raise

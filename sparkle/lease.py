@@ -18,9 +18,11 @@ taken after the in-process lease and given up before it, and checked by the fenc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -226,6 +228,26 @@ class _Heartbeat:
 
 
 _heartbeat = _Heartbeat()
+
+
+#: How long a lease taken for one short write (:func:`for_a_write`) lives at most, in
+#: seconds, should its taker die before releasing it.
+WRITE_LEASE_SEC = 30.0
+
+
+@contextlib.contextmanager
+def for_a_write(client: redis.Redis, namespace: str, run_id: str) -> Iterator[bool]:
+    """Hold the run's lease around one short write to its files by someone who runs no
+    stage (a reaper recording a re-drive): yields whether it was taken. Not taken means
+    a worker holds the run: write nothing then, so that two hosts never write one run's
+    files at once."""
+    taken = Lease(client, namespace, run_id, WRITE_LEASE_SEC)
+    ours = taken.acquire()
+    try:
+        yield ours
+    finally:
+        if ours:
+            taken.release()
 
 
 def holder(client: redis.Redis, namespace: str, run_id: str) -> str | None:

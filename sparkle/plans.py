@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sparkle import base_image_plan
 from sparkle.errors import PlanError, Problem
 from sparkle.schemas import MoviePlan, reference_problems
 
@@ -93,6 +94,8 @@ def validate_plan(document: Any, source: str) -> MoviePlan:
         raise PlanError(
             source, [Problem("", f"top level is a JSON {_json_kind(kind)}; expected an object")]
         )
+    if base_image_plan.is_this_format(document):
+        return _validate_base_image_plan(document, source)
     try:
         return MoviePlan.model_validate(document)
     except ValidationError as exc:
@@ -104,6 +107,25 @@ def validate_plan(document: Any, source: str) -> MoviePlan:
         raise PlanError(source, problems) from None
     except RecursionError:
         raise PlanError(source, [Problem("", "plan nested too deeply")]) from None
+
+
+def _validate_base_image_plan(document: dict[str, Any], source: str) -> MoviePlan:
+    """Validate a plan in the base-image format (:mod:`sparkle.base_image_plan`) and make
+    it Sparkle's plan; every problem is named, as for Sparkle's own format."""
+    try:
+        received = base_image_plan.BaseImagePlan.model_validate(document)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc)
+        if not any(error["type"] == "plan_references" for error in exc.errors()):
+            problems += [Problem(path, message)
+                         for path, message in base_image_plan.cross_problems(document)]
+        raise PlanError(source, problems) from None
+    except RecursionError:
+        raise PlanError(source, [Problem("", "plan nested too deeply")]) from None
+    try:
+        return base_image_plan.to_movie_plan(received)
+    except ValidationError as exc:
+        raise PlanError(source, problems_from_validation(exc)) from None
 
 
 def _raw_references(document: dict[str, Any]) -> list[list[str]]:

@@ -213,10 +213,16 @@ class Reaper:
             log.debug("run %s: re-driven moments ago by another reaper", run.run_id)
             return False
         # The event goes first: the stage's next ``begin`` must come after it, so that a
-        # worker dying again is seen as a new death (see _open_begin).
-        run.append_event(stuck.stage, "redrive", max(1, run.attempts(stuck.stage)),
-                         metadata={"reason": stuck.reason.value, "idle_sec": stuck.idle_sec,
-                                   "by": self.name})
+        # worker dying again is seen as a new death (see _open_begin). It is written
+        # holding the run's lease, as every write to a run's files is: a worker that took
+        # the run meanwhile (on another host) is left to it.
+        with lease.for_a_write(self.client, self.namespace, run.run_id) as ours:
+            if not ours:
+                log.debug("run %s: taken by a worker meanwhile; not re-driven", run.run_id)
+                return False
+            run.append_event(stuck.stage, "redrive", max(1, run.attempts(stuck.stage)),
+                             metadata={"reason": stuck.reason.value,
+                                       "idle_sec": stuck.idle_sec, "by": self.name})
         try:
             self.dispatcher.send(run.run_id, stuck.stage)
         except redis.RedisError as exc:

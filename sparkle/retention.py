@@ -46,7 +46,7 @@ from sparkle.runstore import (
     ASSET_REFS_FILE,
     CANCELLED_FILE,
     CHECKPOINTS_DIR,
-    LEGACY_MANIFEST_FILE,
+    LEGACY_LOG_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
     PLAN_FILE,
@@ -78,7 +78,7 @@ PRUNED_FILE = "pruned.json"
 #: Top-level names of a run folder kept by ``--keep final`` (besides any top-level
 #: ``*.json``/``*.jsonl`` file and hidden file: small state other features may add).
 KEPT_NAMES = frozenset({
-    PLAN_FILE, ASSET_REFS_FILE, MANIFEST_FILE, LEGACY_MANIFEST_FILE, CHECKPOINTS_DIR,
+    PLAN_FILE, ASSET_REFS_FILE, MANIFEST_FILE, LEGACY_LOG_FILE, CHECKPOINTS_DIR,
     CANCELLED_FILE, "qa_report.json", "final", PRUNED_FILE,
 })
 

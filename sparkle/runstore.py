@@ -4,16 +4,17 @@ Layout of ``runs/<run_id>/``::
 
     movie_plan.json            the validated plan (source of truth for the run)
     asset_refs.json            AssetRefs, replaced atomically after each stage
-    manifest.jsonl             one StageEvent per line, appended: the history
+    manifest.json              RunManifest {"run_id", "events": [StageEvent...]}: the history
     checkpoints/<stage>.json   Checkpoint: the state
     cancelled                  present while the run is cancelled
     .summary.json              a cache of the derived summary, for listing many runs
 
 Checkpoints are the state; the manifest is the history. Every JSON file is written
-atomically (:mod:`sparkle.atomic`). The manifest is append-only: each event is one
-``write`` to a file opened with ``O_APPEND``, under an ``flock`` of the manifest (for
-shared storage), without reading the history first; a record cut short by a power loss spoils
-only itself (readers skip it, writers start a new line).
+atomically (:mod:`sparkle.atomic`), the manifest too: each event rewrites it whole under
+the run's lock, one event per line so that nothing already there is parsed again
+(:mod:`sparkle.manifest`). Run folders written before ``manifest.json`` keep their history
+in ``manifest.jsonl`` (one event per line, appended); it is still read, and moved into
+``manifest.json`` by the next event.
 
 Listing thousands of runs (``sparkle runs``, the reaper) or showing one (``sparkle status``)
 is answered from each run's ``.summary.json`` while none of the files it was derived from
@@ -39,9 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from sparkle import atomic, refmerge, statuscache, unique
+from sparkle import atomic, base_image_plan, contract, refmerge, statuscache, unique
+from sparkle import manifest as manifest_file
+from sparkle.contract import ATTEMPT_EVENTS
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.infrastructure import bookkeeping, naming
 from sparkle.names import RunStatus as RunStatus
@@ -57,6 +60,7 @@ from sparkle.schemas import (
 from sparkle.statuscache import ASSET_REFS_FILE as ASSET_REFS_FILE
 from sparkle.statuscache import CANCELLED_FILE as CANCELLED_FILE
 from sparkle.statuscache import CHECKPOINTS_DIR as CHECKPOINTS_DIR
+from sparkle.statuscache import LEGACY_LOG as LEGACY_LOG
 from sparkle.statuscache import MANIFEST_FILE as MANIFEST_FILE
 from sparkle.statuscache import PLAN_FILE as PLAN_FILE
 from sparkle.statuscache import SUMMARY_FILE as SUMMARY_FILE
@@ -67,8 +71,14 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 
-#: The manifest's format before it became append-only: ``{"run_id", "events": [...]}``.
-LEGACY_MANIFEST_FILE = "manifest.json"
+#: The lock of the manifest alone (not ``.lock``: a writer may add an event while it
+#: holds the run folder's lock for something else).
+MANIFEST_LOCK_FILE = ".manifest.lock"
+
+#: The manifest as Sparkle wrote it before ``manifest.json``: one event per line, appended.
+#: Still read (after ``manifest.json``, whose events come first); the next event moves its
+#: events into ``manifest.json`` and removes it.
+LEGACY_LOG_FILE = LEGACY_LOG
 
 #: Length of the title slug in a derived run id.
 SLUG_CHARS = 40
@@ -78,8 +88,9 @@ HASH_CHARS = 10
 
 
 def canonical_plan_json(plan: MoviePlan) -> str:
-    """The plan as JSON with sorted keys and no whitespace: equal plans give equal text."""
-    return json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The plan as received (in whichever format), as JSON with sorted keys and no
+    whitespace: equal plans give equal text."""
+    return json.dumps(plan.received_json(), sort_keys=True, separators=(",", ":"))
 
 
 def plan_digest(plan: MoviePlan) -> str:
@@ -202,15 +213,6 @@ class _Histories:
 _histories = _Histories(HISTORY_CACHE_RUNS)
 
 
-class _LegacyManifest(BaseModel):
-    """``manifest.json`` of run folders made before the manifest became append-only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    events: list[StageEvent]
-
-
 class Run:
     """One run folder. Cheap to create; reads the disk on every call. (Only the parsing of
     a history read before is reused, while the bytes read begin with the same ones.)"""
@@ -244,10 +246,11 @@ class Run:
         return os.path.isfile(f"{self.dir}/{PLAN_FILE}")
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, name: str = LOCK_FILE) -> Iterator[None]:
         """Hold the run folder's file lock (exclusive, across processes; across hosts too
-        on NFS, where Linux implements ``flock`` with NFS locks)."""
-        path = f"{self.dir}/{LOCK_FILE}"
+        on NFS, where Linux implements ``flock`` with NFS locks). ``name``: another lock
+        file of the run, for a lock of one file only (the manifest's)."""
+        path = f"{self.dir}/{name}"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:
@@ -264,7 +267,11 @@ class Run:
     def plan(self) -> MoviePlan:
         """The run's plan. Raises RunNotFoundError when the folder holds none."""
         try:
-            return MoviePlan.model_validate_json(_read(f"{self.dir}/{PLAN_FILE}"))
+            data = _read(f"{self.dir}/{PLAN_FILE}")
+            # (the plan as received: in the base-image format, made into Sparkle's here)
+            if b'"base_images"' in data:
+                return base_image_plan.load_json(data)
+            return MoviePlan.model_validate_json(data)
         except FileNotFoundError:
             raise RunNotFoundError(f"no run {self.run_id!r} in {self.dir.parent}") from None
         except OSError as exc:
@@ -360,31 +367,59 @@ class Run:
     # -- manifest ------------------------------------------------------------------------
 
     def events(self) -> list[StageEvent]:
-        """The run's history, oldest first. Unreadable lines are reported and skipped.
+        """The run's history, oldest first. Entries that are not events are reported and
+        skipped.
 
-        A run folder made before the manifest became append-only keeps its earlier history
-        in ``manifest.json``; it is read first. The events are shared with later reads of
-        the same history: do not change them.
+        A run folder written before ``manifest.json`` keeps (the rest of) its history in
+        ``manifest.jsonl``; it is read after ``manifest.json``. The events are shared with
+        later reads of the same history: do not change them.
         """
         return self._events()[0]
 
     def _events(self) -> tuple[list[StageEvent], int | None]:
-        """:meth:`events`, and how many bytes of the manifest they were read from (None
+        """:meth:`events`, and how many bytes of ``manifest.json`` they were read from (None
         when it could not be read)."""
         path = f"{self.dir}/{MANIFEST_FILE}"
-        events = self._legacy_events()
+        size: int | None = 0
+        events: list[StageEvent] = []
         try:
             data = _read(path)
         except FileNotFoundError:
-            return events, 0
+            pass
         except OSError as exc:
             log.warning("run %s: manifest %s unreadable (%s); reading it as empty",
                         self.run_id, path, exc.strerror)
-            return events, None
-        return events + _histories.parse(self.run_id, path, data), len(data)
+            size = None
+        else:
+            size = len(data)
+            events = self._manifest_events(path, data)
+        logged = self._log_events()
+        # (a log whose events end manifest.json already was moved into it by a writer
+        # that died before it could remove the log)
+        if logged and events[len(events) - len(logged):] != logged:
+            events = events + logged
+        return events, size
 
-    def _legacy_events(self) -> list[StageEvent]:
-        path = f"{self.dir}/{LEGACY_MANIFEST_FILE}"
+    def _manifest_events(self, path: str, data: bytes) -> list[StageEvent]:
+        lines = manifest_file.as_lines(data, self.run_id)
+        if lines is not None:
+            return _histories.parse(self.run_id, path, lines)
+        raw = manifest_file.raw_events(data)
+        if raw is None:
+            log.warning("run %s: manifest %s is not a RunManifest (JSON object with an "
+                        "events list); reading it as empty", self.run_id, path)
+            return []
+        events = []
+        for index, item in enumerate(raw):
+            try:
+                events.append(StageEvent.model_validate(item))
+            except ValidationError as exc:
+                log.warning("run %s: %s events[%d] is not a stage event (%s); skipping it",
+                            self.run_id, path, index, exc.errors(include_url=False)[0]["msg"])
+        return events
+
+    def _log_events(self) -> list[StageEvent]:
+        path = f"{self.dir}/{LEGACY_LOG_FILE}"
         try:
             data = _read(path)
         except FileNotFoundError:
@@ -393,12 +428,7 @@ class Run:
             log.warning("run %s: %s unreadable (%s); its events are skipped", self.run_id, path,
                         exc.strerror)
             return []
-        try:
-            return _LegacyManifest.model_validate_json(data).events
-        except ValidationError as exc:
-            log.warning("run %s: %s is invalid (%s); its events are skipped", self.run_id, path,
-                        exc.errors(include_url=False)[0]["msg"])
-            return []
+        return _histories.parse(self.run_id, path, data)
 
     def append_event(
         self,
@@ -409,13 +439,14 @@ class Run:
         metadata: dict[str, Any] | None = None,
         durable: bool = True,
     ) -> StageEvent:
-        """Append one event to the manifest: one ``O_APPEND`` write under a lock on it.
+        """Add one event to ``manifest.json``: the file is written anew with the event
+        added and renamed into place, under the run folder's lock.
 
-        Nothing is read or rewritten. The lock (``flock`` on the manifest itself) is for
-        shared storage: on a local file system ``O_APPEND`` writes from several processes
-        would not interleave anyway, but over NFS only a lock makes the client see the
-        file's current end (Linux implements ``flock`` there with an NFS lock, and taking
-        one revalidates the locked file).
+        The lock (``flock`` on the run's ``.manifest.lock``) orders the writers of one host; writers
+        on several hosts are ordered by the run's lease (see docs/RELIABILITY.md, "Who
+        writes a run's files"). Only the new event is encoded: the events already there are
+        spliced as bytes (:mod:`sparkle.manifest`). A run written before ``manifest.json``
+        has its ``manifest.jsonl`` moved into it first.
         """
         event = StageEvent.model_validate(
             {
@@ -428,33 +459,58 @@ class Run:
                 "metadata": metadata or {},
             }
         )
-        record = event.model_dump_json().encode("utf-8") + b"\n"
+        record = event.model_dump_json().encode("utf-8")
         path = f"{self.dir}/{MANIFEST_FILE}"
-        created = False
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-            created = True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # (released by the close)
-            end = os.fstat(fd).st_size
-            # (a record of ours ending there ends with its newline: no need to look)
-            ours = bool(self.appended) and self.appended[-1][1] == end
-            if end and not ours and os.pread(fd, 1, end - 1) != b"\n":
-                record = b"\n" + record  # the last one was cut short: leave it alone
-            with naming(path):  # (an error of the write names no file: the manifest)
-                atomic.write_all(fd, record)
-            self.appended.append((end, end + len(record)))
-            if durable:
-                # (not giving the bookkeeping slot up meanwhile: the manifest is locked)
-                with naming(path):
-                    os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        if created and durable:
-            atomic.fsync_dir(self.dir)  # the new file's name must survive a power loss too
+        with self.locked(MANIFEST_LOCK_FILE):
+            try:
+                data: bytes | None = _read(path)
+            except FileNotFoundError:
+                data = None
+            before = len(data) if data is not None else 0
+            logged = os.path.lexists(f"{self.dir}/{LEGACY_LOG_FILE}")
+            if data is None and not logged:
+                data = manifest_file.empty(self.run_id)
+            elif logged or data is None or manifest_file.as_lines(data, self.run_id) is None:
+                data = self._rewrite_manifest(data)
+            new = manifest_file.append(data, record)
+            with naming(path):  # (an error of os.write or os.fsync names no file)
+                _replace_locked(path, new, durable)
+            self.appended.append((before, len(new)))
         return event
+
+    def _rewrite_manifest(self, data: bytes | None) -> bytes:
+        """Put the history into ``manifest.json`` in Sparkle's layout (under the lock): from
+        ``manifest.json`` in another layout, and from a ``manifest.jsonl`` left by an older
+        Sparkle, which is then removed. Returns the new bytes. Every event is kept as it
+        was, also one this version cannot read (written by a newer one)."""
+        path = f"{self.dir}/{MANIFEST_FILE}"
+        records: list[bytes] = []
+        if data is not None:
+            raw = manifest_file.raw_events(data)
+            if raw is None:
+                aside = f"{path}.damaged-{time.time_ns()}"
+                os.replace(path, aside)
+                log.error("run %s: %s is not a RunManifest; moved it to %s and started a new "
+                          "one", self.run_id, path, aside)
+            else:
+                records = [manifest_file.record(item) for item in raw]
+        log_path = f"{self.dir}/{LEGACY_LOG_FILE}"
+        try:
+            logged = _read(log_path)
+        except FileNotFoundError:
+            logged = None
+        if logged is not None:
+            lines = []
+            for line in logged.split(b"\n"):
+                with contextlib.suppress(ValueError):
+                    lines.append(manifest_file.record(json.loads(line)))  # (torn: skipped)
+            if records[len(records) - len(lines):] != lines:  # (not moved already)
+                records += lines
+        new = manifest_file.encode(self.run_id, records)
+        _replace_locked(path, new, durable=True)
+        if logged is not None:
+            os.unlink(log_path)
+        return new
 
     # -- derived state -------------------------------------------------------------------
 
@@ -564,9 +620,10 @@ class RunState:
         finally:
             os.close(fd)
 
-    def last_event(self, stage: str) -> StageEvent | None:
+    def last_event(self, stage: str, kinds: tuple[str, ...] | None = None) -> StageEvent | None:
+        """The stage's last event (of ``kinds`` when given), None when it has none."""
         for event in reversed(self.events):
-            if event.stage == stage:
+            if event.stage == stage and (kinds is None or event.status in kinds):
                 return event
         return None
 
@@ -586,7 +643,16 @@ class RunState:
         if last is not None and last.status == "success":
             return True
         checkpoint = self.checkpoint(stage)
-        return checkpoint is not None and checkpoint.status == "success"
+        if checkpoint is None or checkpoint.status != "success":
+            return False
+        # (a success the adapter wrote itself, as the seed contract's example stage does,
+        # counts only once the engine recorded it)
+        if not contract.engine_recorded(checkpoint, self.last_event(stage, ATTEMPT_EVENTS)):
+            log.warning("run %s: checkpoint of %s says success, but the engine recorded no "
+                        "success for that attempt (written by the adapter?); not done",
+                        self.run.run_id, stage)
+            return False
+        return True
 
     def next_stage(self) -> str | None:
         """The first stage that is not done, or None when every stage is."""
@@ -705,6 +771,32 @@ class RunState:
 
 def _refs_from(data: bytes) -> AssetRefs:
     return AssetRefs.model_validate_json(data) if data else AssetRefs()
+
+
+def _replace_locked(path: str, data: bytes, durable: bool) -> None:
+    """:func:`sparkle.atomic.write_bytes` for a file written under the run's lock: the
+    thread keeps its bookkeeping slot while it waits on the disk (giving it up there would
+    have it wait for a slot while holding the lock that another slot holder may need)."""
+    folder, name = os.path.split(path)
+    tmp, fd = atomic.create_temp(folder, name)
+    try:
+        try:
+            atomic.write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _read(path: str) -> bytes:
@@ -834,6 +926,7 @@ class RunStore:
                 self._check_same_plan(run, canonical)
                 return run, False
             if self._publish_new(run, plan):
+                self._record_warnings(run, plan)
                 return run, True
             # Found, lost a race to another creator, or a folder without a plan (left by a
             # crash of a version that built runs in place): settled under the run's lock.
@@ -844,10 +937,17 @@ class RunStore:
                 (run.dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
                 run.save_asset_refs(AssetRefs())
                 if not (run.dir / MANIFEST_FILE).exists():
-                    atomic.write_bytes(run.dir / MANIFEST_FILE, b"")
+                    atomic.write_bytes(run.dir / MANIFEST_FILE, manifest_file.empty(run.run_id))
                 # The plan is written last: its presence is what makes the run exist.
-                atomic.write_json(run.dir / PLAN_FILE, plan)
-                return run, True
+                atomic.write_json(run.dir / PLAN_FILE, _as_received(plan))
+            self._record_warnings(run, plan)
+            return run, True
+
+    @staticmethod
+    def _record_warnings(run: Run, plan: MoviePlan) -> None:
+        """What was accepted in the plan but is worth knowing, as an event of the new run."""
+        if plan.warnings:
+            run.append_event("script", "warning", 1, metadata={"warnings": plan.warnings})
 
     def _publish_new(self, run: Run, plan: MoviePlan) -> bool:
         """Build ``run``'s folder under a temporary name and rename it into place. False
@@ -858,8 +958,8 @@ class RunStore:
         try:
             (building / CHECKPOINTS_DIR).mkdir(parents=True)
             atomic.write_json(building / ASSET_REFS_FILE, AssetRefs())
-            atomic.write_bytes(building / MANIFEST_FILE, b"")
-            atomic.write_json(building / PLAN_FILE, plan)
+            atomic.write_bytes(building / MANIFEST_FILE, manifest_file.empty(run.run_id))
+            atomic.write_json(building / PLAN_FILE, _as_received(plan))
             os.rename(building, run.dir)
         except OSError as exc:
             shutil.rmtree(building, ignore_errors=True)
@@ -917,3 +1017,9 @@ class RunStore:
             if run.exists():
                 found.append(run)
         return found
+
+
+def _as_received(plan: MoviePlan) -> MoviePlan | dict[str, Any]:
+    """What ``movie_plan.json`` keeps: the plan as it was received (a plan in the
+    base-image format stays in that format)."""
+    return plan if plan.as_received() is plan else plan.received_json()

@@ -8,8 +8,9 @@ JSON Schemas of the public models are exported with ``sparkle schema`` into ``sc
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     WithJsonSchema,
     model_validator,
 )
@@ -42,6 +44,9 @@ RESOLUTION_RANGE = (16, 7680)
 RESOLUTION_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 SEED_RE = re.compile(r"-?[0-9]{1,19}")
+
+#: Environment variable giving the seed of plans without ``metadata.seed``.
+SEED_VARIABLE = "SPARKLE_SEED"
 
 FPS_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 
@@ -71,6 +76,35 @@ SafeId = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+    def json(self, **kwargs: Any) -> str:
+        """The model as JSON, pydantic-v1 style (the seed contract's adapters call
+        ``checkpoint.json()``); the same as ``model_dump_json``, without v2's warning."""
+        return self.model_dump_json(**kwargs)
+
+
+class _ItemAccess(_Model):
+    """Dict-style access to a model's fields, as the seed contract's adapters use it
+    (``asset_refs['shots'][shot_id]['start_frame'] = path``); attributes work as well.
+    An assigned value is validated like the field's value in a file would be."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in type(self).model_fields:
+            raise KeyError(f"{key!r} is not a field of {type(self).__name__}; fields: "
+                           f"{', '.join(type(self).model_fields)}")
+        self.__pydantic_validator__.validate_assignment(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in type(self).model_fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The field ``key``, or ``default`` when the model has no such field."""
+        return getattr(self, key) if key in type(self).model_fields else default
 
 
 class DialogueLine(_Model):
@@ -287,6 +321,42 @@ class MoviePlan(_Model):
             )
         return self
 
+    #: The plan as received, when it came in another format (:mod:`sparkle.base_image_plan`).
+    _source: BaseModel | None = PrivateAttr(default=None)
+    #: Shot id -> the names of its start and end keyframes, when shots share them.
+    _keyframes: dict[str, tuple[str, str]] = PrivateAttr(default_factory=dict)
+    #: What was accepted but is worth knowing (a timeline's gaps); recorded on the run.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    def set_source(self, source: BaseModel, keyframes: dict[str, tuple[str, str]],
+                   warnings: list[str]) -> None:
+        """Remember that this plan was made from ``source`` (the plan as received), whose
+        shots start and end on the named ``keyframes``, with ``warnings``."""
+        self._source, self._keyframes, self._warnings = source, keyframes, list(warnings)
+
+    def as_received(self) -> BaseModel:
+        """The plan as it was received (the model it was read as)."""
+        return self._source if self._source is not None else self
+
+    def received_json(self) -> dict[str, Any]:
+        """The plan as it was received, as JSON: what the run folder keeps and the run id
+        is made from. (A plan in another format keeps only the fields it was given.)"""
+        if self._source is not None:
+            return self._source.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(mode="json")
+
+    @property
+    def warnings(self) -> list[str]:
+        """What was accepted but is worth knowing about this plan (recorded on its run)."""
+        return list(self._warnings)
+
+    def keyframe_names(self, shot: ShotSpec) -> tuple[str, str]:
+        """Names (path-safe, unique in the movie) of the start and end keyframes of
+        ``shot``: ``<shot>_start`` and ``<shot>_end``, or, when the plan has shots share
+        keyframes, the shared keyframe's id, so that one is rendered once and both shots
+        name the same file."""
+        return self._keyframes.get(shot.id, (f"{shot.id}_start", f"{shot.id}_end"))
+
     def shot(self, shot_id: str) -> ShotSpec:
         """Return the shot with ``shot_id``; raises KeyError when there is none."""
         for shot in self.shots:
@@ -303,8 +373,21 @@ class MoviePlan(_Model):
 
     @property
     def seed(self) -> int:
-        """The plan's seed (``metadata.seed``), 0 when unset."""
-        return int(self.metadata.get("seed", "0"))
+        """The plan's seed: ``metadata.seed``, else the ``SPARKLE_SEED`` environment
+        variable (the seed contract's "from movie_plan.metadata or environment"), else 0.
+
+        Raises:
+          ValueError: ``SPARKLE_SEED`` is set but not an integer.
+        """
+        if "seed" in self.metadata:
+            return int(self.metadata["seed"])
+        from_env = os.environ.get(SEED_VARIABLE, "").strip()
+        if not from_env:
+            return 0
+        if not SEED_RE.fullmatch(from_env):
+            raise ValueError(f"{SEED_VARIABLE}={from_env!r} is not an integer; set it to "
+                             "e.g. 42, or give the plan a metadata.seed")
+        return int(from_env)
 
     @property
     def review_after(self) -> tuple[str, ...] | None:
@@ -327,7 +410,7 @@ class MoviePlan(_Model):
         return int(width), int(height)
 
 
-class AssetRefsShot(_Model):
+class AssetRefsShot(_ItemAccess):
     """Files produced for one shot, as paths relative to the run directory."""
 
     start_frame: str | None = None
@@ -337,8 +420,12 @@ class AssetRefsShot(_Model):
     final_video_clip: str | None = None
 
 
-class AssetRefs(_Model):
-    """Everything a run has produced so far; each stage adds to it."""
+class AssetRefs(_ItemAccess):
+    """Everything a run has produced so far; each stage adds to it.
+
+    Item access follows the seed contract: ``refs['shots'][shot_id]`` creates the shot's
+    entry when it is missing (so ``refs['shots']['s1']['start_frame'] = path`` works on
+    empty refs), ``refs['extras']`` is the extras dict itself."""
 
     shots: dict[str, AssetRefsShot] = Field(default_factory=dict)
     extras: dict[str, str] = Field(default_factory=dict)
@@ -346,6 +433,43 @@ class AssetRefs(_Model):
     def shot(self, shot_id: str) -> AssetRefsShot:
         """Return the entry for ``shot_id``, creating an empty one when missing."""
         return self.shots.setdefault(shot_id, AssetRefsShot())
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "shots":
+            return ShotsView(self)
+        return super().__getitem__(key)
+
+
+class ShotsView(MutableMapping[str, AssetRefsShot]):
+    """``asset_refs['shots']``: the refs' shots, where reading a missing shot creates it
+    (the contract's adapters assign into ``['shots'][id]`` without creating it first) and
+    an assigned dict is validated as an :class:`AssetRefsShot`."""
+
+    def __init__(self, refs: AssetRefs) -> None:
+        self._refs = refs
+
+    def __getitem__(self, shot_id: str) -> AssetRefsShot:
+        return self._refs.shot(check_id(shot_id))
+
+    def __setitem__(self, shot_id: str, value: AssetRefsShot | dict[str, Any]) -> None:
+        self._refs.shots[check_id(shot_id)] = AssetRefsShot.model_validate(value)
+
+    def __delitem__(self, shot_id: str) -> None:
+        del self._refs.shots[shot_id]
+
+    def __contains__(self, shot_id: object) -> bool:
+        return shot_id in self._refs.shots
+
+    def get(self, shot_id: str, default: Any = None) -> Any:
+        """The shot's entry, or ``default`` when it has none (reading with get creates
+        nothing)."""
+        return self._refs.shots.get(shot_id, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs.shots)
+
+    def __len__(self) -> int:
+        return len(self._refs.shots)
 
 
 QADecision = Literal["approve", "regenerate", "escalate"]
@@ -393,25 +517,28 @@ class Checkpoint(_Model):
     status: CheckpointStatus
     #: Seconds since the epoch.
     timestamp: float
-    attempt: int = Field(ge=1)
+    #: 1 when unset, as the seed contract's example builds it (the engine always sets it).
+    attempt: int = Field(default=1, ge=1)
     error: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 #: ``reset`` marks a forced re-run, ``redrive`` a re-enqueue by the reaper or an operator,
-#: ``cancel`` a cancellation request. The review kinds (:mod:`sparkle.review`):
-#: ``review_requested`` (the run stopped after the stage for a person), and the person's
-#: decision: ``approved``, ``redo`` (shots re-rolled), ``rejected``; ``take`` records an
-#: earlier take put back in place (:mod:`sparkle.takes`).
-EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel",
-                      "review_requested", "approved", "redo", "rejected", "take"]
+#: ``cancel`` a cancellation request, ``retry`` a failed (or finally successful) attempt of
+#: a call inside an adapter (:mod:`sparkle.retrying`), ``warning`` something accepted in
+#: the plan but worth knowing (recorded when the run is created). The review kinds
+#: (:mod:`sparkle.review`): ``review_requested`` (the run stopped after the stage for a
+#: person), and the person's decision: ``approved``, ``redo`` (shots re-rolled),
+#: ``rejected``; ``take`` records an earlier take put back in place (:mod:`sparkle.takes`).
+EventStatus = Literal["begin", "success", "fail", "reset", "redrive", "cancel", "retry",
+                      "warning", "review_requested", "approved", "redo", "rejected", "take"]
 
 #: The event kinds that record a review: its request and the decisions answering it.
 REVIEW_EVENTS = ("review_requested", "approved", "redo", "rejected", "take")
 
 
 class StageEvent(_Model):
-    """One entry of a run's history: one line of ``manifest.jsonl``."""
+    """One entry of a run's history (``events`` of ``manifest.json``)."""
 
     run_id: SafeId
     stage: StageName
@@ -422,11 +549,24 @@ class StageEvent(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-#: Models whose JSON Schemas are exported by ``sparkle schema``.
+class RunManifest(_Model):
+    """A run's history, ``runs/<run_id>/manifest.json``: the seed contract's RunManifest.
+
+    Written by Sparkle one event per line (:mod:`sparkle.manifest`); read event by event,
+    so an event this version does not know (a newer Sparkle's kind) is skipped, not fatal.
+    """
+
+    run_id: SafeId
+    events: list[StageEvent] = Field(default_factory=list)
+
+
+#: Models whose JSON Schemas are exported by ``sparkle schema`` (and ``BaseImagePlan``,
+#: added by :mod:`sparkle.base_image_plan` when imported).
 EXPORTED_MODELS: dict[str, type[BaseModel]] = {
     "MoviePlan": MoviePlan,
     "AssetRefs": AssetRefs,
     "QAReport": QAReport,
     "Checkpoint": Checkpoint,
     "StageEvent": StageEvent,
+    "RunManifest": RunManifest,
 }

@@ -24,7 +24,9 @@ from sparkle.names import STAGES, RunStatus
 
 PLAN_FILE = "movie_plan.json"
 ASSET_REFS_FILE = "asset_refs.json"
-MANIFEST_FILE = "manifest.jsonl"
+MANIFEST_FILE = "manifest.json"
+#: The manifest as Sparkle wrote it before ``manifest.json`` (read still; see runstore).
+LEGACY_LOG = "manifest.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CANCELLED_FILE = "cancelled"
 SUMMARY_FILE = ".summary.json"
@@ -42,6 +44,7 @@ SUMMARY_SOURCES: tuple[str, ...] = (
     PLAN_FILE,
     CANCELLED_FILE,
     MANIFEST_FILE,
+    LEGACY_LOG,
     ASSET_REFS_FILE,
     *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
     REVIEW_FILE,

@@ -112,6 +112,13 @@ def _detail(event: StageEvent, later: list[StageEvent]) -> str:
         text = reason + (f" after {float(idle):.0f}s still" if isinstance(idle, int | float)
                          else "")
         return text + (f" ({by})" if by else "")
+    if event.status == "warning":
+        return "; ".join(str(w) for w in meta.get("warnings", []))
+    if event.status == "retry":
+        text = (f"call {meta.get('call', '?')} attempt {meta.get('call_attempt', '?')}/"
+                f"{meta.get('attempts', '?')}: {meta.get('outcome', '?')}")
+        wait = meta.get("retry_in_sec")
+        return text + (f", next in {float(wait):.2f}s" if isinstance(wait, int | float) else "")
     if event.status in ("reset", "cancel"):
         return ", ".join(f"{k}={v}" for k, v in sorted(meta.items()))
     if event.status == "fail":

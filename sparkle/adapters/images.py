@@ -274,18 +274,23 @@ def images_stage(
     # captions keep each shot's place in the movie.
     every = plan.metadata.get(NARROWED_FROM, "").split(",") if NARROWED_FROM in plan.metadata \
         else [s.id for s in plan.shots]
+    # Keyframe name -> its file: two shots meeting on a shared keyframe (a plan with base
+    # images) name one file, rendered once.
+    rendered: dict[str, str] = {}
     for shot in plan.shots:
         index = every.index(shot.id) + 1 if shot.id in every else 1
         entry = refs.shot(shot.id)
-        for which in KEYFRAMES:
-            began = time.perf_counter()
-            path = run_dir / "frames" / f"{shot.id}_{which}.png"
-            save_png(render_keyframe(plan, shot, which, index, size, len(every)), path)
-            latencies.append(time.perf_counter() - began)
+        for which, name in zip(KEYFRAMES, plan.keyframe_names(shot), strict=True):
+            if name not in rendered:
+                began = time.perf_counter()
+                path = run_dir / "frames" / f"{name}.png"
+                save_png(render_keyframe(plan, shot, which, index, size, len(every)), path)
+                latencies.append(time.perf_counter() - began)
+                rendered[name] = relative_to_run(run_dir, path)
             if which == "start":
-                entry.start_frame = relative_to_run(run_dir, path)
+                entry.start_frame = rendered[name]
             else:
-                entry.end_frame = relative_to_run(run_dir, path)
+                entry.end_frame = rendered[name]
     return refs, {
         "frames_written": len(latencies),
         "seed": plan.seed,

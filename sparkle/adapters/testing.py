@@ -159,15 +159,20 @@ def _script(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
 
 
 def _images(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> Result:
+    written: set[str] = set()  # (a keyframe shared by two shots is written once)
     for shot in plan.shots:
-        for which, prompt in (("start", shot.start_frame_prompt), ("end", shot.end_frame_prompt)):
-            image = Image.new("RGB", FRAME_SIZE, _seeded_color(plan.seed, shot.id, prompt))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            rel = f"frames/{shot.id}_{which}.png"
-            atomic.write_bytes(run_dir / rel, buffer.getvalue())
+        prompts = (shot.start_frame_prompt, shot.end_frame_prompt)
+        for which, name, prompt in zip(("start", "end"), plan.keyframe_names(shot), prompts,
+                                       strict=True):
+            rel = f"frames/{name}.png"
+            if rel not in written:
+                image = Image.new("RGB", FRAME_SIZE, _seeded_color(plan.seed, shot.id, prompt))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                atomic.write_bytes(run_dir / rel, buffer.getvalue())
+                written.add(rel)
             setattr(refs.shot(shot.id), f"{which}_frame", rel)
-    return refs, {"frames_written": 2 * len(plan.shots), "seed": plan.seed}
+    return refs, {"frames_written": len(written), "seed": plan.seed}
 
 
 def _gif_bytes(frames: list[Image.Image]) -> bytes:

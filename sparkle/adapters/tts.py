@@ -12,6 +12,7 @@ Outputs: ``audio/<shot>/<index:02d>_<character>.wav`` (16-bit mono PCM at espeak
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import threading
 import wave
 from array import array
@@ -87,6 +88,12 @@ class _Espeak:
         ]
         self.lib.espeak_Synth.restype = ctypes.c_int
         self.lib.espeak_Synchronize.restype = ctypes.c_int
+        # espeak-ng seeds its noise (breathy voices) from the clock: seeded per line instead,
+        # the same plan and seed give the same samples (absent from old libraries)
+        self._set_seed = getattr(self.lib, "espeak_ng_SetRandSeed", None)
+        if self._set_seed is not None:
+            self._set_seed.argtypes = [ctypes.c_long]
+            self._set_seed.restype = None
         rate = self.lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_path.encode(), 0
         )
@@ -106,8 +113,10 @@ class _Espeak:
         """Select a voice; False when espeak-ng does not know it."""
         return bool(self.lib.espeak_SetVoiceByName(name.encode()) == _EE_OK)
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int) -> tuple[array[int], str]:
-        """Speak ``text``; return the samples and the voice actually used. Hold ``lock``."""
+    def synthesize(self, text: str, voice: str, rate: int, pitch: int,
+                   seed: int = 0) -> tuple[array[int], str]:
+        """Speak ``text``; return the samples and the voice actually used. Hold ``lock``.
+        ``seed`` seeds espeak-ng's noise, so that the same arguments give the same samples."""
         used = voice if self.set_voice(voice) else DEFAULT_VOICE
         if used != voice and not self.set_voice(DEFAULT_VOICE):
             raise PermanentStageError(
@@ -116,6 +125,8 @@ class _Espeak:
         self.lib.espeak_SetParameter(_RATE, rate, 0)
         self.lib.espeak_SetParameter(_PITCH, pitch, 0)
         self._samples = array("h")
+        if self._set_seed is not None:
+            self._set_seed(seed)
         data = text.encode("utf-8") + b"\0"
         code = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if code != _EE_OK:
@@ -157,11 +168,13 @@ def _int_setting(
     return clamped
 
 
-def synthesize_line(text: str, voice: str, rate: int, pitch: int, out: Path) -> tuple[str, float]:
-    """Speak ``text`` into the WAV ``out`` (atomically); return the voice used and seconds."""
+def synthesize_line(text: str, voice: str, rate: int, pitch: int, out: Path,
+                    seed: int = 0) -> tuple[str, float]:
+    """Speak ``text`` into the WAV ``out`` (atomically); return the voice used and seconds.
+    The same arguments (``seed`` included) give the same file."""
     engine = espeak()
     with engine.lock:
-        samples, used = engine.synthesize(text, voice, rate, pitch)
+        samples, used = engine.synthesize(text, voice, rate, pitch, seed)
         sample_rate = engine.sample_rate
     try:
         with temp_path_for(out) as tmp, wave.open(str(tmp), "wb") as writer:
@@ -172,6 +185,12 @@ def synthesize_line(text: str, voice: str, rate: int, pitch: int, out: Path) -> 
     except OSError as exc:
         raise os_error(exc, f"cannot write {out}") from exc
     return used, len(samples) / sample_rate
+
+
+def _line_seed(seed: int, shot_id: str, index: int) -> int:
+    """A 31-bit seed for one line, from the plan's seed and the line's place."""
+    digest = hashlib.sha256(f"{seed}\x1f{shot_id}\x1f{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def tts_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRefs, dict[str, Any]]:
@@ -189,7 +208,9 @@ def tts_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRef
             rate = _int_setting(character, "rate", DEFAULT_RATE_WPM, RATE_RANGE, warnings)
             pitch = _int_setting(character, "pitch", DEFAULT_PITCH, (0, 100), warnings)
             out = run_dir / "audio" / shot.id / f"{index:02d}_{character.id}.wav"
-            used, seconds = synthesize_line(line.text, wanted, rate, pitch, out)
+            # (the plan's seed, mixed with the line's place: lines differ, runs do not)
+            seed = _line_seed(plan.seed, shot.id, index)
+            used, seconds = synthesize_line(line.text, wanted, rate, pitch, out, seed)
             if used != wanted and character.id not in voices:
                 warnings.append(
                     f"character {character.id}: espeak-ng has no voice {wanted!r}; "

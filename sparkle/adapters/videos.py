@@ -26,6 +26,7 @@ from sparkle.adapters.media import (
     relative_to_run,
     require_file,
 )
+from sparkle.base_image_plan import MODEL_ID_KEY
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
 
 #: Shots encoded at the same time (one ffmpeg each); ffmpeg's filter graph is mostly
@@ -264,4 +265,7 @@ def videos_stage(
         "resolution": f"{size[0]}x{size[1]}",
         "frames": sum(frame_count(shot.duration_sec, fps) for shot in plan.shots),
         "motions": {shot.id: str(move) for shot, _, _, _, move in jobs},
+        # (the plan's render_profile.video.model_id: this CPU set has no model to pick,
+        # so it records which one the plan asked for)
+        **({"model_id": plan.metadata[MODEL_ID_KEY]} if MODEL_ID_KEY in plan.metadata else {}),
     }

@@ -220,7 +220,7 @@ def test_version_prints_the_package_version(tmp_path: Path):
     assert result.stdout.strip() == f"sparkle, version {__version__}"
 
 
-def test_schema_writes_the_five_schema_files(tmp_path: Path):
+def test_schema_writes_the_seven_schema_files(tmp_path: Path):
     """`sparkle schema --out DIR` writes one valid JSON Schema per exported model."""
     out = tmp_path / "nested" / "schemas"
     result = sparkle("schema", "--out", str(out), cwd=tmp_path)
@@ -228,7 +228,8 @@ def test_schema_writes_the_five_schema_files(tmp_path: Path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
         f"{name}.schema.json"
-        for name in ("MoviePlan", "AssetRefs", "QAReport", "Checkpoint", "StageEvent")
+        for name in ("MoviePlan", "AssetRefs", "QAReport", "Checkpoint", "StageEvent",
+                     "RunManifest", "BaseImagePlan")
     )
     for name in EXPORTED_MODELS:
         schema = json.loads((out / f"{name}.schema.json").read_text("utf-8"))

@@ -106,7 +106,7 @@ def copy_run(template: Run, root: Path, run_id: str) -> None:
     """A byte-for-byte copy of a run folder under another id (fast, for many runs)."""
     target = root / run_id
     shutil.copytree(template.dir, target, ignore=shutil.ignore_patterns(SUMMARY_FILE))
-    manifest = target / "manifest.jsonl"
+    manifest = target / "manifest.json"
     manifest.write_bytes(manifest.read_bytes().replace(template.run_id.encode(), run_id.encode()))
 
 
@@ -331,7 +331,7 @@ OPERATIONS: dict[str, Callable[[Run, str], None]] = {
     "cancel": lambda run, stage: run.set_cancelled(True),
     "uncancel": lambda run, stage: run.set_cancelled(False),
     "damage": lambda run, stage: (run.dir / "checkpoints" / f"{stage}.json").write_bytes(b"{"),
-    "damage-manifest": lambda run, stage: (run.dir / "manifest.jsonl").write_bytes(b"["),
+    "damage-manifest": lambda run, stage: (run.dir / "manifest.json").write_bytes(b"["),
     "drop-cache": lambda run, stage: (run.dir / SUMMARY_FILE).unlink(missing_ok=True),
 }
 
@@ -364,6 +364,7 @@ def test_cache_entries_cover_every_state_file():
     assert set(runstore.SUMMARY_SOURCES) == {
         "movie_plan.json",
         "cancelled",
+        "manifest.json",
         "manifest.jsonl",
         "asset_refs.json",
         *(f"checkpoints/{stage}.json" for stage in STAGES),

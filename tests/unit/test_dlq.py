@@ -15,6 +15,7 @@ import dramatiq
 from sparkle import keys
 from sparkle.adapters.testing import FIXED, read_trace
 from sparkle.dlq import DeadLetterQueue, ReplayResult
+from sparkle.lease import Lease
 from sparkle.runner import is_at_rest
 from sparkle.stages import Adapter
 
@@ -214,3 +215,22 @@ def test_dead_letters_are_kept_as_long_as_the_setting_says():
     assert build_broker(Settings(), client=client).dead_message_ttl == 30 * 86_400_000
     broker = build_broker(Settings(dead_letter_days=2.5), client=client)  # type: ignore[call-arg]
     assert broker.dead_message_ttl == 2.5 * 86_400_000
+
+
+def test_a_run_held_by_a_worker_is_not_written_to_and_its_letter_kept(
+        fake_redis_pipeline, plans_dir):
+    """Replay writes its redrive event holding the run's lease (only the lease holder
+    writes a run's files): while a worker holds the run nothing is written or sent, the
+    entry is kept (busy), and a later replay does it."""
+    pipeline = fake_redis_pipeline
+    (run,) = failed_runs(pipeline, plans_dir, 1)
+    events_before = len(run.events())
+    held = Lease(pipeline.engine.client, "sparkle", run.run_id, 30)
+    assert held.acquire()
+    result = dlq_of(pipeline).replay(stage="videos")
+    assert [item.result for item in result] == [ReplayResult.busy]
+    assert len(run.events()) == events_before and len(dlq_of(pipeline).letters()) == 1
+    held.release()
+    result = dlq_of(pipeline).replay(stage="videos")
+    assert [item.result for item in result] == [ReplayResult.replayed]
+    assert run.events()[-1].status == "redrive"

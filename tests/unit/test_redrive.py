@@ -352,3 +352,26 @@ def test_a_resend_after_the_dead_attempt_counts_as_its_redrive(pipeline, plans_d
     pipeline.engine.client.delete(keys.pending("sparkle", run.run_id))
     found = reaper_for(pipeline).run_once(older_than=0)
     assert [(r.stage, r.reason) for r in found] == [("script", RedriveReason.worker_died)]
+
+
+def test_a_run_taken_by_a_worker_after_the_check_is_not_written_to(
+        pipeline, plans_dir, monkeypatch):
+    """The reaper writes its redrive event holding the run's lease: a run that a worker
+    (on another host) took between the reaper's look and its write gets no event and no
+    message from it."""
+    # Given a run whose message was lost, taken by a worker just after the reaper looked
+    run = pipeline.create(plans_dir / "rooftop.json")
+    pipeline.engine.dispatcher.kick(run)
+    lose_messages(pipeline, run)
+    taken = Lease(pipeline.engine.client, "sparkle", run.run_id, 30)
+    assert taken.acquire()
+    monkeypatch.setattr("sparkle.redrive.lease.holder", lambda *args: None)  # (looked free)
+    # When the reaper passes
+    assert all(not r.sent for r in reaper_for(pipeline).run_once(older_than=0))
+    # Then nothing was recorded or sent
+    assert redrives(run) == [] and queued(pipeline, "script") == 0
+    # And once the worker let go, the next pass re-drives it
+    taken.release()
+    pipeline.engine.client.delete(keys.redrive_guard("sparkle", run.run_id))
+    reaper_for(pipeline).run_once(older_than=0)
+    assert redrives(run) == [("script", "message_lost")] and queued(pipeline, "script") == 1

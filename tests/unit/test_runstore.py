@@ -213,7 +213,8 @@ def test_create_lays_out_the_run_folder(store: RunStore):
     assert is_new
     assert MoviePlan.model_validate_json((created.dir / "movie_plan.json").read_bytes()) == plan
     assert json.loads((created.dir / "asset_refs.json").read_text()) == {"shots": {}, "extras": {}}
-    assert (created.dir / "manifest.jsonl").read_bytes() == b""
+    assert json.loads((created.dir / "manifest.json").read_bytes()) == {
+        "run_id": created.run_id, "events": []}
     assert (created.dir / "checkpoints").is_dir()
     assert created.plan() == plan
 
@@ -614,37 +615,41 @@ def test_damaged_manifest_line_is_skipped_with_a_warning(
 ):
     """A damaged line does not stop the run: the events around it are read, and the bad line
     is named in a warning."""
-    run.append_event("script", "begin", 1)
-    with (run.dir / "manifest.jsonl").open("ab") as handle:
-        handle.write(b'{"run_id": "x", "events": [\n')
-    run.append_event("script", "success", 1)
+    begin, success = legacy_lines(run, "begin", "success")
+    write_legacy_log(run, begin + b'{"run_id": "x", "events": [\n' + success)
     with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
         assert [e.status for e in run.events()] == ["begin", "success"]
     assert any("manifest.jsonl line 2" in r.getMessage() for r in caplog.records)
 
 
 def test_record_cut_short_by_a_power_loss_spoils_only_itself(run: Run):
-    """A last record without its newline (power lost mid-append) is skipped, and the next
-    append starts a new line instead of gluing itself to the torn one."""
-    run.append_event("script", "begin", 1)
-    manifest = run.dir / "manifest.jsonl"
-    whole = manifest.read_bytes()
-    manifest.write_bytes(whole + whole[: len(whole) // 2])  # half of a second record
+    """A legacy log whose last record lacks its newline (power lost mid-append) is read
+    without it, and the next event moves the whole records into manifest.json and
+    removes the log."""
+    (whole,) = legacy_lines(run, "begin")
+    write_legacy_log(run, whole + whole[: len(whole) // 2])  # half of a second record
     run.append_event("script", "success", 1)
     assert [e.status for e in run.events()] == ["begin", "success"]
-    assert manifest.read_bytes().count(b"\n") == 3
+    assert not (run.dir / "manifest.jsonl").exists()
+    on_disk = json.loads((run.dir / "manifest.json").read_bytes())
+    assert [e["status"] for e in on_disk["events"]] == ["begin", "success"]
 
 
-def test_manifest_append_does_not_rewrite_the_history(run: Run):
-    """Appending keeps the file (same inode) and only adds bytes: earlier events are never
-    rewritten, so a crash mid-append cannot damage them."""
+def test_each_event_replaces_the_manifest_with_valid_json_keeping_earlier_bytes(run: Run):
+    """An event replaces manifest.json whole (a new file renamed into place: a reader or a
+    crash sees the old manifest or the new one, each a valid RunManifest), and the events
+    already there are kept byte for byte, never re-encoded."""
     run.append_event("script", "begin", 1)
-    manifest = run.dir / "manifest.jsonl"
+    manifest = run.dir / "manifest.json"
     before = manifest.read_bytes()
     inode = manifest.stat().st_ino
     run.append_event("script", "success", 1)
-    assert manifest.stat().st_ino == inode
-    assert manifest.read_bytes().startswith(before)
+    after = manifest.read_bytes()
+    assert manifest.stat().st_ino != inode
+    assert after.startswith(before[: -len(b"\n]}\n")])
+    document = json.loads(after)
+    assert document["run_id"] == run.run_id
+    assert [e["status"] for e in document["events"]] == ["begin", "success"]
 
 
 def test_a_look_knows_whether_only_its_own_run_object_appended_since(run: Run):
@@ -690,7 +695,7 @@ def test_unreadable_manifest_reads_as_empty_with_a_warning(
     run: Run, caplog: pytest.LogCaptureFixture
 ):
     """A manifest that cannot be opened (here a folder in its place) reads as empty."""
-    manifest = run.dir / "manifest.jsonl"
+    manifest = run.dir / "manifest.json"
     manifest.unlink()
     manifest.mkdir()
     with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
@@ -875,8 +880,7 @@ def test_history_of_a_run_made_before_the_append_only_manifest_is_kept(run: Run)
          "attempt": 2, "error": None, "metadata": {}},
     ]
     (run.dir / "manifest.json").write_text(json.dumps({"run_id": run.run_id,
-                                                       "events": legacy}))
-    (run.dir / "manifest.jsonl").unlink()
+                                                       "events": legacy}, indent=2))
     assert [e.timestamp for e in run.events()] == [1.0, 2.0, 3.0]
     assert run.attempts("images") == 2
     assert run.state().crashed_begins("images") == 2
@@ -890,10 +894,8 @@ def test_an_append_still_being_written_is_not_read_and_not_warned_about(
 ):
     """A reader that catches another process mid-append (no final newline yet) reads the
     events before it, silently; the record is read once it is complete."""
-    run.append_event("script", "begin", 1)
-    manifest = run.dir / "manifest.jsonl"
-    complete = manifest.read_bytes()
-    manifest.write_bytes(complete + complete[:40])  # the first 40 bytes of a second record
+    (complete,) = legacy_lines(run, "begin")
+    write_legacy_log(run, complete + complete[:40])  # the first 40 bytes of a second record
     with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
         assert [e.status for e in run.events()] == ["begin"]
     assert caplog.records == []
@@ -961,14 +963,12 @@ def test_stages_the_history_shows_done_are_decided_without_reading_their_checkpo
     assert reads == ["assemble"]
 
 
-def test_an_append_waits_for_the_lock_on_the_manifest(run: Run):
-    """Appends take an exclusive ``flock`` on the manifest itself (on NFS the lock is what
-    shows a client the file's current end): one made while another process holds it
-    waits for the lock, then lands after what the holder wrote."""
+def test_an_append_waits_for_the_lock_on_the_run(run: Run):
+    """Events are added under an exclusive ``flock`` on the manifest's lock file: one added while
+    another process holds it waits for the lock, then lands after what the holder wrote."""
     import fcntl
 
-    manifest = run.dir / "manifest.jsonl"
-    holder = os.open(manifest, os.O_RDWR | os.O_APPEND)  # another open file: another holder
+    holder = os.open(run.dir / ".manifest.lock", os.O_RDWR | os.O_CREAT)  # another holder
     fcntl.flock(holder, fcntl.LOCK_EX)
     appender = threading.Thread(target=run.append_event, args=("script", "success", 1))
     try:
@@ -977,7 +977,8 @@ def test_an_append_waits_for_the_lock_on_the_manifest(run: Run):
         assert appender.is_alive(), "the append did not wait for the lock"
         theirs = {"run_id": run.run_id, "stage": "script", "status": "begin",
                   "timestamp": 1.0, "attempt": 1, "error": None, "metadata": {}}
-        os.write(holder, json.dumps(theirs).encode() + b"\n")
+        (run.dir / "manifest.json").write_text(json.dumps({"run_id": run.run_id,
+                                                           "events": [theirs]}))
     finally:
         fcntl.flock(holder, fcntl.LOCK_UN)
         os.close(holder)
@@ -1025,7 +1026,7 @@ def test_a_history_rewritten_by_hand_is_parsed_afresh(run: Run):
     run.append_event("script", "begin", 1)
     run.append_event("script", "fail", 1)
     assert [e.status for e in run.events()] == ["begin", "fail"]
-    manifest = run.dir / "manifest.jsonl"
+    manifest = run.dir / "manifest.json"
     edited = manifest.read_bytes().replace(b'"begin"', b'"reset"')  # same length
     manifest.write_bytes(edited)
     assert [e.status for e in run.events()] == ["reset", "fail"]
@@ -1036,12 +1037,87 @@ def test_a_history_rewritten_by_hand_is_parsed_afresh(run: Run):
 def test_a_damaged_line_is_reported_on_every_read(run: Run, caplog: pytest.LogCaptureFixture):
     """A history with a damaged line is not kept parsed: each read skips the line again and
     says so again, naming its line number, also once more lines follow it."""
-    run.append_event("script", "begin", 1)
-    with (run.dir / "manifest.jsonl").open("ab") as handle:
-        handle.write(b"not an event\n")
+    begin, success = legacy_lines(run, "begin", "success")
+    write_legacy_log(run, begin + b"not an event\n")
     with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
         assert [e.status for e in run.events()] == ["begin"]
-        run.append_event("script", "success", 1)
+        write_legacy_log(run, begin + b"not an event\n" + success)
         assert [e.status for e in run.events()] == ["begin", "success"]
     warnings = [r.getMessage() for r in caplog.records if "line 2" in r.getMessage()]
     assert len(warnings) == 2
+
+
+def legacy_lines(run: Run, *statuses: str) -> list[bytes]:
+    """Script events of ``run`` with ``statuses``, each as a line of the append-only
+    ``manifest.jsonl`` that Sparkle wrote before manifest.json (newline included)."""
+    return [json.dumps({"run_id": run.run_id, "stage": "script", "status": status,
+                        "timestamp": 1.0 + i, "attempt": 1, "error": None,
+                        "metadata": {}}).encode() + b"\n"
+            for i, status in enumerate(statuses)]
+
+
+def write_legacy_log(run: Run, data: bytes) -> None:
+    """Make ``run`` a run folder as Sparkle wrote it before manifest.json: its history in
+    ``manifest.jsonl`` (``data``) and no manifest.json."""
+    (run.dir / "manifest.json").unlink(missing_ok=True)
+    (run.dir / "manifest.jsonl").write_bytes(data)
+
+
+def test_a_run_written_with_manifest_jsonl_reads_resumes_and_moves_into_manifest_json(
+        run: Run):
+    """A run folder as today's Sparkle wrote it (manifest.jsonl only) reads its history;
+    the next event moves it into manifest.json (a valid RunManifest) and removes the log."""
+    # Given a run whose history is in manifest.jsonl: script done, images begun
+    lines = legacy_lines(run, "begin", "success")
+    write_legacy_log(run, b"".join(lines) + json.dumps(
+        {"run_id": run.run_id, "stage": "images", "status": "begin", "timestamp": 5.0,
+         "attempt": 1, "error": None, "metadata": {}}).encode() + b"\n")
+    # Then it reads as it did
+    assert run.stage_done("script") and run.next_stage() == "images"
+    assert run.state().crashed_begins("images") == 1
+    # When the next event is added
+    run.append_event("images", "begin", 2)
+    # Then the history is all in manifest.json, in order, and the log is gone
+    assert not (run.dir / "manifest.jsonl").exists()
+    document = json.loads((run.dir / "manifest.json").read_bytes())
+    assert [(e["stage"], e["status"]) for e in document["events"]] == [
+        ("script", "begin"), ("script", "success"), ("images", "begin"), ("images", "begin")]
+    assert run.state().crashed_begins("images") == 2
+
+
+def test_a_log_already_moved_into_manifest_json_is_not_read_twice(run: Run):
+    """A writer that died after moving manifest.jsonl into manifest.json but before
+    removing it leaves both: the history reads each event once."""
+    # Given a manifest.json holding the log's events, and the log still there
+    lines = legacy_lines(run, "begin", "success")
+    write_legacy_log(run, b"".join(lines))
+    run.append_event("images", "begin", 1)
+    document = json.loads((run.dir / "manifest.json").read_bytes())
+    document["events"] = document["events"][:2]
+    (run.dir / "manifest.json").write_text(json.dumps(document))
+    (run.dir / "manifest.jsonl").write_bytes(b"".join(lines))
+    # Then the history holds each event once, and so does manifest.json after one more
+    assert [e.status for e in run.events()] == ["begin", "success"]
+    run.append_event("images", "begin", 1)
+    assert len(json.loads((run.dir / "manifest.json").read_bytes())["events"]) == 3
+
+
+def test_an_event_of_a_kind_this_version_does_not_know_is_skipped_and_kept(
+        run: Run, caplog: pytest.LogCaptureFixture):
+    """The manifest stays open to more kinds of events (a newer Sparkle's): one this version
+    cannot read is skipped with a warning, the others read, and it is kept when the
+    manifest is rewritten."""
+    # Given a manifest (re-indented by a tool) with an event of an unknown status
+    unknown = {"run_id": run.run_id, "stage": "qa", "status": "review_requested",
+               "timestamp": 2.0, "attempt": 1, "error": None, "metadata": {"by": "x"}}
+    (run.dir / "manifest.json").write_text(json.dumps(
+        {"run_id": run.run_id, "events": [unknown]}, indent=2))
+    with caplog.at_level(logging.WARNING, logger="sparkle.runstore"):
+        assert run.events() == []
+    assert any("events[0]" in r.getMessage() for r in caplog.records)
+    # When an event is added
+    run.append_event("script", "begin", 1)
+    # Then both are in the file, the unknown one unchanged
+    events = json.loads((run.dir / "manifest.json").read_bytes())["events"]
+    assert events[0] == unknown and events[1]["status"] == "begin"
+    assert [e.status for e in run.events()] == ["begin"]

@@ -7,7 +7,6 @@ these tests fail until then, so the published schemas never drift from the code.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from schema_check import committed, schema_errors
 
 from sparkle.runstore import RunStore
 from sparkle.schemas import EXPORTED_MODELS, Checkpoint, MoviePlan, StageEvent
@@ -23,77 +23,6 @@ ROOT = Path(__file__).parents[2]
 SCHEMAS = ROOT / "schemas"
 SPARKLE = Path(sys.executable).parent / "sparkle"
 PLANS = ROOT / "tests" / "data" / "plans"
-
-#: Keywords that only describe; they never make an instance invalid.
-ANNOTATIONS = {"title", "description", "default", "examples"}
-
-
-def committed(name: str) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((SCHEMAS / f"{name}.schema.json").read_text("utf-8"))
-    return schema
-
-
-def schema_errors(instance: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
-    """Check ``instance`` against the JSON Schema keywords pydantic emits for flat models.
-
-    A small stand-in for the ``jsonschema`` package (not a dependency of this project). It
-    fails loudly on any keyword it does not know, so it cannot pass a schema by ignoring it.
-    """
-    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-    errors: list[str] = []
-    for keyword, expected in schema.items():
-        if keyword in ANNOTATIONS or keyword == "properties":
-            continue
-        if keyword == "type":
-            if expected == "integer":
-                ok = isinstance(instance, int) and not isinstance(instance, bool)
-            elif expected == "number":
-                ok = isinstance(instance, int | float) and not isinstance(instance, bool)
-            else:
-                ok = isinstance(instance, types[expected])
-            if not ok:
-                errors.append(f"{where}: {instance!r} is not of type {expected}")
-        elif keyword == "enum":
-            if instance not in expected:
-                errors.append(f"{where}: {instance!r} is not one of {expected}")
-        elif keyword == "minimum":
-            if isinstance(instance, int | float) and instance < expected:
-                errors.append(f"{where}: {instance!r} is below {expected}")
-        elif keyword in ("minLength", "maxLength"):
-            if isinstance(instance, str):
-                too_short = keyword == "minLength" and len(instance) < expected
-                if too_short or (keyword == "maxLength" and len(instance) > expected):
-                    errors.append(f"{where}: {instance!r} breaks {keyword} {expected}")
-        elif keyword == "pattern":
-            # Python's re understands the ECMA-262 subset pydantic emits (incl. lookahead).
-            if isinstance(instance, str) and not re.search(expected, instance):
-                errors.append(f"{where}: {instance!r} does not match {expected}")
-        elif keyword == "anyOf":
-            if all(schema_errors(instance, option, where) for option in expected):
-                errors.append(f"{where}: {instance!r} matches no option of anyOf")
-        elif keyword == "required":
-            if isinstance(instance, dict):
-                errors += [f"{where}: missing {key!r}" for key in expected if key not in instance]
-        elif keyword == "additionalProperties":
-            if isinstance(instance, dict):
-                known = schema.get("properties", {})
-                for key, value in instance.items():
-                    if key in known:
-                        continue
-                    if expected is False:
-                        errors.append(f"{where}: unexpected key {key!r}")
-                    elif isinstance(expected, dict):
-                        errors += schema_errors(value, expected, f"{where}.{key}")
-        else:
-            raise AssertionError(
-                f"schema keyword {keyword!r} at {where} is not understood by "
-                "this checker; extend schema_errors() to cover it"
-            )
-    if isinstance(instance, dict):
-        for key, subschema in schema.get("properties", {}).items():
-            if key in instance:
-                errors += schema_errors(instance[key], subschema, f"{where}.{key}")
-    return errors
 
 
 def test_committed_schemas_match_the_models():
@@ -114,6 +43,8 @@ def test_committed_schemas_are_exactly_the_exported_models():
         "QAReport",
         "Checkpoint",
         "StageEvent",
+        "RunManifest",
+        "BaseImagePlan",
     }
 
 
@@ -166,8 +97,9 @@ def test_manifest_events_written_by_the_run_store_match_the_committed_schema(tmp
     run, _ = store.create(plan)
     run.append_event("script", "begin", 1)
     run.append_event("script", "success", 1, metadata={"adapter": "test"})
-    lines = (run.dir / "manifest.jsonl").read_text("utf-8").splitlines()
-    events = [json.loads(line) for line in lines]
+    manifest = json.loads((run.dir / "manifest.json").read_text("utf-8"))
+    assert schema_errors(manifest, committed("RunManifest")) == []
+    events = manifest["events"]
     assert len(events) == 2
     for event in events:
         assert schema_errors(event, committed("StageEvent")) == []

@@ -197,8 +197,8 @@ def test_a_stuck_holder_holds_the_others_up_only_for_the_wait():
 
 
 def test_a_manifest_append_keeps_its_slot_under_the_manifest_lock(tmp_path, monkeypatch):
-    """An append's fdatasync runs under the manifest's flock: giving the slot up there
-    would have the thread wait for a slot while holding the lock another holder may need."""
+    """An event's fsyncs run under the run's flock: giving the slot up there would have
+    the thread wait for a slot while holding the lock another holder may need."""
     from sparkle import runstore
     from sparkle import slots as slots_module
 
@@ -207,16 +207,16 @@ def test_a_manifest_append_keeps_its_slot_under_the_manifest_lock(tmp_path, monk
     monkeypatch.setattr(slots_module, "_wait_ns", [10 * slots_module._SLOW_WAIT_NS])
     slots = Slots(1, wait_sec=60)
     held_while_syncing: list[bool] = []
-    fdatasync = runstore.os.fdatasync
+    fsync = runstore.os.fsync
 
     def watched(fd: int) -> None:
         held_while_syncing.append(slots.holding())
-        fdatasync(fd)
+        fsync(fd)
 
-    monkeypatch.setattr(runstore.os, "fdatasync", watched)
+    monkeypatch.setattr(runstore.os, "fsync", watched)
     with slots.held():
         run.append_event("script", "success", 1)
-    assert held_while_syncing == [True]
+    assert held_while_syncing == [True, True]  # the new manifest, then its folder
 
 
 class _Injected(BaseException):
