@@ -82,10 +82,11 @@ def running_stage(manifest: Path) -> str | None:
         return None
     for line in reversed(tail):
         try:
-            event = json.loads(line)
+            # (manifest.json holds one event per line, each but the last ending in a comma)
+            event = json.loads(line.rstrip(b","))
         except ValueError:
             continue
-        if event.get("status") == "begin":
+        if isinstance(event, dict) and event.get("status") == "begin":
             return str(event["stage"])
     return None
 
@@ -112,7 +113,7 @@ def measure(shots: int, adapters: str, every: float, folder: Path,
             break
         if manifest is None or not manifest.exists():
             # (not the hidden folder a run is built in before it is renamed into place)
-            found = [p for p in runs.glob("*/manifest.jsonl") if not p.parent.name.startswith(".")
+            found = [p for p in runs.glob("*/manifest.json") if not p.parent.name.startswith(".")
                      ] if runs.is_dir() else []
             manifest = found[0] if found else None
         stage = (running_stage(manifest) if manifest else None) or "setup"

@@ -70,8 +70,7 @@ def trial(plan: Path, adapters: str, workdir: Path) -> Trial:
         codes.append(proc.returncode)
     [run_dir] = [p for p in runs.iterdir() if p.is_dir()]
     successes: collections.Counter[str] = collections.Counter()
-    for line in (run_dir / "manifest.jsonl").read_text().splitlines():
-        event = json.loads(line) if line.strip() else {}
+    for event in json.loads((run_dir / "manifest.json").read_text())["events"]:
         if event.get("status") == "success":
             successes[event["stage"]] += 1
     problems = [f"exit {code}" for code in codes if code != 0]

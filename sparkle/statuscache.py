@@ -261,7 +261,7 @@ def decision_label(decision: str) -> str:
 
 def waited(view: dict[str, Any], now: float | None = None) -> float | None:
     """Seconds the run has waited for a person (None unless it is awaiting review)."""
-    review = view["review"]
+    review = view.get("review")
     if review is None or view["status"] != "awaiting_review":
         return None
     requested: float = review["requested_at"]
@@ -309,7 +309,7 @@ def render_text(view: dict[str, Any]) -> str:
     decision = view["qa_decision"]
     qa = f"  qa: {decision_label(decision)}" if decision else ""
     lines = [f"{view['run_id']}  {view['status']}{qa}"]
-    review = view["review"]
+    review = view.get("review")
     seconds = waited(view)
     if review is not None and seconds is not None:
         lines.append(f"  waiting for review after {review['stage']} ({review['reason']}) for "

@@ -17,9 +17,9 @@ from sparkle.schemas import Checkpoint
 def stage_images(movie_plan, asset_refs, run_dir):
     # generate or simulate frames, update asset_refs, write checkpoint
     asset_refs['shots']['shot_001']['start_frame'] = str(run_dir / 's1_start.png')
-    for name in ('s1_start.png', 's1_end.png'):  # added
+    for name, shade in (('s1_start.png', 40), ('s1_end.png', 220)):  # added
         buffer = io.BytesIO()  # added
-        Image.new('RGB', (64, 36), (200, 120, 40)).save(buffer, format='PNG')  # added
+        Image.new('RGB', (64, 36), (200, 120, shade)).save(buffer, format='PNG')  # added
         (run_dir / name).write_bytes(buffer.getvalue())  # added
     asset_refs['shots']['shot_001']['end_frame'] = str(run_dir / 's1_end.png')  # added
     checkpoint = Checkpoint(stage='images', status='success', timestamp=time.time())

@@ -79,8 +79,7 @@ def test_run_on_a_full_disk_exits_3_naming_the_disk_and_resumes_once_space_is_ba
         status = json.loads(sparkle("status", run_dir.name, "--json", "--runs-dir", str(runs),
                                     cwd=tmp_path).stdout)
         assert status["status"] == "succeeded"
-        events = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text()
-                  .splitlines() if line.strip()]
+        events = json.loads((run_dir / "manifest.json").read_text())["events"]
         assert [e["stage"] for e in events if e["status"] == "success"] == [
             "script", "images", "videos", "tts", "lipsync", "assemble", "qa"]
         assert all(e["metadata"].get("infrastructure") for e in events if e["status"] == "fail")

@@ -51,11 +51,9 @@ def stop(proc: subprocess.Popen[str]) -> str:
 
 def events(run_dir: Path, status: str) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for line in (run_dir / "manifest.jsonl").read_text().splitlines():
-        if line.strip():
-            event = json.loads(line)
-            if event["status"] == status:
-                counts[event["stage"]] += 1
+    for event in json.loads((run_dir / "manifest.json").read_text())["events"]:
+        if event["status"] == status:
+            counts[event["stage"]] += 1
     return counts
 
 
@@ -66,7 +64,7 @@ def adapter_calls(run_dir: Path) -> Counter[str]:
 
 
 def began(run_dir: Path, stage: str) -> bool:
-    return (run_dir / "manifest.jsonl").exists() and events(run_dir, "begin")[stage] > 0
+    return (run_dir / "manifest.json").exists() and events(run_dir, "begin")[stage] > 0
 
 
 def plan_with(plans_dir: Path, tmp_path: Path, name: str = "plan.json", **metadata: str) -> Path:

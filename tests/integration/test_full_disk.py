@@ -6,6 +6,7 @@ test double of :mod:`full_disk` (the test prints which).
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import json
@@ -96,10 +97,13 @@ def test_worker_backs_off_on_a_full_disk_and_finishes_once_space_is_back(
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(30)
-        # And no stage was failed or dead-lettered, and each adapter ran once
-        assert [r["stage"] for r in read_trace(run.dir)] == list(STAGES)
-        events = [json.loads(line) for line in
-                  (run.dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+        # And no stage was failed or dead-lettered: the stages ran in order, one again only
+        # where the disk refused to record its success (manifest.json is rewritten whole, so
+        # the full disk may refuse the success after the adapter ran), never counted
+        ran = [r["stage"] for r in read_trace(run.dir)]
+        assert list(dict.fromkeys(ran)) == list(STAGES)
+        assert all(count <= 2 for count in collections.Counter(ran).values()), ran
+        events = json.loads((run.dir / "manifest.json").read_text())["events"]
         assert all(e["metadata"].get("infrastructure") for e in events if e["status"] == "fail")
         import redis
 

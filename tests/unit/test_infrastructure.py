@@ -125,7 +125,7 @@ def test_run_folder_is_made_whole_or_not_at_all(tmp_path, monkeypatch):
     assert created and run.plan() == plan
     assert [r.run_id for r in store.runs()] == [run.run_id]
     assert sorted(p.name for p in run.dir.iterdir()) == [
-        "asset_refs.json", "checkpoints", "manifest.jsonl", "movie_plan.json"]
+        "asset_refs.json", "checkpoints", "manifest.json", "movie_plan.json"]
 
 
 def test_a_run_folder_left_without_a_plan_is_completed(tmp_path):

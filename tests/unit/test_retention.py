@@ -108,7 +108,7 @@ def test_keep_final_removes_only_intermediate_media(pipeline, finished):
     left = names(succeeded.dir)
     for gone in ("frames", "clips", "audio", "lipsync", "script"):
         assert gone not in left
-    for kept in ("movie_plan.json", "manifest.jsonl", "checkpoints", "qa_report.json",
+    for kept in ("movie_plan.json", "manifest.json", "checkpoints", "qa_report.json",
                  "asset_refs.json", "final", PRUNED_FILE):
         assert kept in left
     assert {p: p.read_bytes() for p in (succeeded.dir / "final").rglob("*")

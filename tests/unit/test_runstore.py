@@ -1108,7 +1108,7 @@ def test_an_event_of_a_kind_this_version_does_not_know_is_skipped_and_kept(
     cannot read is skipped with a warning, the others read, and it is kept when the
     manifest is rewritten."""
     # Given a manifest (re-indented by a tool) with an event of an unknown status
-    unknown = {"run_id": run.run_id, "stage": "qa", "status": "review_requested",
+    unknown = {"run_id": run.run_id, "stage": "qa", "status": "a_kind_from_the_future",
                "timestamp": 2.0, "attempt": 1, "error": None, "metadata": {"by": "x"}}
     (run.dir / "manifest.json").write_text(json.dumps(
         {"run_id": run.run_id, "events": [unknown]}, indent=2))
