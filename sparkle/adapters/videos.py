@@ -184,6 +184,50 @@ def clip_filter(
     return ";".join(graph)
 
 
+def still_caption_rows(height: int) -> int:
+    """Rows of caption band kept still over the moving picture (0: it moves along).
+
+    On tiny frames the caption fills most of the picture, so it moves with the rest.
+    """
+    rows = caption_height(height)
+    return rows if rows <= height // 3 else 0
+
+
+def keyframe_to_frame(
+    move: CameraMove, size: tuple[int, int], frames: int, n: int, caption_rows: int = 0
+) -> tuple[float, float, float]:
+    """Where a keyframe point lands in frame ``n`` of the clip: ``(scale, dx, dy)``.
+
+    A keyframe pixel ``(x, y)`` is seen at ``(x * scale + dx, y * scale + dy)``. This is
+    the geometry of :func:`clip_filter`'s camera moves; the lipsync stage uses it to draw
+    mouths where the faces are.
+    """
+    width, height = size
+    last = max(1, frames - 1)
+    p = min(max(n / last, 0.0), 1.0)
+    ease = p * p * (3 - 2 * p)
+    zoom = ZOOM_FACTOR - 1
+    if move is CameraMove.PUSH_IN or move is CameraMove.ZOOM_OUT:
+        z = 1 + zoom * ease if move is CameraMove.PUSH_IN else ZOOM_FACTOR - zoom * ease
+        return z, width / 2 * (1 - z), height / 2 * (1 - z)
+    pans = (CameraMove.PAN_LEFT, CameraMove.PAN_RIGHT, CameraMove.TILT_UP, CameraMove.TILT_DOWN)
+    if move not in pans:
+        return 1.0, 0.0, 0.0
+    in_w, in_h = _even(width * (1 + PAN_MARGIN)), _even(height * (1 + PAN_MARGIN))
+    picture = height - caption_rows
+    y_max = (
+        min(in_h - height, int((in_h / height - 1) * picture)) if caption_rows else in_h - height
+    )
+    middle = min((in_h - height) // 2, y_max)
+    x, y = {
+        CameraMove.PAN_LEFT: ((in_w - width) * (1 - ease), middle),
+        CameraMove.PAN_RIGHT: ((in_w - width) * ease, middle),
+        CameraMove.TILT_UP: ((in_w - width) / 2, y_max * (1 - ease)),
+        CameraMove.TILT_DOWN: ((in_w - width) / 2, y_max * ease),
+    }[move]
+    return (in_w / width + in_h / height) / 2, -float(x), -float(y)
+
+
 def render_clip(
     start: Path,
     end: Path,
@@ -244,8 +288,7 @@ def videos_stage(
             )
         )
 
-    # On tiny frames the caption fills most of the picture: let it move with the rest.
-    still_rows = caption_height(size[1]) if caption_height(size[1]) <= size[1] // 3 else 0
+    still_rows = still_caption_rows(size[1])
 
     def encode(job: tuple[ShotSpec, Path, Path, Path, CameraMove]) -> None:
         shot, start, end, out, move = job
