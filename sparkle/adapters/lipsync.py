@@ -350,7 +350,9 @@ def lipsync_stage(
         record[timing.shot_id]["ambience"] = list(bed.sounds) if bed else []
         record[timing.shot_id]["mouths_drawn"] = bool(painter and painter.has_faces)
     try:
-        write_json(run_dir / TIMING_PATH, {"fps": fps, "shots": record})
+        write_json(
+            run_dir / TIMING_PATH, {"fps": fps, "subtitles_burned": burn, "shots": record}
+        )
     except OSError as exc:
         raise os_error(exc, f"cannot write {run_dir / TIMING_PATH}") from exc
     for _, timing, out, _, _, _ in jobs:

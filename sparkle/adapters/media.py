@@ -17,7 +17,9 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 import wave
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -448,6 +450,11 @@ class MediaAnalysis:
     max_volume_db: float | None = None
     #: Silent spans of at least ``SILENCE_MIN_SEC``.
     silence_spans: list[Span] = field(default_factory=list)
+    #: With ``signals``: audio level in dBFS per ``ENVELOPE_WINDOW_SEC`` window.
+    envelope_db: list[float] = field(default_factory=list)
+    #: With ``signals``: the longest stretch in seconds over which the picture does not
+    #: change (frames within ``STILL_MAX_DIFF`` of the stretch's first frame).
+    longest_still_sec: float | None = None
 
     @property
     def duration_sec(self) -> float | None:
@@ -456,6 +463,47 @@ class MediaAnalysis:
         if self.frames and video and video.fps:
             return self.frames / video.fps
         return self.info.duration_sec
+
+
+#: Window in seconds of the audio envelope ``analyze(signals=True)`` measures.
+ENVELOPE_WINDOW_SEC = 0.02
+
+#: Sample rate in Hz the audio is reduced to for the envelope.
+ENVELOPE_RATE = 8000
+
+#: Size of the grey thumbnails compared to find a picture that does not change.
+STILL_THUMB_SIZE = (32, 18)
+
+#: Largest difference (0-255) of any thumbnail pixel between two frames of one still span.
+STILL_MAX_DIFF = 3
+
+
+def _envelope(pcm: bytes) -> list[float]:
+    samples = array("h", pcm[: len(pcm) - len(pcm) % 2])
+    step = round(ENVELOPE_RATE * ENVELOPE_WINDOW_SEC)
+    levels = []
+    for start in range(0, len(samples) - step + 1, step):
+        chunk = samples[start : start + step]
+        power = sum(x * x for x in chunk) / step
+        levels.append(10 * math.log10(power / 32768**2) if power > 0 else -120.0)
+    return levels
+
+
+def _longest_still(raw: bytes, fps: float | None) -> float | None:
+    width, height = STILL_THUMB_SIZE
+    size = width * height
+    frames = [raw[i : i + size] for i in range(0, len(raw) - size + 1, size)]
+    if not frames or not fps:
+        return None
+    longest = run = 1
+    anchor = frames[0]
+    for frame in frames[1:]:
+        if max(abs(a - b) for a, b in zip(frame, anchor, strict=True)) <= STILL_MAX_DIFF:
+            run += 1
+        else:
+            anchor, run = frame, 1
+        longest = max(longest, run)
+    return longest / fps
 
 
 _BLACK_RE = re.compile(r"black_start:\s*([\d.]+)\s+black_end:\s*([\d.]+)")
@@ -470,8 +518,11 @@ def _db(text: str) -> float:
     return -math.inf if text == "-inf" else float(text)
 
 
-def analyze(path: Path, info: MediaInfo | None = None) -> MediaAnalysis:
+def analyze(path: Path, info: MediaInfo | None = None, signals: bool = False) -> MediaAnalysis:
     """Decode ``path`` once and measure black frames, loudness and silence.
+
+    With ``signals`` the same decode also gives the audio envelope and the longest still
+    stretch of picture (``envelope_db``, ``longest_still_sec``).
 
     A file ffmpeg cannot open gives ``decodes=False`` rather than an exception, because
     "does not decode" is itself the finding QA wants.
@@ -499,7 +550,20 @@ def analyze(path: Path, info: MediaInfo | None = None) -> MediaAnalysis:
             f"silencedetect=n={SILENCE_NOISE_DB}dB:d={SILENCE_MIN_SEC},volumedetect",
         ]
     args += ["-f", "null", "-"]
-    code, stderr = run_ffmpeg(args, doing=f"analysing {path}", check=False)
+    with tempfile.TemporaryDirectory(prefix="sparkle-analyze-") as tmp:
+        pcm, thumbs = Path(tmp) / "audio.s16", Path(tmp) / "video.gray"
+        if signals and info.audio:
+            args += ["-map", "0:a:0", "-ac", "1", "-ar", str(ENVELOPE_RATE)]
+            args += ["-f", "s16le", str(pcm)]
+        if signals and info.video:
+            width, height = STILL_THUMB_SIZE
+            args += ["-map", "0:v:0", "-vf", f"scale={width}:{height},format=gray"]
+            args += ["-f", "rawvideo", str(thumbs)]
+        code, stderr = run_ffmpeg(args, doing=f"analysing {path}", check=False)
+        envelope = _envelope(pcm.read_bytes()) if pcm.is_file() else []
+        still = _longest_still(thumbs.read_bytes(), info.video.fps if info.video else None) if (
+            thumbs.is_file()
+        ) else None
     errors = [
         line.strip()
         for line in stderr.splitlines()
@@ -536,4 +600,6 @@ def analyze(path: Path, info: MediaInfo | None = None) -> MediaAnalysis:
         mean_volume_db=_db(means[-1]) if info.audio and means else None,
         max_volume_db=_db(maxes[-1]) if info.audio and maxes else None,
         silence_spans=silence,
+        envelope_db=envelope,
+        longest_still_sec=still,
     )
