@@ -8,7 +8,8 @@ is loud. That gives a speech mask on the clip's envelope (``analyze(signals=True
 * the **margin**: mean level where speech should be minus mean level elsewhere (the bed);
   silent or missing dialogue gives a margin near zero or below (the bed is ducked there);
 * the **offset**: the shift of the mask that best separates loud from quiet; audio laid on
-  late or early shows up as an offset of that many seconds.
+  late or early shows up as an offset of that many seconds. Speech that is there but
+  shifted is a desync; speech found at no shift is dialogue below the bed.
 """
 
 from __future__ import annotations
@@ -91,8 +92,12 @@ def dialogue_margin_db(envelope: list[float], mask: list[bool]) -> float | None:
     return _separation(envelope, mask, 0)
 
 
-def audio_offset_sec(envelope: list[float], mask: list[bool]) -> float | None:
-    """How late (positive) or early the speech is heard, in seconds (None: not measurable)."""
+def best_alignment(envelope: list[float], mask: list[bool]) -> tuple[float, float] | None:
+    """``(offset_sec, margin_db)`` of the shift that best separates speech from the bed.
+
+    The offset says how late (positive) or early the speech is heard; the margin is the
+    separation at that shift. None when not measurable.
+    """
     if not envelope:
         return None
     reach = round(MAX_OFFSET_SEC / ENVELOPE_WINDOW_SEC)
@@ -104,4 +109,4 @@ def audio_offset_sec(envelope: list[float], mask: list[bool]) -> float | None:
         # Ties go to the smallest shift: a clean clip must not look shifted.
         if score is not None and (best is None or score > best[0] + 1e-9):
             best = (score, lag)
-    return None if best is None else best[1] * ENVELOPE_WINDOW_SEC
+    return None if best is None else (best[1] * ENVELOPE_WINDOW_SEC, best[0])

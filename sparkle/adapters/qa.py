@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkle.adapters.assemble import SRT_PATH, VTT_PATH
-from sparkle.adapters.dialogue_check import audio_offset_sec, dialogue_margin_db, speech_mask
+from sparkle.adapters.dialogue_check import best_alignment, dialogue_margin_db, speech_mask
 from sparkle.adapters.lipsync import TIMING_EXTRA
 from sparkle.adapters.media import (
     MediaAnalysis,
@@ -157,13 +157,16 @@ def check_shot(
         elif speech and analysis.envelope_db:
             mask = speech_mask(speech, len(analysis.envelope_db))
             margin = dialogue_margin_db(analysis.envelope_db, mask)
-            offset = audio_offset_sec(analysis.envelope_db, mask)
+            aligned = best_alignment(analysis.envelope_db, mask)
             report.dialogue_margin_db = round(margin, 2) if margin is not None else None
-            report.audio_offset_sec = round(offset, 3) if offset is not None else None
-            if margin is not None and margin < limits.min_dialogue_margin_db:
-                report.findings.append("dialogue_below_bed")
-            elif offset is not None and abs(offset) > limits.max_audio_offset_sec:
-                report.findings.append("audio_desync")
+            if aligned is not None:
+                offset, best_margin = aligned
+                report.audio_offset_sec = round(offset, 3)
+                # Heard nowhere above the bed: missing; heard clearly but shifted: desync.
+                if best_margin < limits.min_dialogue_margin_db:
+                    report.findings.append("dialogue_below_bed")
+                elif abs(offset) > limits.max_audio_offset_sec:
+                    report.findings.append("audio_desync")
     report.findings += _format_findings(analysis, plan, limits)
     return report, duration
 
