@@ -145,7 +145,13 @@ def check_shot(
         report.findings.append("black_frames")
     still = analysis.longest_still_sec
     report.longest_still_sec = round(still, 3) if still is not None else None
-    if still is not None and duration is not None and shot.duration_sec >= 1.0:
+    # A black picture is still too; it is reported as black only.
+    if (
+        still is not None
+        and duration is not None
+        and shot.duration_sec >= 1.0
+        and "black_frames" not in report.findings
+    ):
         # A picture held while dialogue outlasts the clip is not a frozen clip.
         held = max(0.0, (extended_to or 0.0) - shot.duration_sec)
         if still - held > limits.max_still_ratio * shot.duration_sec:

@@ -489,7 +489,9 @@ def _ground(img: Image.Image, ctx: _Ctx, places: list[str], layout: SceneLayout)
     draw = ImageDraw.Draw(img)
     h, w, bottom = ctx.horizon, ctx.width, ctx.height
     if "sea" in places:
-        deep, near = ctx.lit((24, 64, 110)), ctx.lit((40, 96, 140))
+        # Water keeps its blue under any light: half the scene's light falls on it.
+        deep = _mix((22, 66, 124), ctx.lit((22, 66, 124)), 0.5)
+        near = _mix((40, 100, 156), ctx.lit((40, 100, 156)), 0.5)
         if "storm" in ctx.weather:
             deep, near = _scale(deep, 0.8), _scale(near, 0.8)
         _gradient(draw, (0, h, w, bottom), (deep, near))
