@@ -1,14 +1,19 @@
 """Talking faces: the lipsync stage's frame-by-frame painting of mouths (and burned cues).
 
 A shot whose speakers have faces in its keyframes (``frames/layout.json``) is decoded to
-raw RGB frames, each frame gets the mouth shape its speaker is making at that instant
+raw yuv420p frames, each frame gets the mouth shape its speaker is making at that instant
 (:mod:`sparkle.adapters.visemes`) drawn where the camera move has carried the face
 (:func:`sparkle.adapters.videos.keyframe_to_frame`), and the frames are encoded again with
 the shot's audio. Faces of characters who do not speak keep the keyframe's closed mouth.
+
+Only the small region around each mouth is touched, in the video's own Y'CbCr values: no
+colour conversion of whole frames, and the skin painted over the old mouth is sampled from
+the frame beside it, so it matches exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import subprocess
 import tempfile
@@ -27,7 +32,15 @@ from sparkle.adapters.media import (
     ffmpeg_exe,
     os_error,
 )
-from sparkle.adapters.scene import Face, draw_mouth
+from sparkle.adapters.scene import (
+    MOUTH_INSIDE,
+    RGB,
+    TEETH_COLOUR,
+    Box,
+    Face,
+    draw_mouth,
+    mouth_box,
+)
 from sparkle.adapters.subtitles import cue_image
 from sparkle.adapters.videos import CameraMove, keyframe_to_frame
 from sparkle.adapters.visemes import Viseme, shape_at
@@ -35,6 +48,74 @@ from sparkle.atomic import temp_path_for
 
 #: Lines of ffmpeg's stderr quoted in an error message.
 STDERR_TAIL_LINES = 15
+
+#: Pixels around a mouth box included in the painted region (room to sample skin).
+REGION_PAD = 6
+
+
+def video_ycbcr(rgb: RGB) -> RGB:
+    """The limited-range BT.601 Y'CbCr of an RGB colour, as ffmpeg's yuv420p holds it."""
+    r, g, b = rgb
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return round(y), round(cb), round(cr)
+
+
+class YuvFrame:
+    """One raw yuv420p frame, with regions cut out as Y'CbCr images and put back."""
+
+    def __init__(self, data: bytearray, size: tuple[int, int]) -> None:
+        self.data = data
+        self.width, self.height = size
+
+    def _planes(self) -> tuple[int, int, int]:
+        luma = self.width * self.height
+        return luma, luma + luma // 4, self.width // 2
+
+    def aligned(self, box: Box) -> Box:
+        """``box`` grown by ``REGION_PAD``, on even pixels, inside the frame."""
+        x0 = max(0, box[0] - REGION_PAD) & ~1
+        y0 = max(0, box[1] - REGION_PAD) & ~1
+        x1 = min(self.width, (box[2] + REGION_PAD + 1) & ~1)
+        y1 = min(self.height, (box[3] + REGION_PAD + 1) & ~1)
+        return x0, y0, max(x0 + 2, x1), max(y0 + 2, y1)
+
+    def cut(self, box: Box) -> Image.Image:
+        """The aligned ``box`` as a Y'CbCr image (chroma repeated to full size)."""
+        x0, y0, x1, y1 = box
+        w, h = x1 - x0, y1 - y0
+        u_at, v_at, half = self._planes()
+        d, stride = self.data, self.width
+        luma = b"".join(d[y * stride + x0 : y * stride + x1] for y in range(y0, y1))
+        planes = [Image.frombytes("L", (w, h), luma)]
+        for at in (u_at, v_at):
+            rows = b"".join(
+                d[at + y * half + x0 // 2 : at + y * half + x1 // 2]
+                for y in range(y0 // 2, y1 // 2)
+            )
+            plane = Image.frombytes("L", (w // 2, h // 2), rows)
+            planes.append(plane.resize((w, h), Image.Resampling.NEAREST))
+        return Image.merge("YCbCr", planes)
+
+    def put(self, image: Image.Image, box: Box) -> None:
+        """Write ``image`` (from :meth:`cut`) back at ``box``, chroma averaged 2x2."""
+        x0, y0, x1, y1 = box
+        w = x1 - x0
+        u_at, v_at, half = self._planes()
+        y_plane, u_plane, v_plane = image.split()
+        luma = y_plane.tobytes()
+        for i, y in enumerate(range(y0, y1)):
+            self.data[y * self.width + x0 : y * self.width + x1] = luma[i * w : (i + 1) * w]
+        for at, plane in ((u_at, u_plane), (v_at, v_plane)):
+            small = plane.reduce(2).tobytes()
+            for i, y in enumerate(range(y0 // 2, y1 // 2)):
+                row = small[i * (w // 2) : (i + 1) * (w // 2)]
+                self.data[at + y * half + x0 // 2 : at + y * half + x1 // 2] = row
+
+
+#: Mouth colours in video Y'CbCr.
+_INSIDE, _TEETH = (video_ycbcr(c) for c in (MOUTH_INSIDE, TEETH_COLOUR))
 
 
 @dataclass
@@ -67,26 +148,49 @@ class FramePainter:
                 return shape_at(shapes, t - start)
         return "rest"
 
-    def paint(self, image: Image.Image, n: int) -> None:
-        """Draw frame ``n``'s mouths and cue onto ``image`` (in place)."""
+    def paint(self, frame: YuvFrame, n: int) -> None:
+        """Draw frame ``n``'s mouths and cue onto ``frame`` (in place)."""
         t = n / self.fps
         held = min(n, self.clip_frames - 1)
         faces = self.start_faces
         if self.end_faces and (not faces or held >= self.clip_frames / 2):
             faces = self.end_faces
-        draw = ImageDraw.Draw(image)
         if faces:
             scale, dx, dy = keyframe_to_frame(
                 self.move, self.size, self.clip_frames, held, self.caption_rows
             )
             for face in faces:
-                draw_mouth(draw, face, self.shape(face.character_id, t), scale, (dx, dy))
+                box = frame.aligned(mouth_box(face, scale, (dx, dy)))
+                region = frame.cut(box)
+                local = (dx - box[0], dy - box[1])
+                inner = mouth_box(face, scale, local)
+                skin = _skin(region, inner)
+                painted = dataclasses.replace(face, skin=skin, lip=video_ycbcr(face.lip))
+                shape = self.shape(face.character_id, t)
+                draw_mouth(ImageDraw.Draw(region), painted, shape, scale, local, _INSIDE, _TEETH)
+                frame.put(region, box)
         for start, end, text in self.cues:
             if start <= t < end:
                 width, height = self.size
                 strip = cue_image(text, width, height)
-                y = height - self.caption_rows - strip.height - round(height * 0.02)
-                image.paste(strip, (0, max(0, y)), strip)
+                y = max(0, height - self.caption_rows - strip.height - round(height * 0.02))
+                box = frame.aligned((0, y, width, min(height, y + strip.height)))
+                region = frame.cut(box)
+                region.paste(strip.convert("YCbCr"), (0, y - box[1]), strip)
+                frame.put(region, box)
+
+
+def _skin(region: Image.Image, inner: Box) -> RGB:
+    """The face's colour beside a mouth box: the median of a few samples left and right."""
+    width, height = region.size
+    y = min(height - 1, max(0, (inner[1] + inner[3]) // 2))
+    samples: list[tuple[int, int, int]] = []
+    for x in (inner[0] - 2, inner[0] - 4, inner[2] + 2, inner[2] + 4):
+        value = region.getpixel((min(width - 1, max(0, x)), y))
+        assert isinstance(value, tuple)
+        samples.append((int(value[0]), int(value[1]), int(value[2])))
+    samples.sort()
+    return samples[len(samples) // 2]
 
 
 def _tail(handle: IO[bytes]) -> str:
@@ -106,7 +210,7 @@ def pipe_frames(
 ) -> None:
     """Decode with ``decode_args``, paint every frame, encode with ``encode_args`` to ``out``.
 
-    The encoder reads raw RGB frames as its input 0; frames past the end of the decoded
+    The encoder reads raw yuv420p frames as its input 0; frames past the end of the decoded
     clip repeat its last frame (the picture holds while the speech goes on).
 
     Raises:
@@ -116,8 +220,8 @@ def pipe_frames(
     width, height = size
     exe = ffmpeg_exe()
     base = [exe, "-nostdin", "-hide_banner", "-loglevel", "error"]
-    decode = [*base, *decode_args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    frame_bytes = width * height * 3
+    decode = [*base, *decode_args, "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"]
+    frame_bytes = width * height * 3 // 2
     try:
         with (
             temp_path_for(out) as tmp,
@@ -125,7 +229,7 @@ def pipe_frames(
             tempfile.TemporaryFile() as enc_err,
         ):
             encode = [
-                *base, "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+                *base, "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
                 "-framerate", str(rate), "-i", "-", *encode_args, str(tmp),
             ]  # fmt: skip
             dec = subprocess.Popen(
@@ -146,9 +250,9 @@ def pipe_frames(
                             break
                         data = last
                     last = data
-                    image = Image.frombytes("RGB", size, data)
-                    painter.paint(image, n)
-                    enc.stdin.write(image.tobytes())
+                    frame = YuvFrame(bytearray(data), size)
+                    painter.paint(frame, n)
+                    enc.stdin.write(frame.data)
                 enc.stdin.close()
                 dec.stdout.read()
                 dec_code = dec.wait(timeout=FFMPEG_TIMEOUT_SEC)

@@ -910,12 +910,31 @@ MOUTH_SHAPES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+#: Colour of teeth showing in an open mouth.
+TEETH_COLOUR: RGB = (236, 232, 222)
+
+
+def mouth_box(face: Face, scale: float, offset: tuple[float, float]) -> Box:
+    """The box :func:`draw_mouth` paints, in frame pixels."""
+    x = face.mouth_x * scale + offset[0]
+    y = face.mouth_y * scale + offset[1]
+    w, h = face.mouth_w * scale, face.mouth_h * scale
+    return (round(x - w * 0.6), round(y - h * 0.55), round(x + w * 0.6), round(y + h * 0.7))
+
+
 def draw_mouth(
-    draw: ImageDraw.ImageDraw, face: Face, shape: str, scale: float, offset: tuple[float, float]
+    draw: ImageDraw.ImageDraw,
+    face: Face,
+    shape: str,
+    scale: float,
+    offset: tuple[float, float],
+    inside: RGB = MOUTH_INSIDE,
+    teeth_colour: RGB = TEETH_COLOUR,
 ) -> Box:
     """Draw ``shape`` on ``face``: keyframe coordinates times ``scale`` plus ``offset``.
 
     Paints skin over the whole mouth box first, so any shape replaces the one before.
+    The colours are drawn as given (the lipsync stage passes video YCbCr values).
     Returns the box painted.
     """
     fw, fh, teeth = MOUTH_SHAPES.get(shape, MOUTH_SHAPES["etc"])
@@ -923,7 +942,7 @@ def draw_mouth(
     y = face.mouth_y * scale + offset[1]
     w = face.mouth_w * scale
     h = face.mouth_h * scale
-    box = (round(x - w * 0.6), round(y - h * 0.55), round(x + w * 0.6), round(y + h * 0.7))
+    box = mouth_box(face, scale, offset)
     draw.ellipse(box, fill=face.skin)
     lip = max(1.0, h * 0.12)
     if fh == 0:
@@ -935,10 +954,10 @@ def draw_mouth(
     ow, oh = w * fw, max(2.0, h * fh)
     top = y - oh * 0.35
     draw.ellipse((x - ow / 2 - lip, top - lip, x + ow / 2 + lip, top + oh + lip), fill=face.lip)
-    draw.ellipse((x - ow / 2, top, x + ow / 2, top + oh), fill=MOUTH_INSIDE)
+    draw.ellipse((x - ow / 2, top, x + ow / 2, top + oh), fill=inside)
     if teeth:
         draw.chord(
-            (x - ow / 2, top, x + ow / 2, top + min(oh, h * 0.6)), 180, 360, fill=(236, 232, 222)
+            (x - ow / 2, top, x + ow / 2, top + min(oh, h * 0.6)), 180, 360, fill=teeth_colour
         )
     return box
 
