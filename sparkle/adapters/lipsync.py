@@ -1,4 +1,4 @@
-"""The ``lipsync`` stage: each shot's clip with its dialogue laid onto an AAC track.
+"""The ``lipsync`` stage: each shot's clip with moving mouths, its dialogue and an ambience bed.
 
 Every line starts at its ``start_time_sec``, or right after the previous line when unset.
 A line that would start before the previous one has finished is pushed back to start when
@@ -7,14 +7,20 @@ it ends (talking over each other is unintelligible); ``timing.json`` records it 
 extended by holding its last frame (``tpad stop_mode=clone``) until ``DIALOGUE_TAIL_SEC``
 after the speech.
 
-Every output has the same layout, H.264 yuv420p video plus AAC mono 48 kHz audio (a
-silent track for shots without dialogue), so the assemble stage can concatenate the
-clips without re-encoding video. Clips that need no extension keep their video stream
-as is (``-c:v copy``).
+When a speaker's face is in the shot's keyframes (``frames/layout.json``), the clip goes
+through :mod:`sparkle.adapters.mouths` frame by frame: the mouth shapes of each line
+(:mod:`sparkle.adapters.visemes`) are drawn on the speaker's face in time with the audio
+(and, with ``SPARKLE_BURN_SUBTITLES=on``, the cues are drawn in). Under the dialogue lies
+the shot's ambience bed (:mod:`sparkle.adapters.ambience`), ducked while anyone speaks.
+
+Every output has the same layout, H.264 yuv420p video plus AAC mono 48 kHz audio, so the
+assemble stage can concatenate the clips without re-encoding video. Clips that need no
+mouths and no extension keep their video stream as is (``-c:v copy``).
 
 Outputs: ``lipsync/<shot>.mp4`` and ``lipsync/timing.json``, which holds per shot the
-planned, raw and final durations, whether it was extended and where each line starts.
-QA reads it to tell an extended shot from a wrong-length one.
+planned, raw and final durations, whether it was extended, where each line starts and
+its mouth shapes, the ambience sounds and whether mouths were drawn. QA reads it to tell
+an extended shot from a wrong-length one and to know where speech should be heard.
 """
 
 from __future__ import annotations
