@@ -58,33 +58,105 @@ RESOLUTION = "320x180"
 #: Generated plans: (title, setting, visual, start prompt, end prompt, motion, close-up,
 #: lines, quiet shot's setting and prompt).
 GENERATED: tuple[tuple[str, str, str, str, str, str, bool, list[str], str], ...] = (
-    ("Fog Walk", "forest at dawn", "Two hikers among misty trees", "A foggy forest path",
-     "The hikers stop under tall trees", "pan left", False,
-     ["Did you hear that?", "Only the wind."], "mountains above the fog"),
-    ("Desert Run", "desert at noon", "A car on a dune road", "A dusty car in the desert",
-     "Close-up of the driver squinting", "zoom out", True,
-     ["We are almost out of water."], "sand dunes under a bright sky"),
-    ("Neon Alley", "city street at night", "Rain on neon signs", "A wet street, neon lights",
-     "Close-up of Kai under the neon sign", "push in", True,
-     ["You should not have come here.", "I had no choice."], "an empty street, rain"),
-    ("Snow Pass", "snowy mountains, overcast", "A climber near the summit",
-     "Snow blowing over the peaks", "The climber looks up", "tilt up", True,
-     ["The summit is just there."], "mountain peaks in a blizzard"),
-    ("Kitchen Talk", "kitchen at night", "Two friends at a table under a lamp",
-     "A lamp over the kitchen table", "Rain on the window behind them", "static", True,
-     ["More tea?", "Please. It is cold tonight."], "the kitchen window, rain"),
-    ("River Crossing", "bridge over a river at dusk", "A ferry passes under the bridge",
-     "The bridge at sunset", "A boat under the bridge", "dolly", False,
-     ["There it goes."], "the river at dusk"),
-    ("Longing", "somewhere", "An abstract feeling of longing", "A quiet feeling of hope",
-     "Someone remembers", "handheld", True,
-     ["I keep thinking about that summer."], "a calm memory"),
-    ("Storm Boat", "open sea in a storm", "A small boat in a gale",
-     "Close-up of the sailor, spray on his face", "The boat climbs a wave", "pan right", True,
-     ["Hold on to the rope!"], "lightning over the sea"),
-    ("Office Day", "office on a sunny afternoon", "Two colleagues by the window",
-     "A bright office window", "They turn to each other", "tilt down", True,
-     ["Is the report done?", "Almost."], "the office, sunny"),
+    (
+        "Fog Walk",
+        "forest at dawn",
+        "Two hikers among misty trees",
+        "A foggy forest path",
+        "The hikers stop under tall trees",
+        "pan left",
+        False,
+        ["Did you hear that?", "Only the wind."],
+        "mountains above the fog",
+    ),
+    (
+        "Desert Run",
+        "desert at noon",
+        "A car on a dune road",
+        "A dusty car in the desert",
+        "Close-up of the driver squinting",
+        "zoom out",
+        True,
+        ["We are almost out of water."],
+        "sand dunes under a bright sky",
+    ),
+    (
+        "Neon Alley",
+        "city street at night",
+        "Rain on neon signs",
+        "A wet street, neon lights",
+        "Close-up of Kai under the neon sign",
+        "push in",
+        True,
+        ["You should not have come here.", "I had no choice."],
+        "an empty street, rain",
+    ),
+    (
+        "Snow Pass",
+        "snowy mountains, overcast",
+        "A climber near the summit",
+        "Snow blowing over the peaks",
+        "The climber looks up",
+        "tilt up",
+        True,
+        ["The summit is just there."],
+        "mountain peaks in a blizzard",
+    ),
+    (
+        "Kitchen Talk",
+        "kitchen at night",
+        "Two friends at a table under a lamp",
+        "A lamp over the kitchen table",
+        "Rain on the window behind them",
+        "static",
+        True,
+        ["More tea?", "Please. It is cold tonight."],
+        "the kitchen window, rain",
+    ),
+    (
+        "River Crossing",
+        "bridge over a river at dusk",
+        "A ferry passes under the bridge",
+        "The bridge at sunset",
+        "A boat under the bridge",
+        "dolly",
+        False,
+        ["There it goes."],
+        "the river at dusk",
+    ),
+    (
+        "Longing",
+        "somewhere",
+        "An abstract feeling of longing",
+        "A quiet feeling of hope",
+        "Someone remembers",
+        "handheld",
+        True,
+        ["I keep thinking about that summer."],
+        "a calm memory",
+    ),
+    (
+        "Storm Boat",
+        "open sea in a storm",
+        "A small boat in a gale",
+        "Close-up of the sailor, spray on his face",
+        "The boat climbs a wave",
+        "pan right",
+        True,
+        ["Hold on to the rope!"],
+        "lightning over the sea",
+    ),
+    (
+        "Office Day",
+        "office on a sunny afternoon",
+        "Two colleagues by the window",
+        "A bright office window",
+        "They turn to each other",
+        "tilt down",
+        True,
+        ["Is the report done?", "Almost."],
+        "the office, sunny",
+    ),
 )
 
 #: Defect name -> the finding QA should name for it.
@@ -168,6 +240,22 @@ def judge(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> QAReport:
     return QAReport.model_validate_json((run_dir / "qa_report.json").read_text("utf-8"))
 
 
+def measures(report: QAReport) -> dict[str, float | None]:
+    """The report's closest calls: smallest speech margin, largest offset, stillest shot."""
+    margins = [s.dialogue_margin_db for s in report.per_shot if s.dialogue_margin_db is not None]
+    offsets = [abs(s.audio_offset_sec) for s in report.per_shot if s.audio_offset_sec is not None]
+    stills = [
+        s.longest_still_sec / s.expected_duration_sec
+        for s in report.per_shot
+        if s.longest_still_sec is not None and s.expected_duration_sec
+    ]
+    return {
+        "min_margin_db": min(margins, default=None),
+        "max_offset_sec": max(offsets, default=None),
+        "max_still_ratio": max(stills, default=None),
+    }
+
+
 def findings_of(report: QAReport) -> set[str]:
     """Every finding of a report, shots and movie."""
     found = {f for shot in report.per_shot for f in shot.findings}
@@ -200,16 +288,50 @@ def black_frames(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
     _, clip = _clip(plan, refs, run_dir, talking=False)
     width, height = plan.resolution
     source = f"color=c=black:s={width}x{height}:r={plan.fps:g}"
-    _replace(clip, ["-i", str(clip), "-f", "lavfi", "-i", source, "-map", "1:v", "-map", "0:a",
-                    "-t", f"{_duration(clip):.3f}", *VIDEO_CODEC_ARGS, "-c:a", "copy"])
+    _replace(
+        clip,
+        [
+            "-i",
+            str(clip),
+            "-f",
+            "lavfi",
+            "-i",
+            source,
+            "-map",
+            "1:v",
+            "-map",
+            "0:a",
+            "-t",
+            f"{_duration(clip):.3f}",
+            *VIDEO_CODEC_ARGS,
+            "-c:a",
+            "copy",
+        ],
+    )
 
 
 def frozen_clip(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
     _, clip = _clip(plan, refs, run_dir, talking=False)
     frames = round(_duration(clip) * plan.fps)
     hold = f"trim=end_frame=1,tpad=stop_mode=clone:stop={frames - 1}"
-    _replace(clip, ["-i", str(clip), "-vf", hold, "-map", "0:v", "-map", "0:a",
-                    "-frames:v", str(frames), *VIDEO_CODEC_ARGS, "-c:a", "copy"])
+    _replace(
+        clip,
+        [
+            "-i",
+            str(clip),
+            "-vf",
+            hold,
+            "-map",
+            "0:v",
+            "-map",
+            "0:a",
+            "-frames:v",
+            str(frames),
+            *VIDEO_CODEC_ARGS,
+            "-c:a",
+            "copy",
+        ],
+    )
 
 
 def missing_dialogue(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
@@ -222,22 +344,61 @@ def silent_dialogue(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
     shot = next(s for s in plan.shots if s.id == shot_id)
     seconds = _duration(clip)
     graph = ";".join(bed_filter(bed_for(plan, shot), seconds, [], "bed"))
-    _replace(clip, ["-i", str(clip), "-filter_complex", graph, "-map", "0:v", "-map", "[bed]",
-                    "-c:v", "copy", *AUDIO_CODEC_ARGS, "-t", f"{seconds:.3f}"])
+    _replace(
+        clip,
+        [
+            "-i",
+            str(clip),
+            "-filter_complex",
+            graph,
+            "-map",
+            "0:v",
+            "-map",
+            "[bed]",
+            "-c:v",
+            "copy",
+            *AUDIO_CODEC_ARGS,
+            "-t",
+            f"{seconds:.3f}",
+        ],
+    )
 
 
 def wrong_duration(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
     _, clip = _clip(plan, refs, run_dir, talking=False)
-    _replace(clip, ["-i", str(clip), "-t", f"{_duration(clip) * 0.6:.3f}", *VIDEO_CODEC_ARGS,
-                    *AUDIO_CODEC_ARGS])
+    _replace(
+        clip,
+        [
+            "-i",
+            str(clip),
+            "-t",
+            f"{_duration(clip) * 0.6:.3f}",
+            *VIDEO_CODEC_ARGS,
+            *AUDIO_CODEC_ARGS,
+        ],
+    )
 
 
 def audio_desync(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
     _, clip = _clip(plan, refs, run_dir, talking=True)
     seconds = _duration(clip)
     late = f"adelay=delays=500:all=1,atrim=end={seconds:.3f}"
-    _replace(clip, ["-i", str(clip), "-map", "0:v", "-map", "0:a", "-c:v", "copy",
-                    "-af", late, *AUDIO_CODEC_ARGS])
+    _replace(
+        clip,
+        [
+            "-i",
+            str(clip),
+            "-map",
+            "0:v",
+            "-map",
+            "0:a",
+            "-c:v",
+            "copy",
+            "-af",
+            late,
+            *AUDIO_CODEC_ARGS,
+        ],
+    )
 
 
 def undecodable_clip(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> None:
@@ -288,7 +449,12 @@ def main() -> int:
             refs = render(plan, good)
             report = judge(plan, refs, good)
             clean.append(
-                {"plan": name, "decision": report.decision, "findings": sorted(findings_of(report))}
+                {
+                    "plan": name,
+                    "decision": report.decision,
+                    "findings": sorted(findings_of(report)),
+                    **measures(report),
+                }
             )
             for defect, inject in DEFECTS.items():
                 run_dir = Path(tmp) / f"plan{index}-{defect}"
@@ -303,6 +469,7 @@ def main() -> int:
                         "caught": damaged.decision != "approve",
                         "named": bool(found & set(EXPECTED[defect])),
                         "findings": sorted(found),
+                        **measures(damaged),
                     }
                 )
                 shutil.rmtree(run_dir)
@@ -319,12 +486,36 @@ def main() -> int:
         c = sum(r["caught"] for r in rows)
         m = sum(r["named"] for r in rows)
         total, caught, named = total + len(rows), caught + c, named + m
-        print(f"| {defect} | {len(rows)} | {c} ({100 * c / len(rows):.0f} %) "
-              f"| {m} ({100 * m / len(rows):.0f} %) | {', '.join(EXPECTED[defect])} |")
-    print(f"| **all** | {total} | **{caught} ({100 * caught / max(1, total):.0f} %)** "
-          f"| {named} ({100 * named / max(1, total):.0f} %) | |\n")
-    print(f"Clean runs wrongly flagged: **{len(flagged)} of {n}**"
-          + (f": {flagged}" if flagged else ""))
+        print(
+            f"| {defect} | {len(rows)} | {c} ({100 * c / len(rows):.0f} %) "
+            f"| {m} ({100 * m / len(rows):.0f} %) | {', '.join(EXPECTED[defect])} |"
+        )
+    print(
+        f"| **all** | {total} | **{caught} ({100 * caught / max(1, total):.0f} %)** "
+        f"| {named} ({100 * named / max(1, total):.0f} %) | |\n"
+    )
+    print(
+        f"Clean runs wrongly flagged: **{len(flagged)} of {n}**"
+        + (f": {flagged}" if flagged else "")
+    )
+
+    def extreme(rows: list[dict[str, Any]], key: str, pick: Any) -> str:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return f"{pick(values):.2f}" if values else "-"
+
+    print("\nClosest calls (thresholds: margin >= 6 dB, |offset| <= 0.2 s, still <= 0.75):\n")
+    print("| runs | smallest speech margin dB | largest offset s | largest still ratio |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| clean | {extreme(clean, 'min_margin_db', min)} "
+        f"| {extreme(clean, 'max_offset_sec', max)} | {extreme(clean, 'max_still_ratio', max)} |"
+    )
+    silent = extreme(results["silent_dialogue"], "min_margin_db", max)
+    late = extreme(results["audio_desync"], "max_offset_sec", min)
+    frozen = extreme(results["frozen_clip"], "max_still_ratio", min)
+    print(f"| silent_dialogue (largest margin at 0) | {silent} | | |")
+    print(f"| audio_desync (smallest offset) | | {late} | |")
+    print(f"| frozen_clip (smallest still ratio) | | | {frozen} |")
     misses = [(d, r) for d, rows in results.items() for r in rows if not r["caught"]]
     for defect, row in misses:
         print(f"missed: {defect} in {row['plan']} (findings {row['findings']})")
