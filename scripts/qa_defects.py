@@ -513,7 +513,7 @@ def main() -> int:
     silent = extreme(results["silent_dialogue"], "min_margin_db", max)
     late = extreme(results["audio_desync"], "max_offset_sec", min)
     frozen = extreme(results["frozen_clip"], "max_still_ratio", min)
-    print(f"| silent_dialogue (largest margin at 0) | {silent} | | |")
+    print(f"| silent_dialogue (largest margin where the lines should be) | {silent} | | |")
     print(f"| audio_desync (smallest offset) | | {late} | |")
     print(f"| frozen_clip (smallest still ratio) | | | {frozen} |")
     misses = [(d, r) for d, rows in results.items() for r in rows if not r["caught"]]

@@ -7,9 +7,10 @@ is loud. That gives a speech mask on the clip's envelope (``analyze(signals=True
 
 * the **margin**: mean level where speech should be minus mean level elsewhere (the bed);
   silent or missing dialogue gives a margin near zero or below (the bed is ducked there);
-* the **offset**: the shift of the mask that best separates loud from quiet; audio laid on
-  late or early shows up as an offset of that many seconds. Speech that is there but
-  shifted is a desync; speech found at no shift is dialogue below the bed.
+* the **offset**: the shift at which the clip's envelope best follows the loudness of the
+  lines' own audio (syllable by syllable); audio laid on late or early shows up as an
+  offset of that many seconds. Speech that is there but shifted is a desync; speech not
+  clearly above the bed even at its best shift is dialogue below the bed.
 """
 
 from __future__ import annotations
@@ -55,15 +56,21 @@ def _wav_levels(path: Path) -> list[float]:
     return levels
 
 
-def speech_mask(lines: list[tuple[float, Path]], windows: int) -> list[bool]:
-    """Which envelope windows of a clip should hold speech: ``(start_sec, wav)`` per line."""
-    mask = [False] * windows
+def speech_levels(lines: list[tuple[float, Path]], windows: int) -> list[float | None]:
+    """Per envelope window of a clip, the level its lines' own audio has there (None: no
+    speech): ``(start_sec, wav)`` per line."""
+    levels: list[float | None] = [None] * windows
     for start, wav in lines:
         first = round(start / ENVELOPE_WINDOW_SEC)
         for i, level in enumerate(_wav_levels(wav)):
             if level > SPEECH_DB and 0 <= first + i < windows:
-                mask[first + i] = True
-    return mask
+                levels[first + i] = max(level, levels[first + i] or level)
+    return levels
+
+
+def speech_mask(lines: list[tuple[float, Path]], windows: int) -> list[bool]:
+    """Which envelope windows of a clip should hold speech: ``(start_sec, wav)`` per line."""
+    return [level is not None for level in speech_levels(lines, windows)]
 
 
 def _separation(
@@ -92,21 +99,43 @@ def dialogue_margin_db(envelope: list[float], mask: list[bool]) -> float | None:
     return _separation(envelope, mask, 0)
 
 
-def best_alignment(envelope: list[float], mask: list[bool]) -> tuple[float, float] | None:
-    """``(offset_sec, margin_db)`` of the shift that best separates speech from the bed.
+def _correlation(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
 
-    The offset says how late (positive) or early the speech is heard; the margin is the
-    separation at that shift. None when not measurable.
+
+def best_alignment(envelope: list[float], levels: list[float | None]) -> tuple[float, float] | None:
+    """``(offset_sec, margin_db)``: where the clip's sound best follows the lines' own.
+
+    The offset is the shift (up to ``MAX_OFFSET_SEC``) at which the clip's envelope
+    correlates best with the loudness of the lines' WAVs over the speech windows: the
+    syllables line up only at the true shift, whatever the bed and its ducking do. Positive
+    means the speech is heard late. The margin is :func:`dialogue_margin_db` at that shift.
+    None when not measurable.
     """
-    if not envelope:
+    active = [(i, level) for i, level in enumerate(levels) if level is not None]
+    if not envelope or len(active) < MIN_WINDOWS:
         return None
     reach = round(MAX_OFFSET_SEC / ENVELOPE_WINDOW_SEC)
     # Off the clip there is no speech: read it as a quiet level of the clip itself.
     outside = sorted(envelope)[len(envelope) // 5]
+    floor = outside - 10  # digital silence (-120 dB) would swamp the correlation
+    clip = [max(v, floor) for v in envelope]
+    xs = [level for _, level in active]
     best: tuple[float, int] | None = None
     for lag in sorted(range(-reach, reach + 1), key=abs):
-        score = _separation(envelope, mask, lag, outside)
+        ys = [clip[i + lag] if 0 <= i + lag < len(clip) else outside for i, _ in active]
+        score = _correlation(xs, ys)
         # Ties go to the smallest shift: a clean clip must not look shifted.
-        if score is not None and (best is None or score > best[0] + 1e-9):
+        if best is None or score > best[0] + 1e-9:
             best = (score, lag)
-    return None if best is None else (best[1] * ENVELOPE_WINDOW_SEC, best[0])
+    assert best is not None
+    mask = [level is not None for level in levels]
+    margin = _separation(envelope, mask, best[1], outside)
+    if margin is None:
+        return None
+    return best[1] * ENVELOPE_WINDOW_SEC, margin

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkle.adapters.assemble import SRT_PATH, VTT_PATH
-from sparkle.adapters.dialogue_check import best_alignment, dialogue_margin_db, speech_mask
+from sparkle.adapters.dialogue_check import best_alignment, dialogue_margin_db, speech_levels
 from sparkle.adapters.lipsync import TIMING_EXTRA
 from sparkle.adapters.media import (
     MediaAnalysis,
@@ -161,9 +161,10 @@ def check_shot(
         if mean is None or mean < limits.min_dialogue_mean_db:
             report.findings.append("no_dialogue_audio")
         elif speech and analysis.envelope_db:
-            mask = speech_mask(speech, len(analysis.envelope_db))
+            levels = speech_levels(speech, len(analysis.envelope_db))
+            mask = [level is not None for level in levels]
             margin = dialogue_margin_db(analysis.envelope_db, mask)
-            aligned = best_alignment(analysis.envelope_db, mask)
+            aligned = best_alignment(analysis.envelope_db, levels)
             report.dialogue_margin_db = round(margin, 2) if margin is not None else None
             if aligned is not None:
                 offset, best_margin = aligned
