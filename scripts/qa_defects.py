@@ -503,7 +503,7 @@ def main() -> int:
         values = [r[key] for r in rows if r.get(key) is not None]
         return f"{pick(values):.2f}" if values else "-"
 
-    print("\nClosest calls (thresholds: margin >= 6 dB, |offset| <= 0.2 s, still <= 0.75):\n")
+    print("\nClosest calls (thresholds: margin >= 8 dB, |offset| <= 0.2 s, still <= 0.75):\n")
     print("| runs | smallest speech margin dB | largest offset s | largest still ratio |")
     print("|---|---:|---:|---:|")
     print(

@@ -107,7 +107,7 @@ class Thresholds(_Strict):
     #: Unused since every shot has an ambience bed; accepted so older files still load.
     max_silent_peak_db: float = Field(default=-60.0, le=0)
     #: Speech must be at least this many dB above the bed around it.
-    min_dialogue_margin_db: float = Field(default=6.0, ge=0)
+    min_dialogue_margin_db: float = Field(default=8.0, ge=0)
     #: Seconds the speech may be heard earlier or later than placed.
     max_audio_offset_sec: float = Field(default=0.2, ge=0)
     #: Largest fraction (0-1) of a shot (of at least 1 s) the picture may stand still.
