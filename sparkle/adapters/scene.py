@@ -393,7 +393,9 @@ def _sky(img: Image.Image, ctx: _Ctx, layout: SceneLayout) -> None:
     r = max(3, ctx.py(0.055))
     if ctx.time == "night":
         stars = rng("stars", ctx.rnd.random())
-        for _ in range(max(12, ctx.width // 16)):
+        # Clouds hide most stars when it rains or snows.
+        cloudy = bool({"storm", "rain", "snow"} & set(ctx.weather))
+        for _ in range(max(12, ctx.width // 16) // (4 if cloudy else 1)):
             x, y = stars.randrange(ctx.width), stars.randrange(max(1, int(ctx.horizon * 0.8)))
             s = max(1, ctx.height // 360) * stars.choice((1, 1, 2))
             draw.ellipse((x - s, y - s, x + s, y + s), fill=(235, 235, 210))
@@ -782,7 +784,8 @@ def _neon(img: Image.Image, ctx: _Ctx, layout: SceneLayout) -> None:
     layout.boxes["neon"] = (x, y, x + w, y + hh)
 
 
-def _weather(img: Image.Image, ctx: _Ctx, layout: SceneLayout) -> None:
+def _weather(img: Image.Image, ctx: _Ctx, layout: SceneLayout, density: float = 1.0) -> None:
+    """Rain, snow and fog over the picture; ``density`` scales the number of drops."""
     layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     # The same drops in both keyframes: a dissolve between two rain patterns would look
@@ -790,7 +793,7 @@ def _weather(img: Image.Image, ctx: _Ctx, layout: SceneLayout) -> None:
     drops = rng("drops", ctx.rnd.random())
     if "rain" in ctx.weather or "storm" in ctx.weather:
         length, slant = ctx.py(0.06), ctx.px(0.012)
-        count = ctx.width * ctx.height // (1800 if "rain" in ctx.weather else 4000)
+        count = round(density * ctx.width * ctx.height / (1800 if "rain" in ctx.weather else 4000))
         width = max(1, ctx.height // 360)
         for _ in range(count):
             x, y = drops.randrange(-slant, ctx.width), drops.randrange(-length, ctx.height)
@@ -1060,6 +1063,7 @@ def compose(
                 which,
             ),
             layout,
+            density=0.25,  # a few drops in front of the face, which must stay readable
         )
     picture = img.convert("RGB")
     if which == "end":
