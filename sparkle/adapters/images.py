@@ -13,6 +13,7 @@ Outputs: ``frames/<shot>_start.png``, ``frames/<shot>_end.png`` and ``frames/lay
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sparkle.adapters.media import os_error, relative_to_run
 from sparkle.adapters.scene import SceneLayout, compose
 from sparkle.atomic import temp_path_for, write_json
+from sparkle.errors import PermanentStageError
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
 
 #: Name recorded in the stage metadata.
@@ -137,6 +139,27 @@ def render_keyframe_with_layout(
         layer.text((margin, y), text, font=body_font, fill=(235, 235, 235, 255))
         y += body_px * LINE_SPACING
     return Image.alpha_composite(picture.convert("RGBA"), overlay).convert("RGB"), layout
+
+
+def read_layouts(run_dir: Path, refs: AssetRefs) -> dict[str, SceneLayout]:
+    """Keyframe path -> what it shows, from ``frames/layout.json`` (empty when absent).
+
+    Raises:
+      PermanentStageError: the file exists but cannot be read.
+    """
+    relative = refs.extras.get(LAYOUT_EXTRA)
+    if not relative:
+        return {}
+    path = run_dir / relative
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return {key: SceneLayout.from_json(value) for key, value in data.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PermanentStageError(
+            f"cannot read the keyframe layout {path}: {exc}; re-run the images stage"
+        ) from exc
 
 
 def save_png(image: Image.Image, path: Path) -> None:

@@ -25,7 +25,6 @@ an extended shot from a wrong-length one and to know where speech should be hear
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from sparkle.adapters.ambience import Bed, bed_filter, bed_for
-from sparkle.adapters.images import LAYOUT_EXTRA
+from sparkle.adapters.images import read_layouts
 from sparkle.adapters.media import (
     AUDIO_CHANNELS,
     AUDIO_CODEC_ARGS,
     AUDIO_SAMPLE_RATE,
     VIDEO_CODEC_ARGS,
+    VIDEO_PROFILE,
     MediaInfo,
     audio_duration,
     ffmpeg_to_file,
@@ -51,7 +51,7 @@ from sparkle.adapters.media import (
     require_file,
 )
 from sparkle.adapters.mouths import FramePainter, pipe_frames
-from sparkle.adapters.scene import Face, SceneLayout
+from sparkle.adapters.scene import speaking_faces
 from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.adapters.videos import camera_move, still_caption_rows
 from sparkle.adapters.visemes import Viseme, load_visemes
@@ -184,6 +184,7 @@ def _conforms(clip: MediaInfo, size: tuple[int, int], fps: float) -> bool:
     return bool(
         video
         and video.codec == "h264"
+        and video.profile in (None, VIDEO_PROFILE)
         and video.pix_fmt == "yuv420p"
         and (video.width, video.height) == size
         and video.fps is not None
@@ -278,37 +279,13 @@ def mux_shot(
     )
 
 
-def _layouts(run_dir: Path, refs: AssetRefs) -> dict[str, SceneLayout]:
-    """Keyframe path -> what it shows, from the images stage's layout file (may be absent)."""
-    relative = refs.extras.get(LAYOUT_EXTRA)
-    if not relative:
-        return {}
-    path = run_dir / relative
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        return {key: SceneLayout.from_json(value) for key, value in data.items()}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PermanentStageError(
-            f"cannot read the keyframe layout {path}: {exc}; re-run the images stage"
-        ) from exc
-
-
-def _speaking_faces(
-    layouts: dict[str, SceneLayout], keyframe: str | None, speakers: set[str]
-) -> list[Face]:
-    layout = layouts.get(keyframe or "")
-    return [face for face in layout.faces if face.character_id in speakers] if layout else []
-
-
 def lipsync_stage(
     plan: MoviePlan, refs: AssetRefs, run_dir: Path
 ) -> tuple[AssetRefs, dict[str, Any]]:
     """Lay each shot's dialogue onto its clip, extending clips the dialogue outlasts."""
     refs = refs.model_copy(deep=True)
     size, fps = plan.resolution, plan.fps
-    layouts = _layouts(run_dir, refs)
+    layouts = read_layouts(run_dir, refs)
     burn = burn_subtitles()
     caption_rows = still_caption_rows(size[1])
     jobs: list[Job] = []
@@ -327,8 +304,8 @@ def lipsync_stage(
         clip = probe(raw)
         timing = plan_timing(shot, clip, fps, audio)
         speakers = {line.character_id for line in shot.dialogue}
-        start_faces = _speaking_faces(layouts, entry.start_frame, speakers)
-        end_faces = _speaking_faces(layouts, entry.end_frame, speakers)
+        start_faces = speaking_faces(layouts, entry.start_frame, speakers)
+        end_faces = speaking_faces(layouts, entry.end_frame, speakers)
         painter: FramePainter | None = None
         if start_faces or end_faces or (burn and timing.lines):
             painter = FramePainter(

@@ -64,6 +64,26 @@ VIDEO_CODEC_ARGS: tuple[str, ...] = (
     "yuv420p",
 )
 
+#: Encoder arguments of an intermediate clip that the lipsync stage will decode and encode
+#: again anyway (a talking shot whose mouths it paints): a quick ``ultrafast`` encode at a
+#: higher quality, so the second encode loses little. Its Constrained Baseline profile
+#: marks it: a clip that is not High profile is never copied into the movie.
+DRAFT_VIDEO_CODEC_ARGS: tuple[str, ...] = (
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-crf",
+    "18",
+    "-bf",
+    "0",
+    "-pix_fmt",
+    "yuv420p",
+)
+
+#: Profile of every clip encoded with ``VIDEO_CODEC_ARGS`` (as ffmpeg names it).
+VIDEO_PROFILE = "High"
+
 #: Encoder arguments for every AAC audio stream.
 AUDIO_CODEC_ARGS: tuple[str, ...] = (
     "-c:a",
@@ -265,6 +285,8 @@ class VideoStream:
     #: Frames per second; None when ffmpeg reports none (a still image may say 25).
     fps: float | None
     pix_fmt: str | None
+    #: Codec profile as ffmpeg names it ("High", "Constrained Baseline"), None if unsaid.
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +341,7 @@ def _split_top_level(text: str) -> list[str]:
 def _parse_video(desc: str) -> VideoStream:
     parts = _split_top_level(desc)
     codec = parts[0].split()[0] if parts and parts[0] else "unknown"
+    profile = re.match(r"\S+ \(([^)/]+)\)", parts[0]) if parts else None
     pix_fmt = parts[1].split("(")[0].strip() if len(parts) > 1 else None
     size = _SIZE_RE.search(desc)
     fps: float | None = None
@@ -331,6 +354,7 @@ def _parse_video(desc: str) -> VideoStream:
         height=int(size.group(2)) if size else 0,
         fps=fps,
         pix_fmt=pix_fmt or None,
+        profile=profile.group(1).strip() if profile else None,
     )
 
 

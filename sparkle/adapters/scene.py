@@ -248,6 +248,14 @@ class SceneLayout:
         return cls(data["time"], list(data["elements"]), data["framing"], boxes, faces)
 
 
+def speaking_faces(
+    layouts: dict[str, SceneLayout], keyframe: str | None, speakers: set[str]
+) -> list[Face]:
+    """The faces of ``speakers`` in the keyframe at path ``keyframe`` (none if unknown)."""
+    layout = layouts.get(keyframe or "")
+    return [face for face in layout.faces if face.character_id in speakers] if layout else []
+
+
 def rng(*parts: object) -> random.Random:
     """A generator seeded by a SHA-256 of ``parts`` (stable across processes)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()

@@ -6,19 +6,23 @@ decoded once and repeated with the ``loop`` filter (re-reading it per frame cost
 the encode), and the whole clip is one ffmpeg call: xfade, then zoompan or a moving crop,
 then the keyframes' caption band laid over the moving picture so its text stays still.
 
-Outputs: ``clips/<shot>.mp4`` (video only; the lipsync stage adds the audio).
+Outputs: ``clips/<shot>.mp4`` (video only; the lipsync stage adds the audio). A talking
+shot, which the lipsync stage encodes again with its mouths painted, is written as a quick
+draft (``DRAFT_VIDEO_CODEC_ARGS``).
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sparkle.adapters.images import caption_height
+from sparkle.adapters.images import caption_height, read_layouts
 from sparkle.adapters.media import (
+    DRAFT_VIDEO_CODEC_ARGS,
     VIDEO_CODEC_ARGS,
     ffmpeg_to_file,
     fps_fraction,
@@ -26,6 +30,8 @@ from sparkle.adapters.media import (
     relative_to_run,
     require_file,
 )
+from sparkle.adapters.scene import speaking_faces
+from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
 
 #: Shots encoded at the same time (one ffmpeg each); ffmpeg's filter graph is mostly
@@ -237,6 +243,7 @@ def render_clip(
     fps: float,
     frames: int,
     caption_rows: int = 0,
+    codec_args: Sequence[str] = VIDEO_CODEC_ARGS,
 ) -> None:
     """Encode one clip of ``frames`` frames from two keyframes, atomically."""
     ffmpeg_to_file(
@@ -257,7 +264,7 @@ def render_clip(
             str(frames),
             "-r",
             str(fps_fraction(fps)),
-            *VIDEO_CODEC_ARGS,
+            *codec_args,
             "-an",
             "-map_metadata",
             "-1",
@@ -274,6 +281,9 @@ def videos_stage(
     refs = refs.model_copy(deep=True)
     size, fps = plan.resolution, plan.fps
     jobs: list[tuple[ShotSpec, Path, Path, Path, CameraMove]] = []
+    layouts = read_layouts(run_dir, refs)
+    burn = burn_subtitles()
+    drafts: set[str] = set()
     for shot in plan.shots:
         entry = refs.shot(shot.id)
         start = require_file(run_dir, entry.start_frame, f"start keyframe of shot {shot.id}")
@@ -287,13 +297,23 @@ def videos_stage(
                 camera_move(shot.motion_prompt),
             )
         )
+        # The lipsync stage will decode and encode this clip again to paint mouths (or
+        # burn subtitles): a quick draft is enough (see DRAFT_VIDEO_CODEC_ARGS).
+        speakers = {line.character_id for line in shot.dialogue}
+        if shot.dialogue and (
+            burn
+            or speaking_faces(layouts, entry.start_frame, speakers)
+            or speaking_faces(layouts, entry.end_frame, speakers)
+        ):
+            drafts.add(shot.id)
 
     still_rows = still_caption_rows(size[1])
 
     def encode(job: tuple[ShotSpec, Path, Path, Path, CameraMove]) -> None:
         shot, start, end, out, move = job
         frames = frame_count(shot.duration_sec, fps)
-        render_clip(start, end, out, move, size, fps, frames, still_rows)
+        args = DRAFT_VIDEO_CODEC_ARGS if shot.id in drafts else VIDEO_CODEC_ARGS
+        render_clip(start, end, out, move, size, fps, frames, still_rows, args)
 
     with ThreadPoolExecutor(max_workers=max(1, VIDEO_WORKERS)) as pool:
         # list() re-raises the first failure after every running encode has finished.
@@ -307,4 +327,5 @@ def videos_stage(
         "resolution": f"{size[0]}x{size[1]}",
         "frames": sum(frame_count(shot.duration_sec, fps) for shot in plan.shots),
         "motions": {shot.id: str(move) for shot, _, _, _, move in jobs},
+        "draft_clips": sorted(drafts),
     }

@@ -592,7 +592,7 @@ def test_probe_parses_ffmpeg_stream_lines() -> None:
     info = parse_probe(Path("x.mp4"), stderr)
     # Then every field is read
     assert info.duration_sec == pytest.approx(62.5)
-    assert info.video == media.VideoStream("h264", 1280, 720, 23.98, "yuv420p")
+    assert info.video == media.VideoStream("h264", 1280, 720, 23.98, "yuv420p", "High")
     assert info.audio == media.AudioStream("pcm_s16le", 22050, 1)
 
 

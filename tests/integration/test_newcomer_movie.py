@@ -20,7 +20,7 @@ from PIL import Image, ImageChops, ImageStat
 from sparkle.adapters.assemble import assemble_stage
 from sparkle.adapters.images import images_stage
 from sparkle.adapters.lipsync import lipsync_stage
-from sparkle.adapters.media import run_ffmpeg
+from sparkle.adapters.media import probe, run_ffmpeg
 from sparkle.adapters.media_set import ADAPTERS
 from sparkle.adapters.subtitles import parse_cues
 from sparkle.adapters.tts import tts_stage
@@ -360,3 +360,23 @@ def test_qa_catches_every_injected_defect_kind(tmp_path: Path) -> None:
     }  # fmt: skip
     for defect, rows in result["defects"].items():
         assert all(row["caught"] and row["named"] for row in rows), (defect, rows)
+
+
+def test_draft_clip_of_a_talking_shot_is_never_copied_into_the_movie(
+    lighthouse_run: tuple[MoviePlan, AssetRefs, Path], tmp_path: Path
+) -> None:
+    """Protects: the quick draft the videos stage writes for a talking shot is encoded
+    again by the lipsync stage, even when it can no longer find the faces to paint."""
+    # Given the lighthouse run, whose talking shot s2 was written as a draft
+    plan, refs, run_dir = lighthouse_run
+    raw = probe(run_dir / str(refs.shots["s2"].raw_clip)).video
+    assert raw is not None and raw.codec == "h264" and raw.profile != "High"
+    # When the lipsync stage runs again without the keyframe layout
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "frames" / "layout.json").unlink()
+    refs2, meta = lipsync_stage(plan, refs, copy)
+    # Then s2 is re-encoded to the movie's settings rather than copied
+    assert "s2" in meta["reencoded_shots"] and "s2" not in meta["talking_shots"]
+    clip = probe(copy / str(refs2.shots["s2"].final_video_clip)).video
+    assert clip is not None and clip.profile == "High"
