@@ -14,9 +14,11 @@ the frame beside it, so it matches exactly.
 from __future__ import annotations
 
 import dataclasses
+import queue
 import shlex
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -48,6 +50,9 @@ from sparkle.atomic import temp_path_for
 
 #: Lines of ffmpeg's stderr quoted in an error message.
 STDERR_TAIL_LINES = 15
+
+#: Decoded frames held ready while earlier ones are painted and encoded.
+PREFETCH_FRAMES = 8
 
 #: Pixels around a mouth box included in the painted region (room to sample skin).
 REGION_PAD = 6
@@ -193,6 +198,23 @@ def _skin(region: Image.Image, inner: Box) -> RGB:
     return samples[len(samples) // 2]
 
 
+def _read_frames(
+    stream: IO[bytes], frame_bytes: int, frames: queue.Queue[bytes | None], stop: threading.Event
+) -> None:
+    """Put whole frames read from ``stream`` on ``frames``, then None; quit when ``stop``."""
+    while not stop.is_set():
+        data = stream.read(frame_bytes)
+        item = data if len(data) == frame_bytes else None
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if item is None:
+            return
+
+
 def _tail(handle: IO[bytes]) -> str:
     handle.seek(0)
     lines = [ln for ln in handle.read().decode("utf-8", "replace").splitlines() if ln.strip()]
@@ -239,12 +261,20 @@ def pipe_frames(
                 encode, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=enc_err
             )
             assert dec.stdout is not None and enc.stdin is not None
+            # A reader thread keeps the decoder running while frames are painted and
+            # written to the encoder, instead of both waiting on this one thread.
+            frames: queue.Queue[bytes | None] = queue.Queue(maxsize=PREFETCH_FRAMES)
+            stop = threading.Event()
+            reader = threading.Thread(
+                target=_read_frames, args=(dec.stdout, frame_bytes, frames, stop), daemon=True
+            )
+            reader.start()
             try:
                 last: bytes | None = None
                 ended = False
                 for n in range(total_frames):
-                    data = b"" if ended else dec.stdout.read(frame_bytes)
-                    if len(data) < frame_bytes:
+                    data = None if ended else frames.get(timeout=FFMPEG_TIMEOUT_SEC)
+                    if data is None:
                         ended = True
                         if last is None:
                             break
@@ -254,22 +284,30 @@ def pipe_frames(
                     painter.paint(frame, n)
                     enc.stdin.write(frame.data)
                 enc.stdin.close()
+                stop.set()
+                reader.join()
                 dec.stdout.read()
                 dec_code = dec.wait(timeout=FFMPEG_TIMEOUT_SEC)
                 enc_code = enc.wait(timeout=FFMPEG_TIMEOUT_SEC)
             except BrokenPipeError:
-                dec_code, enc_code = dec.wait(timeout=10), enc.wait(timeout=FFMPEG_TIMEOUT_SEC)
-            except subprocess.TimeoutExpired:
+                # The encoder died: its stderr says why; the decoder is merely stopped.
+                stop.set()
+                dec.kill()
+                dec.wait()
+                dec_code, enc_code = 0, enc.wait(timeout=FFMPEG_TIMEOUT_SEC)
+            except (subprocess.TimeoutExpired, queue.Empty):
                 raise FFmpegResourceError(
                     f"ffmpeg timed out after {FFMPEG_TIMEOUT_SEC:g} s while painting {out}",
                     encode,
                     "",
                 ) from None
             finally:
+                stop.set()
                 for proc in (dec, enc):
                     if proc.poll() is None:
                         proc.kill()
                         proc.wait()
+                reader.join(timeout=10)
             for code, command, err in ((dec_code, decode, dec_err), (enc_code, encode, enc_err)):
                 if code != 0:
                     tail = _tail(err)
