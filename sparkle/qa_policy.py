@@ -56,6 +56,10 @@ Finding = Literal[
     "resolution_mismatch",
     "fps_mismatch",
     "movie_duration_mismatch",
+    "dialogue_below_bed",
+    "audio_desync",
+    "frozen_picture",
+    "subtitle_mismatch",
 ]
 
 #: Every finding code the QA stage can report, with what it means.
@@ -67,10 +71,15 @@ FINDINGS: dict[str, str] = {
     "extended": "a shot was lengthened to fit its dialogue (informational)",
     "black_frames": "too much of a shot is black",
     "no_dialogue_audio": "a shot with dialogue is (nearly) silent",
-    "unexpected_audio": "a shot without dialogue is not silent",
+    "unexpected_audio": "no longer reported: every shot now has an ambience bed (kept so "
+    "older policy files still load)",
     "resolution_mismatch": "a clip or the movie is not at the plan's resolution",
     "fps_mismatch": "a clip or the movie is not at the plan's frame rate",
     "movie_duration_mismatch": "the movie's length is not the sum of its shots",
+    "dialogue_below_bed": "a shot's dialogue is not clearly louder than its ambience bed",
+    "audio_desync": "a shot's speech is heard earlier or later than its lines are placed",
+    "frozen_picture": "a shot's picture stands still for most of its length",
+    "subtitle_mismatch": "the subtitle files or track lack a cue or disagree with the dialogue",
 }
 
 #: Findings that describe a shot rather than a defect; they do not count as issues.
@@ -95,8 +104,16 @@ class Thresholds(_Strict):
     max_black_ratio: float = Field(default=0.5, ge=0, le=1)
     #: A shot with dialogue needs a mean level (dBFS) above this to count as audible.
     min_dialogue_mean_db: float = Field(default=-50.0, le=0)
-    #: A shot without dialogue must peak (dBFS) below this to count as silent.
+    #: Unused since every shot has an ambience bed; accepted so older files still load.
     max_silent_peak_db: float = Field(default=-60.0, le=0)
+    #: Speech must be at least this many dB above the bed around it.
+    min_dialogue_margin_db: float = Field(default=8.0, ge=0)
+    #: Seconds the speech may be heard earlier or later than placed.
+    max_audio_offset_sec: float = Field(default=0.2, ge=0)
+    #: Largest fraction (0-1) of a shot (of at least 1 s) the picture may stand still.
+    max_still_ratio: float = Field(default=0.75, ge=0, le=1)
+    #: Seconds a subtitle cue's start or end may differ from its line's audio.
+    subtitle_tolerance_sec: float = Field(default=0.1, ge=0)
     #: Frames per second a clip's rate may differ from the plan's.
     fps_tolerance: float = Field(default=0.01, ge=0)
 

@@ -489,6 +489,12 @@ class QAShotReport(_Model):
     black_ratio: float | None = None
     mean_volume_db: float | None = None
     has_dialogue: bool = False
+    #: Mean level where speech should be minus the bed around it (dB).
+    dialogue_margin_db: float | None = None
+    #: How late (positive) or early the speech is heard (seconds).
+    audio_offset_sec: float | None = None
+    #: Longest stretch over which the picture stands still (seconds).
+    longest_still_sec: float | None = None
     findings: list[str] = Field(default_factory=list)
 
 

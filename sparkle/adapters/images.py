@@ -1,21 +1,21 @@
 """The ``images`` stage: a start and an end keyframe per shot, drawn as storyboard panels.
 
-Each keyframe is a Pillow drawing at the plan's resolution: a sky and ground in a palette
-chosen from the shot's setting, a composition of silhouettes chosen from the frame prompt,
-and a caption band of fixed height (:func:`caption_height`) with the movie title, shot id
-and the prompt itself, so a viewer can follow the story without an image model.
-Everything is derived from a SHA-256 of (seed, setting, prompt), so the same plan and seed
-give byte-identical PNGs.
+Each keyframe is a Pillow drawing at the plan's resolution, composed by
+:mod:`sparkle.adapters.scene` from the words of the shot (sky, weather, place, objects and
+the characters as figures), with a caption band of fixed height (:func:`caption_height`)
+holding the movie title, the shot's number and the prompt; ``SPARKLE_CAPTIONS=off`` leaves
+the band out. Everything is derived from the plan's seed, so the same plan and seed give
+byte-identical PNGs.
 
-Outputs: ``frames/<shot>_start.png`` and ``frames/<shot>_end.png``.
+Outputs: ``frames/<shot>_start.png``, ``frames/<shot>_end.png`` and ``frames/layout.json``
+(what each keyframe shows, where the faces and mouths are; ``extras["keyframe_layout"]``).
 """
 
 from __future__ import annotations
 
-import colorsys
-import hashlib
+import json
 import math
-import random
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +23,9 @@ from typing import Any, Literal
 from PIL import Image, ImageDraw, ImageFont
 
 from sparkle.adapters.media import os_error, relative_to_run
-from sparkle.atomic import temp_path_for
+from sparkle.adapters.scene import SceneLayout, compose
+from sparkle.atomic import temp_path_for, write_json
+from sparkle.errors import PermanentStageError
 from sparkle.schemas import NARROWED_FROM, AssetRefs, MoviePlan, ShotSpec
 
 #: Name recorded in the stage metadata.
@@ -41,88 +43,19 @@ CAPTION_LINES = 2
 #: Line height as a multiple of the font size.
 LINE_SPACING = 1.25
 
-#: Lightness range (0-1) of the sky, kept well above black so QA's black-frame check
-#: never mistakes a night scene for a black frame.
-SKY_LIGHTNESS = (0.32, 0.72)
+#: Values of ``SPARKLE_CAPTIONS`` that turn the caption band off.
+CAPTIONS_OFF = frozenset({"off", "0", "false", "no"})
 
-#: Words in a setting or prompt that pull the palette towards a hue (0-1) and a lightness
-#: shift; the first match wins.
-MOOD_WORDS: tuple[tuple[str, float, float], ...] = (
-    ("neon", 0.85, -0.05),
-    ("night", 0.66, -0.12),
-    ("dusk", 0.06, -0.06),
-    ("sunset", 0.04, 0.0),
-    ("dawn", 0.10, 0.04),
-    ("storm", 0.60, -0.10),
-    ("sea", 0.56, 0.0),
-    ("ocean", 0.56, 0.0),
-    ("forest", 0.33, -0.04),
-    ("desert", 0.11, 0.08),
-    ("snow", 0.58, 0.14),
-    ("lamp", 0.12, -0.04),
-    ("fire", 0.03, -0.02),
-)
+#: What every keyframe shows (elements, boxes, faces), relative to the run folder.
+LAYOUT_PATH = "frames/layout.json"
 
-#: Words in a prompt that put a glowing light (sun, moon, lamp) into the picture.
-LIGHT_WORDS = ("lamp", "light", "sun", "moon", "beam", "glow", "neon", "fire", "star")
+#: Key of the layout file in ``AssetRefs.extras``.
+LAYOUT_EXTRA = "keyframe_layout"
 
 Which = Literal["start", "end"]
 
 #: The two keyframes of a shot, in order.
 KEYFRAMES: tuple[Which, ...] = ("start", "end")
-
-RGB = tuple[int, int, int]
-
-
-def _rng(*parts: object) -> random.Random:
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def _hls(h: float, lightness: float, s: float) -> RGB:
-    r, g, b = colorsys.hls_to_rgb(h % 1.0, min(max(lightness, 0.0), 1.0), min(max(s, 0.0), 1.0))
-    return round(r * 255), round(g * 255), round(b * 255)
-
-
-def _mix(a: RGB, b: RGB, t: float) -> RGB:
-    return (
-        round(a[0] + (b[0] - a[0]) * t),
-        round(a[1] + (b[1] - a[1]) * t),
-        round(a[2] + (b[2] - a[2]) * t),
-    )
-
-
-def _palette(setting: str, prompt: str, seed: int) -> dict[str, RGB]:
-    """Colours of a scene: the hue comes from the setting, variations from the prompt."""
-    base = _rng("palette", seed, setting)
-    text = f"{setting} {prompt}".lower()
-    hue, shift = base.random(), 0.0
-    for word, word_hue, word_shift in MOOD_WORDS:
-        if word in text:
-            hue, shift = word_hue + base.uniform(-0.03, 0.03), word_shift
-            break
-    vary = _rng("variation", seed, setting, prompt)
-    hue += vary.uniform(-0.02, 0.02)
-    low, high = SKY_LIGHTNESS
-    light = min(max(base.uniform(low + 0.1, high - 0.1) + shift, low), high)
-    sat = base.uniform(0.35, 0.7)
-    return {
-        "sky_top": _hls(hue + 0.03, light - 0.06, sat),
-        "sky_bottom": _hls(hue - 0.04, light + 0.14, sat * 0.9),
-        "far": _hls(hue + 0.5, light - 0.12, sat * 0.4),
-        "ground_top": _hls(hue + 0.45, light - 0.16, sat * 0.6),
-        "ground_bottom": _hls(hue + 0.45, light - 0.24, sat * 0.5),
-        "subject": _hls(hue + 0.5 + vary.uniform(-0.08, 0.08), light - 0.22, sat),
-        "accent": _hls(hue + 0.12, min(light + 0.3, 0.92), 0.85),
-    }
-
-
-def _gradient(size: tuple[int, int], top: RGB, bottom: RGB) -> Image.Image:
-    width, height = size
-    column = Image.new("RGB", (1, height))
-    column.putdata([_mix(top, bottom, y / max(1, height - 1)) for y in range(height)])
-    return column.resize((width, height), Image.Resampling.NEAREST)
-
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float, max_lines: int) -> list[str]:
     lines: list[str] = []
@@ -151,7 +84,12 @@ def _caption_metrics(height: int) -> tuple[int, int, int]:
 
 
 def caption_height(height: int) -> int:
-    """Rows at the bottom of a keyframe ``height`` tall taken by the caption band (even)."""
+    """Rows at the bottom of a keyframe ``height`` tall taken by the caption band (even).
+
+    0 when captions are off (``SPARKLE_CAPTIONS=off``).
+    """
+    if not captions_enabled():
+        return 0
     margin, title_px, body_px = _caption_metrics(height)
     rows = margin * 1.5 + (title_px + body_px * CAPTION_LINES) * LINE_SPACING
     return min(height - height % 2, 2 * math.ceil(rows / 2))
@@ -163,86 +101,39 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return font
 
 
+def captions_enabled() -> bool:
+    """Whether keyframes carry the caption band (``SPARKLE_CAPTIONS``, on unless ``off``)."""
+    return os.environ.get("SPARKLE_CAPTIONS", "on").strip().lower() not in CAPTIONS_OFF
+
+
 def render_keyframe(
     plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int],
     total: int | None = None,
 ) -> Image.Image:
     """Draw one storyboard keyframe of ``shot`` (``index`` counts from 1, of ``total``
     shots: by default the plan's)."""
+    return render_keyframe_with_layout(plan, shot, which, index, size, total)[0]
+
+
+def render_keyframe_with_layout(
+    plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int],
+    total: int | None = None,
+) -> tuple[Image.Image, SceneLayout]:
+    """Draw one keyframe and say what it shows (see :mod:`sparkle.adapters.scene`)."""
     width, height = size
     prompt = shot.start_frame_prompt if which == "start" else shot.end_frame_prompt
-    setting = shot.setting or shot.visual_description
-    colours = _palette(setting, prompt, plan.seed)
-    layout = _rng("layout", plan.seed, setting, prompt)
-
-    horizon = round(height * layout.uniform(0.5, 0.68))
-    image = _gradient((width, horizon), colours["sky_top"], colours["sky_bottom"])
-    canvas = Image.new("RGB", size)
-    canvas.paste(image, (0, 0))
-    canvas.paste(
-        _gradient((width, height - horizon), colours["ground_top"], colours["ground_bottom"]),
-        (0, horizon),
-    )
-    draw = ImageDraw.Draw(canvas)
-
-    if any(word in prompt.lower() for word in LIGHT_WORDS):
-        r = round(height * layout.uniform(0.05, 0.09))
-        cx, cy = (
-            round(width * layout.uniform(0.15, 0.85)),
-            round(horizon * layout.uniform(0.25, 0.6)),
-        )
-        glow = _mix(colours["accent"], colours["sky_bottom"], 0.6)
-        draw.ellipse((cx - 2 * r, cy - 2 * r, cx + 2 * r, cy + 2 * r), fill=glow)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colours["accent"])
-
-    # A far skyline of hills or blocks along the horizon.
-    points = [(0, horizon)]
-    x = 0
-    while x < width:
-        step = round(width * layout.uniform(0.05, 0.14))
-        points.append((x, horizon - round(height * layout.uniform(0.02, 0.12))))
-        x += step
-        points.append((x, points[-1][1]))
-    points.append((width, horizon))
-    draw.polygon(points, fill=colours["far"])
-
-    # One to three subjects in the foreground, placed on a rule-of-thirds grid.
-    for _ in range(layout.randint(1, 3)):
-        cx = round(
-            width * layout.choice((1 / 3, 1 / 2, 2 / 3)) + width * layout.uniform(-0.08, 0.08)
-        )
-        w = round(width * layout.uniform(0.06, 0.16))
-        h = round(height * layout.uniform(0.18, 0.42))
-        base_y = horizon + round((height - horizon) * layout.uniform(0.1, 0.5))
-        box = (cx - w // 2, base_y - h, cx + w // 2, base_y)
-        shape = layout.choice(("tower", "figure", "mound"))
-        if shape == "tower":
-            draw.rectangle(box, fill=colours["subject"])
-            draw.rectangle((box[0], box[1], box[2], box[1] + h // 8), fill=colours["accent"])
-        elif shape == "figure":
-            head = w // 2
-            draw.ellipse(
-                (cx - head // 2, box[1], cx + head // 2, box[1] + head), fill=colours["subject"]
-            )
-            draw.rounded_rectangle(
-                (box[0], box[1] + head, box[2], box[3]), radius=w // 3, fill=colours["subject"]
-            )
-        else:
-            draw.pieslice(
-                (box[0] - w, box[1] + h // 2, box[2] + w, box[3] + h // 2),
-                180,
-                360,
-                fill=colours["subject"],
-            )
-
+    band = caption_height(height)
+    picture, layout = compose(plan, shot, which, size, height - band)
+    if not band:
+        return picture, layout
     # Caption band, on a translucent layer; the videos stage keeps this band still.
     overlay = Image.new("RGBA", size, (0, 0, 0, 0))
     layer = ImageDraw.Draw(overlay)
     margin, title_px, body_px = _caption_metrics(height)
     title_font, body_font = _font(title_px), _font(body_px)
     total = len(plan.shots) if total is None else total
-    header = f"{plan.title}  ·  shot {shot.id} ({index}/{total})  ·  {which.upper()}"
-    band_top = height - caption_height(height)
+    header = f"{plan.title}  ·  shot {index} of {total}"
+    band_top = height - band
     layer.rectangle((0, band_top, width, height), fill=(0, 0, 0, 150))
     y = band_top + margin * 0.5
     header_line = _wrap(header, title_font, width - 2 * margin, 1)[0]
@@ -251,7 +142,28 @@ def render_keyframe(
     for text in _wrap(prompt, body_font, width - 2 * margin, CAPTION_LINES):
         layer.text((margin, y), text, font=body_font, fill=(235, 235, 235, 255))
         y += body_px * LINE_SPACING
-    return Image.alpha_composite(canvas.convert("RGBA"), overlay).convert("RGB")
+    return Image.alpha_composite(picture.convert("RGBA"), overlay).convert("RGB"), layout
+
+
+def read_layouts(run_dir: Path, refs: AssetRefs) -> dict[str, SceneLayout]:
+    """Keyframe path -> what it shows, from ``frames/layout.json`` (empty when absent).
+
+    Raises:
+      PermanentStageError: the file exists but cannot be read.
+    """
+    relative = refs.extras.get(LAYOUT_EXTRA)
+    if not relative:
+        return {}
+    path = run_dir / relative
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return {key: SceneLayout.from_json(value) for key, value in data.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PermanentStageError(
+            f"cannot read the keyframe layout {path}: {exc}; re-run the images stage"
+        ) from exc
 
 
 def save_png(image: Image.Image, path: Path) -> None:
@@ -277,6 +189,7 @@ def images_stage(
     # Keyframe name -> its file: two shots meeting on a shared keyframe (a plan with base
     # images) name one file, rendered once.
     rendered: dict[str, str] = {}
+    layouts: dict[str, dict[str, Any]] = {}
     for shot in plan.shots:
         index = every.index(shot.id) + 1 if shot.id in every else 1
         entry = refs.shot(shot.id)
@@ -284,13 +197,23 @@ def images_stage(
             if name not in rendered:
                 began = time.perf_counter()
                 path = run_dir / "frames" / f"{name}.png"
-                save_png(render_keyframe(plan, shot, which, index, size, len(every)), path)
-                latencies.append(time.perf_counter() - began)
+                image, layout = render_keyframe_with_layout(plan, shot, which, index, size,
+                                                            len(every))
+                save_png(image, path)
                 rendered[name] = relative_to_run(run_dir, path)
+                layouts[rendered[name]] = layout.as_json()
+                latencies.append(time.perf_counter() - began)
             if which == "start":
                 entry.start_frame = rendered[name]
             else:
                 entry.end_frame = rendered[name]
+    # (a re-roll of some shots keeps the layouts of the others)
+    layouts = {**_earlier_layouts(run_dir, refs), **layouts}
+    try:
+        write_json(run_dir / LAYOUT_PATH, layouts)
+    except OSError as exc:
+        raise os_error(exc, f"cannot write {run_dir / LAYOUT_PATH}") from exc
+    refs.extras[LAYOUT_EXTRA] = LAYOUT_PATH
     return refs, {
         "frames_written": len(latencies),
         "seed": plan.seed,
@@ -298,3 +221,12 @@ def images_stage(
         "resolution": f"{size[0]}x{size[1]}",
         "avg_latency_ms": round(1000 * sum(latencies) / max(1, len(latencies)), 2),
     }
+
+
+def _earlier_layouts(run_dir: Path, refs: AssetRefs) -> dict[str, dict[str, Any]]:
+    """The layouts already recorded (a stage run for some shots only must keep the others';
+    the lipsync stage finds faces through them)."""
+    try:
+        return {key: layout.as_json() for key, layout in read_layouts(run_dir, refs).items()}
+    except PermanentStageError:
+        return {}

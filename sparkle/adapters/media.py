@@ -17,7 +17,9 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 import wave
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -61,6 +63,26 @@ VIDEO_CODEC_ARGS: tuple[str, ...] = (
     "-pix_fmt",
     "yuv420p",
 )
+
+#: Encoder arguments of an intermediate clip that the lipsync stage will decode and encode
+#: again anyway (a talking shot whose mouths it paints): a quick ``ultrafast`` encode at a
+#: higher quality, so the second encode loses little. Its Constrained Baseline profile
+#: marks it: a clip that is not High profile is never copied into the movie.
+DRAFT_VIDEO_CODEC_ARGS: tuple[str, ...] = (
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-crf",
+    "18",
+    "-bf",
+    "0",
+    "-pix_fmt",
+    "yuv420p",
+)
+
+#: Profile of every clip encoded with ``VIDEO_CODEC_ARGS`` (as ffmpeg names it).
+VIDEO_PROFILE = "High"
 
 #: Encoder arguments for every AAC audio stream.
 AUDIO_CODEC_ARGS: tuple[str, ...] = (
@@ -338,6 +360,8 @@ class VideoStream:
     #: Frames per second; None when ffmpeg reports none (a still image may say 25).
     fps: float | None
     pix_fmt: str | None
+    #: Codec profile as ffmpeg names it ("High", "Constrained Baseline"), None if unsaid.
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +416,7 @@ def _split_top_level(text: str) -> list[str]:
 def _parse_video(desc: str) -> VideoStream:
     parts = _split_top_level(desc)
     codec = parts[0].split()[0] if parts and parts[0] else "unknown"
+    profile = re.match(r"\S+ \(([^)/]+)\)", parts[0]) if parts else None
     pix_fmt = parts[1].split("(")[0].strip() if len(parts) > 1 else None
     size = _SIZE_RE.search(desc)
     fps: float | None = None
@@ -404,6 +429,7 @@ def _parse_video(desc: str) -> VideoStream:
         height=int(size.group(2)) if size else 0,
         fps=fps,
         pix_fmt=pix_fmt or None,
+        profile=profile.group(1).strip() if profile else None,
     )
 
 
@@ -523,6 +549,11 @@ class MediaAnalysis:
     max_volume_db: float | None = None
     #: Silent spans of at least ``SILENCE_MIN_SEC``.
     silence_spans: list[Span] = field(default_factory=list)
+    #: With ``signals``: audio level in dBFS per ``ENVELOPE_WINDOW_SEC`` window.
+    envelope_db: list[float] = field(default_factory=list)
+    #: With ``signals``: the longest stretch in seconds over which the picture does not
+    #: change (frames within ``STILL_MAX_DIFF`` of the stretch's first frame).
+    longest_still_sec: float | None = None
 
     @property
     def duration_sec(self) -> float | None:
@@ -531,6 +562,47 @@ class MediaAnalysis:
         if self.frames and video and video.fps:
             return self.frames / video.fps
         return self.info.duration_sec
+
+
+#: Window in seconds of the audio envelope ``analyze(signals=True)`` measures.
+ENVELOPE_WINDOW_SEC = 0.02
+
+#: Sample rate in Hz the audio is reduced to for the envelope.
+ENVELOPE_RATE = 8000
+
+#: Size of the grey thumbnails compared to find a picture that does not change.
+STILL_THUMB_SIZE = (32, 18)
+
+#: Largest difference (0-255) of any thumbnail pixel between two frames of one still span.
+STILL_MAX_DIFF = 3
+
+
+def _envelope(pcm: bytes) -> list[float]:
+    samples = array("h", pcm[: len(pcm) - len(pcm) % 2])
+    step = round(ENVELOPE_RATE * ENVELOPE_WINDOW_SEC)
+    levels = []
+    for start in range(0, len(samples) - step + 1, step):
+        chunk = samples[start : start + step]
+        power = sum(x * x for x in chunk) / step
+        levels.append(10 * math.log10(power / 32768**2) if power > 0 else -120.0)
+    return levels
+
+
+def _longest_still(raw: bytes, fps: float | None) -> float | None:
+    width, height = STILL_THUMB_SIZE
+    size = width * height
+    frames = [raw[i : i + size] for i in range(0, len(raw) - size + 1, size)]
+    if not frames or not fps:
+        return None
+    longest = run = 1
+    anchor = frames[0]
+    for frame in frames[1:]:
+        if max(abs(a - b) for a, b in zip(frame, anchor, strict=True)) <= STILL_MAX_DIFF:
+            run += 1
+        else:
+            anchor, run = frame, 1
+        longest = max(longest, run)
+    return longest / fps
 
 
 _BLACK_RE = re.compile(r"black_start:\s*([\d.]+)\s+black_end:\s*([\d.]+)")
@@ -545,8 +617,11 @@ def _db(text: str) -> float:
     return -math.inf if text == "-inf" else float(text)
 
 
-def analyze(path: Path, info: MediaInfo | None = None) -> MediaAnalysis:
+def analyze(path: Path, info: MediaInfo | None = None, signals: bool = False) -> MediaAnalysis:
     """Decode ``path`` once and measure black frames, loudness and silence.
+
+    With ``signals`` the same decode also gives the audio envelope and the longest still
+    stretch of picture (``envelope_db``, ``longest_still_sec``).
 
     A file ffmpeg cannot open gives ``decodes=False`` rather than an exception, because
     "does not decode" is itself the finding QA wants.
@@ -574,7 +649,20 @@ def analyze(path: Path, info: MediaInfo | None = None) -> MediaAnalysis:
             f"silencedetect=n={SILENCE_NOISE_DB}dB:d={SILENCE_MIN_SEC},volumedetect",
         ]
     args += ["-f", "null", "-"]
-    code, stderr = run_ffmpeg(args, doing=f"analysing {path}", check=False)
+    with tempfile.TemporaryDirectory(prefix="sparkle-analyze-") as tmp:
+        pcm, thumbs = Path(tmp) / "audio.s16", Path(tmp) / "video.gray"
+        if signals and info.audio:
+            args += ["-map", "0:a:0", "-ac", "1", "-ar", str(ENVELOPE_RATE)]
+            args += ["-f", "s16le", str(pcm)]
+        if signals and info.video:
+            width, height = STILL_THUMB_SIZE
+            args += ["-map", "0:v:0", "-vf", f"scale={width}:{height},format=gray"]
+            args += ["-f", "rawvideo", str(thumbs)]
+        code, stderr = run_ffmpeg(args, doing=f"analysing {path}", check=False)
+        envelope = _envelope(pcm.read_bytes()) if pcm.is_file() else []
+        still = _longest_still(thumbs.read_bytes(), info.video.fps if info.video else None) if (
+            thumbs.is_file()
+        ) else None
     errors = [
         line.strip()
         for line in stderr.splitlines()
@@ -611,4 +699,6 @@ def analyze(path: Path, info: MediaInfo | None = None) -> MediaAnalysis:
         mean_volume_db=_db(means[-1]) if info.audio and means else None,
         max_volume_db=_db(maxes[-1]) if info.audio and maxes else None,
         silence_spans=silence,
+        envelope_db=envelope,
+        longest_still_sec=still,
     )

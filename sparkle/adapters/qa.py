@@ -3,8 +3,11 @@
 Each file is decoded once (see :func:`sparkle.adapters.media.analyze`). Per shot the
 findings are: it decodes, it has video and audio, its length matches the plan (or the
 length the lipsync stage extended it to, read from ``lipsync/timing.json``), it is not
-mostly black, a shot with dialogue is audible and one without is silent, and its size and
-frame rate are the plan's. The movie must decode and last the sum of its clips.
+mostly black, its picture does not stand still, a shot with dialogue is audible, above its
+ambience bed and on time (:mod:`sparkle.adapters.dialogue_check`), and its size and frame
+rate are the plan's. The movie must decode, last the sum of its clips, and carry one
+subtitle cue per line at its audio's times (in ``final/movie.srt``, ``final/movie.vtt`` and,
+unless burned in, the MP4's subtitle track).
 
 The policy (:mod:`sparkle.qa_policy`, ``SPARKLE_QA_POLICY`` or the packaged default) turns
 the findings into ``approve``, ``regenerate`` or ``escalate``. The stage only reports the
@@ -17,12 +20,22 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sparkle.adapters.assemble import SRT_PATH, VTT_PATH
+from sparkle.adapters.dialogue_check import best_alignment, dialogue_margin_db, speech_levels
 from sparkle.adapters.lipsync import TIMING_EXTRA
-from sparkle.adapters.media import MediaAnalysis, analyze, os_error, relative_to_run
+from sparkle.adapters.media import (
+    MediaAnalysis,
+    analyze,
+    os_error,
+    relative_to_run,
+    run_ffmpeg,
+)
+from sparkle.adapters.subtitles import Cue, cues_from_timing, parse_cues
 from sparkle.atomic import write_json
 from sparkle.errors import ConfigError, PermanentStageError
 from sparkle.qa_policy import INFORMATIONAL_FINDINGS, QAPolicy, Thresholds, load_policy
@@ -44,8 +57,8 @@ def _inside(run_dir: Path, relative: str, what: str) -> Path:
     return path
 
 
-def _extended_durations(run_dir: Path, refs: AssetRefs) -> dict[str, float]:
-    """Shot id -> extended length in seconds, from the lipsync stage's timing file."""
+def _timing(run_dir: Path, refs: AssetRefs) -> dict[str, Any]:
+    """The lipsync stage's timing file (empty when there is none)."""
     relative = refs.extras.get(TIMING_EXTRA)
     if not relative:
         return {}
@@ -56,11 +69,21 @@ def _extended_durations(run_dir: Path, refs: AssetRefs) -> dict[str, float]:
         return {}
     except (OSError, ValueError) as exc:
         raise PermanentStageError(f"cannot read the lipsync timing {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _extended_durations(timing: dict[str, Any]) -> dict[str, float]:
+    """Shot id -> extended length in seconds, from the lipsync stage's timing."""
     return {
         shot_id: float(record["duration_sec"])
-        for shot_id, record in data.get("shots", {}).items()
+        for shot_id, record in timing.get("shots", {}).items()
         if record.get("extended")
     }
+
+
+def _line_starts(timing: dict[str, Any], shot_id: str) -> list[float]:
+    record = timing.get("shots", {}).get(shot_id, {})
+    return [float(line["start_sec"]) for line in record.get("lines", [])]
 
 
 def _format_findings(analysis: MediaAnalysis, plan: MoviePlan, limits: Thresholds) -> list[str]:
@@ -79,8 +102,13 @@ def check_shot(
     plan: MoviePlan,
     limits: Thresholds,
     extended_to: float | None,
+    speech: list[tuple[float, Path]] | None = None,
 ) -> tuple[QAShotReport, float | None]:
-    """Measure one lipsynced clip; return its report and its measured length."""
+    """Measure one lipsynced clip; return its report and its measured length.
+
+    ``speech`` holds each line's start in the shot and its WAV, for the checks that the
+    dialogue is above the bed and on time (none without it).
+    """
     report = QAShotReport(
         shot_id=shot.id,
         expected_duration_sec=shot.duration_sec,
@@ -91,7 +119,7 @@ def check_shot(
         report.decodes = False
         report.findings.append("missing_file")
         return report, None
-    analysis = analyze(path)
+    analysis = analyze(path, signals=True)
     info = analysis.info
     report.decodes = analysis.decodes
     if not analysis.decodes:
@@ -115,12 +143,37 @@ def check_shot(
         report.findings.append("duration_mismatch")
     if analysis.black_ratio is not None and analysis.black_ratio > limits.max_black_ratio:
         report.findings.append("black_frames")
+    still = analysis.longest_still_sec
+    report.longest_still_sec = round(still, 3) if still is not None else None
+    # A black picture is still too; it is reported as black only.
+    if (
+        still is not None
+        and duration is not None
+        and shot.duration_sec >= 1.0
+        and "black_frames" not in report.findings
+    ):
+        # A picture held while dialogue outlasts the clip is not a frozen clip.
+        held = max(0.0, (extended_to or 0.0) - shot.duration_sec)
+        if still - held > limits.max_still_ratio * shot.duration_sec:
+            report.findings.append("frozen_picture")
     if shot.dialogue:
         mean = analysis.mean_volume_db
         if mean is None or mean < limits.min_dialogue_mean_db:
             report.findings.append("no_dialogue_audio")
-    elif analysis.max_volume_db is not None and analysis.max_volume_db > limits.max_silent_peak_db:
-        report.findings.append("unexpected_audio")
+        elif speech and analysis.envelope_db:
+            levels = speech_levels(speech, len(analysis.envelope_db))
+            mask = [level is not None for level in levels]
+            margin = dialogue_margin_db(analysis.envelope_db, mask)
+            aligned = best_alignment(analysis.envelope_db, levels)
+            report.dialogue_margin_db = round(margin, 2) if margin is not None else None
+            if aligned is not None:
+                offset, best_margin = aligned
+                report.audio_offset_sec = round(offset, 3)
+                # Heard nowhere above the bed: missing; heard clearly but shifted: desync.
+                if best_margin < limits.min_dialogue_margin_db:
+                    report.findings.append("dialogue_below_bed")
+                elif abs(offset) > limits.max_audio_offset_sec:
+                    report.findings.append("audio_desync")
     report.findings += _format_findings(analysis, plan, limits)
     return report, duration
 
@@ -158,6 +211,55 @@ def check_movie(path: Path, plan: MoviePlan, limits: Thresholds) -> dict[str, An
     return record
 
 
+def _track_cues(movie: Path) -> list[Cue] | None:
+    """The cues of the movie's first subtitle track; None when it has none."""
+    with tempfile.TemporaryDirectory(prefix="sparkle-qa-") as tmp:
+        out = Path(tmp) / "track.srt"
+        args = ["-i", str(movie), "-map", "0:s:0", "-f", "srt", str(out)]
+        code, _ = run_ffmpeg(args, doing=f"reading the subtitles of {movie}", check=False)
+        if code != 0 or not out.is_file():
+            return None
+        return parse_cues(out.read_text("utf-8", "replace"))
+
+
+def check_subtitles(
+    run_dir: Path, movie: Path, expected: list[Cue], burned: bool, limits: Thresholds
+) -> dict[str, Any]:
+    """Compare the subtitle files and track with the cues the dialogue calls for.
+
+    Returns ``{"expected": n, "srt": n, "vtt": n, "track": n | None, "ok": bool}``.
+    """
+
+    def read(path: Path) -> list[Cue] | None:
+        try:
+            return parse_cues(path.read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def same(found: list[Cue] | None) -> bool:
+        if found is None or len(found) != len(expected):
+            return False
+        tol = limits.subtitle_tolerance_sec
+        return all(
+            abs(a.start - b.start) <= tol and abs(a.end - b.end) <= tol and a.text == b.text
+            for a, b in zip(found, expected, strict=True)
+        )
+
+    srt, vtt = read(run_dir / SRT_PATH), read(run_dir / VTT_PATH)
+    track = None if burned or not expected else _track_cues(movie)
+    ok = same(srt) and same(vtt) and (burned or not expected or same(track))
+    return {
+        "expected": len(expected),
+        "srt": None if srt is None else len(srt),
+        "vtt": None if vtt is None else len(vtt),
+        "track": None if track is None else len(track),
+        "burned": burned,
+        "ok": ok,
+    }
+
+
 def qa_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRefs, dict[str, Any]]:
     """Measure the clips and the movie, write ``qa_report.json`` and report the decision."""
     refs = refs.model_copy(deep=True)
@@ -167,7 +269,8 @@ def qa_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRefs
     except ConfigError as exc:
         raise PermanentStageError(str(exc)) from exc
     limits = policy.thresholds
-    extended = _extended_durations(run_dir, refs)
+    timing = _timing(run_dir, refs)
+    extended = _extended_durations(timing)
     jobs: list[tuple[ShotSpec, Path]] = []
     for shot in plan.shots:
         relative = refs.shot(shot.id).final_video_clip
@@ -185,12 +288,27 @@ def qa_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRefs
     movie_path = _inside(run_dir, movie_rel, "final movie")
 
     def measure(job: tuple[ShotSpec, Path]) -> tuple[QAShotReport, float | None]:
-        return check_shot(job[0], job[1], plan, limits, extended.get(job[0].id))
+        shot = job[0]
+        starts = _line_starts(timing, shot.id)
+        wavs = [
+            _inside(run_dir, rel, "dialogue audio") for rel in refs.shot(shot.id).dialogue_audio
+        ]
+        speech = list(zip(starts, wavs, strict=True)) if len(starts) == len(wavs) else None
+        return check_shot(shot, job[1], plan, limits, extended.get(shot.id), speech)
 
+    expected_cues = cues_from_timing(timing, [shot.id for shot in plan.shots]) if timing else []
+    burned = bool(timing.get("subtitles_burned"))
     with ThreadPoolExecutor(max_workers=max(1, QA_WORKERS)) as pool:
         movie_future = pool.submit(check_movie, movie_path, plan, limits)
+        subtitles_future = pool.submit(
+            check_subtitles, run_dir, movie_path, expected_cues, burned, limits
+        )
         results = list(pool.map(measure, jobs))
         movie = movie_future.result()
+        subtitles = subtitles_future.result()
+    movie["subtitles"] = subtitles
+    if timing and not subtitles["ok"]:
+        movie["findings"].append("subtitle_mismatch")
     durations = [duration for _, duration in results]
     clips_total = sum(d for d in durations if d is not None)
     movie["path"] = movie_rel

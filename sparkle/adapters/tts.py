@@ -6,7 +6,8 @@ data path is always passed explicitly: with NULL the library looks for a build f
 calls ``exit(1)``, which would kill the worker without an exception.
 
 Outputs: ``audio/<shot>/<index:02d>_<character>.wav`` (16-bit mono PCM at espeak's rate,
-22050 Hz), ``index`` counting the shot's lines from 0.
+22050 Hz), ``index`` counting the shot's lines from 0, and beside each its mouth shapes
+``<index:02d>_<character>.visemes.json`` timed from espeak's phoneme events.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkle.adapters.media import os_error, relative_to_run
+from sparkle.adapters.visemes import PHONEME_METHOD, from_phonemes, write_visemes
 from sparkle.atomic import temp_path_for
 from sparkle.errors import PermanentStageError, TransientStageError
 from sparkle.schemas import AssetRefs, CharacterSpec, MoviePlan
@@ -47,8 +49,32 @@ _RATE = 1
 _PITCH = 3
 _EE_OK = 0
 
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_EVENT_LIST_TERMINATED = 0
+_EVENT_PHONEME = 7
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
 _SynthCallback = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
 )
 
 
@@ -60,6 +86,7 @@ class _Espeak:
 
         self.lock = threading.Lock()
         self._samples = array("h")
+        self._phonemes: list[tuple[float, str]] = []
         try:
             self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
             data_path = espeakng_loader.get_data_path()
@@ -94,8 +121,10 @@ class _Espeak:
         if self._set_seed is not None:
             self._set_seed.argtypes = [ctypes.c_long]
             self._set_seed.restype = None
+        # Phoneme events: espeak reports each phoneme with its time in the audio, which
+        # the lipsync stage turns into mouth shapes (see sparkle.adapters.visemes).
         rate = self.lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_path.encode(), 0
+            _AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_path.encode(), _INITIALIZE_PHONEME_EVENTS
         )
         if rate <= 0:
             raise PermanentStageError(f"espeak-ng failed to initialise with data at {data_path}")
@@ -107,16 +136,28 @@ class _Espeak:
     def _collect(self, wav: Any, count: int, events: Any) -> int:
         if wav and count > 0:
             self._samples.frombytes(ctypes.string_at(wav, count * 2))
+        if events:
+            i = 0
+            while events[i].type != _EVENT_LIST_TERMINATED:
+                event = events[i]
+                if event.type == _EVENT_PHONEME:
+                    name = event.id.string.decode("ascii", "replace")
+                    self._phonemes.append((event.audio_position / 1000, name))
+                i += 1
         return 0
 
     def set_voice(self, name: str) -> bool:
         """Select a voice; False when espeak-ng does not know it."""
         return bool(self.lib.espeak_SetVoiceByName(name.encode()) == _EE_OK)
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int,
-                   seed: int = 0) -> tuple[array[int], str]:
-        """Speak ``text``; return the samples and the voice actually used. Hold ``lock``.
-        ``seed`` seeds espeak-ng's noise, so that the same arguments give the same samples."""
+    def synthesize(
+        self, text: str, voice: str, rate: int, pitch: int, seed: int = 0
+    ) -> tuple[array[int], str, list[tuple[float, str]]]:
+        """Speak ``text``; return the samples, the voice used and the phonemes.
+
+        Phonemes are ``(seconds from the start, espeak phoneme name)``. Hold ``lock``.
+        ``seed`` seeds espeak-ng's noise, so that the same arguments give the same samples.
+        """
         used = voice if self.set_voice(voice) else DEFAULT_VOICE
         if used != voice and not self.set_voice(DEFAULT_VOICE):
             raise PermanentStageError(
@@ -127,12 +168,13 @@ class _Espeak:
         self._samples = array("h")
         if self._set_seed is not None:
             self._set_seed(seed)
+        self._phonemes = []
         data = text.encode("utf-8") + b"\0"
         code = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if code != _EE_OK:
             raise TransientStageError(f"espeak-ng could not speak the line (error {code})")
         self.lib.espeak_Synchronize()
-        return self._samples, used
+        return self._samples, used, self._phonemes
 
 
 _engine: _Espeak | None = None
@@ -171,10 +213,14 @@ def _int_setting(
 def synthesize_line(text: str, voice: str, rate: int, pitch: int, out: Path,
                     seed: int = 0) -> tuple[str, float]:
     """Speak ``text`` into the WAV ``out`` (atomically); return the voice used and seconds.
-    The same arguments (``seed`` included) give the same file."""
+    The same arguments (``seed`` included) give the same file.
+
+    Beside it goes the line's mouth shapes, timed from espeak's phoneme events
+    (:func:`sparkle.adapters.visemes.sidecar_path`).
+    """
     engine = espeak()
     with engine.lock:
-        samples, used = engine.synthesize(text, voice, rate, pitch, seed)
+        samples, used, phonemes = engine.synthesize(text, voice, rate, pitch, seed)
         sample_rate = engine.sample_rate
     try:
         with temp_path_for(out) as tmp, wave.open(str(tmp), "wb") as writer:
@@ -184,6 +230,7 @@ def synthesize_line(text: str, voice: str, rate: int, pitch: int, out: Path,
             writer.writeframes(samples.tobytes())
     except OSError as exc:
         raise os_error(exc, f"cannot write {out}") from exc
+    write_visemes(out, from_phonemes(phonemes, len(samples) / sample_rate), PHONEME_METHOD)
     return used, len(samples) / sample_rate
 
 

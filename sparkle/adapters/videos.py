@@ -6,19 +6,23 @@ decoded once and repeated with the ``loop`` filter (re-reading it per frame cost
 the encode), and the whole clip is one ffmpeg call: xfade, then zoompan or a moving crop,
 then the keyframes' caption band laid over the moving picture so its text stays still.
 
-Outputs: ``clips/<shot>.mp4`` (video only; the lipsync stage adds the audio).
+Outputs: ``clips/<shot>.mp4`` (video only; the lipsync stage adds the audio). A talking
+shot, which the lipsync stage encodes again with its mouths painted, is written as a quick
+draft (``DRAFT_VIDEO_CODEC_ARGS``).
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sparkle.adapters.images import caption_height
+from sparkle.adapters.images import caption_height, read_layouts
 from sparkle.adapters.media import (
+    DRAFT_VIDEO_CODEC_ARGS,
     VIDEO_CODEC_ARGS,
     ffmpeg_to_file,
     fps_fraction,
@@ -26,6 +30,8 @@ from sparkle.adapters.media import (
     relative_to_run,
     require_file,
 )
+from sparkle.adapters.scene import speaking_faces
+from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.base_image_plan import MODEL_ID_KEY
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
 
@@ -185,6 +191,50 @@ def clip_filter(
     return ";".join(graph)
 
 
+def still_caption_rows(height: int) -> int:
+    """Rows of caption band kept still over the moving picture (0: it moves along).
+
+    On tiny frames the caption fills most of the picture, so it moves with the rest.
+    """
+    rows = caption_height(height)
+    return rows if rows <= height // 3 else 0
+
+
+def keyframe_to_frame(
+    move: CameraMove, size: tuple[int, int], frames: int, n: int, caption_rows: int = 0
+) -> tuple[float, float, float]:
+    """Where a keyframe point lands in frame ``n`` of the clip: ``(scale, dx, dy)``.
+
+    A keyframe pixel ``(x, y)`` is seen at ``(x * scale + dx, y * scale + dy)``. This is
+    the geometry of :func:`clip_filter`'s camera moves; the lipsync stage uses it to draw
+    mouths where the faces are.
+    """
+    width, height = size
+    last = max(1, frames - 1)
+    p = min(max(n / last, 0.0), 1.0)
+    ease = p * p * (3 - 2 * p)
+    zoom = ZOOM_FACTOR - 1
+    if move is CameraMove.PUSH_IN or move is CameraMove.ZOOM_OUT:
+        z = 1 + zoom * ease if move is CameraMove.PUSH_IN else ZOOM_FACTOR - zoom * ease
+        return z, width / 2 * (1 - z), height / 2 * (1 - z)
+    pans = (CameraMove.PAN_LEFT, CameraMove.PAN_RIGHT, CameraMove.TILT_UP, CameraMove.TILT_DOWN)
+    if move not in pans:
+        return 1.0, 0.0, 0.0
+    in_w, in_h = _even(width * (1 + PAN_MARGIN)), _even(height * (1 + PAN_MARGIN))
+    picture = height - caption_rows
+    y_max = (
+        min(in_h - height, int((in_h / height - 1) * picture)) if caption_rows else in_h - height
+    )
+    middle = min((in_h - height) // 2, y_max)
+    x, y = {
+        CameraMove.PAN_LEFT: ((in_w - width) * (1 - ease), middle),
+        CameraMove.PAN_RIGHT: ((in_w - width) * ease, middle),
+        CameraMove.TILT_UP: ((in_w - width) / 2, y_max * (1 - ease)),
+        CameraMove.TILT_DOWN: ((in_w - width) / 2, y_max * ease),
+    }[move]
+    return (in_w / width + in_h / height) / 2, -float(x), -float(y)
+
+
 def render_clip(
     start: Path,
     end: Path,
@@ -194,6 +244,7 @@ def render_clip(
     fps: float,
     frames: int,
     caption_rows: int = 0,
+    codec_args: Sequence[str] = VIDEO_CODEC_ARGS,
 ) -> None:
     """Encode one clip of ``frames`` frames from two keyframes, atomically."""
     ffmpeg_to_file(
@@ -214,7 +265,7 @@ def render_clip(
             str(frames),
             "-r",
             str(fps_fraction(fps)),
-            *VIDEO_CODEC_ARGS,
+            *codec_args,
             "-an",
             "-map_metadata",
             "-1",
@@ -231,6 +282,9 @@ def videos_stage(
     refs = refs.model_copy(deep=True)
     size, fps = plan.resolution, plan.fps
     jobs: list[tuple[ShotSpec, Path, Path, Path, CameraMove]] = []
+    layouts = read_layouts(run_dir, refs)
+    burn = burn_subtitles()
+    drafts: set[str] = set()
     for shot in plan.shots:
         entry = refs.shot(shot.id)
         start = require_file(run_dir, entry.start_frame, f"start keyframe of shot {shot.id}")
@@ -244,14 +298,23 @@ def videos_stage(
                 camera_move(shot.motion_prompt),
             )
         )
+        # The lipsync stage will decode and encode this clip again to paint mouths (or
+        # burn subtitles): a quick draft is enough (see DRAFT_VIDEO_CODEC_ARGS).
+        speakers = {line.character_id for line in shot.dialogue}
+        if shot.dialogue and (
+            burn
+            or speaking_faces(layouts, entry.start_frame, speakers)
+            or speaking_faces(layouts, entry.end_frame, speakers)
+        ):
+            drafts.add(shot.id)
 
-    # On tiny frames the caption fills most of the picture: let it move with the rest.
-    still_rows = caption_height(size[1]) if caption_height(size[1]) <= size[1] // 3 else 0
+    still_rows = still_caption_rows(size[1])
 
     def encode(job: tuple[ShotSpec, Path, Path, Path, CameraMove]) -> None:
         shot, start, end, out, move = job
         frames = frame_count(shot.duration_sec, fps)
-        render_clip(start, end, out, move, size, fps, frames, still_rows)
+        args = DRAFT_VIDEO_CODEC_ARGS if shot.id in drafts else VIDEO_CODEC_ARGS
+        render_clip(start, end, out, move, size, fps, frames, still_rows, args)
 
     with ThreadPoolExecutor(max_workers=max(1, VIDEO_WORKERS)) as pool:
         # list() re-raises the first failure after every running encode has finished.
@@ -268,4 +331,5 @@ def videos_stage(
         # (the plan's render_profile.video.model_id: this CPU set has no model to pick,
         # so it records which one the plan asked for)
         **({"model_id": plan.metadata[MODEL_ID_KEY]} if MODEL_ID_KEY in plan.metadata else {}),
+        "draft_clips": sorted(drafts),
     }

@@ -281,22 +281,26 @@ def test_movie_of_one_and_two_frame_shots_keeps_its_length(tmp_path: Path) -> No
     assert metadata["qa"]["decision"] == "approve"
 
 
-def test_dialogue_is_loud_and_other_shots_are_silent(small_runs: dict[str, Rendered]) -> None:
-    """Protects: speech lands in the dialogue shot and nothing is heard elsewhere."""
+def test_dialogue_is_loud_and_other_shots_have_an_ambience_bed(
+    small_runs: dict[str, Rendered],
+) -> None:
+    """Protects: speech lands in the dialogue shot, and the other shots are not silent but
+    carry a quiet bed well below the speech."""
     # Given the lighthouse plan, where only s2 has dialogue
     plan, refs, _, run_dir = small_runs["lighthouse.json"]
     levels = {
         shot.id: analyze(run_dir / str(refs.shots[shot.id].final_video_clip)) for shot in plan.shots
     }
-    # Then the dialogue shot is more than 20 dB louder than each silent shot
+    # Then the dialogue shot is loud
     talking = levels["s2"].mean_volume_db
     assert talking is not None and talking > -35
-    for silent in ("s1", "s3"):
-        mean, peak = levels[silent].mean_volume_db, levels[silent].max_volume_db
+    for quiet in ("s1", "s3"):
+        mean, peak = levels[quiet].mean_volume_db, levels[quiet].max_volume_db
         assert mean is not None and peak is not None
-        assert talking - mean > 20
-        # And the shots without dialogue are silent
-        assert peak < -60
+        # And the shots without dialogue are audible (the bed), not silent
+        assert mean > -55 and peak > -45
+        # And the bed stays more than 10 dB under the speech
+        assert talking - mean > 10
 
 
 def test_keyframes_are_byte_identical_across_renders(tmp_path: Path) -> None:
@@ -306,9 +310,10 @@ def test_keyframes_are_byte_identical_across_renders(tmp_path: Path) -> None:
     # When I draw its keyframes twice into two run folders
     first, _ = images_stage(plan, AssetRefs(), tmp_path / "a")
     images_stage(plan, AssetRefs(), tmp_path / "b")
-    # Then every PNG is the same, byte for byte
+    # Then every PNG, and the layout of what they show, is the same, byte for byte
     names = sorted(p.name for p in (tmp_path / "a" / "frames").iterdir())
-    assert len(names) == 2 * len(plan.shots)
+    assert len([name for name in names if name.endswith(".png")]) == 2 * len(plan.shots)
+    assert "layout.json" in names
     for name in names:
         assert (tmp_path / "a" / "frames" / name).read_bytes() == (
             tmp_path / "b" / "frames" / name
@@ -588,7 +593,7 @@ def test_probe_parses_ffmpeg_stream_lines() -> None:
     info = parse_probe(Path("x.mp4"), stderr)
     # Then every field is read
     assert info.duration_sec == pytest.approx(62.5)
-    assert info.video == media.VideoStream("h264", 1280, 720, 23.98, "yuv420p")
+    assert info.video == media.VideoStream("h264", 1280, 720, 23.98, "yuv420p", "High")
     assert info.audio == media.AudioStream("pcm_s16le", 22050, 1)
 
 
@@ -610,16 +615,16 @@ def _mean_volume_db(path: Path, start: float, length: float) -> float:
 
 def test_both_voices_are_heard_in_the_lighthouse_movie(default_lighthouse: Rendered) -> None:
     """Protects the must-show: in final/movie.mp4 both of s2's lines are audible, each in
-    its own voice, while s1 and s3 stay silent."""
+    its own voice, above the quiet ambience of s1 and s3."""
     _, _, metadata, run_dir = default_lighthouse
     movie = run_dir / "final" / "movie.mp4"
     # s2 runs from 4 s to 9 s in the movie; Mira speaks at +0.3 s, Tom at +2.4 s
     assert metadata["tts"]["voices"] == {"girl": "en-us+f3", "keeper": "en+m3"}
     mira = _mean_volume_db(movie, 4.0 + 0.4, 1.5)
     tom = _mean_volume_db(movie, 4.0 + 2.6, 2.0)
-    silence = _mean_volume_db(movie, 0.5, 3.0)
+    bed = _mean_volume_db(movie, 0.5, 3.0)
     assert mira > -35 and tom > -35, (mira, tom)
-    assert silence < -60
+    assert -60 < bed < min(mira, tom) - 10
 
 
 def test_a_reroll_of_one_shot_keeps_the_others_media_and_qa_still_passes(

@@ -71,6 +71,10 @@ def test_every_finding_code_is_described() -> None:
         (["movie_duration_mismatch"], "movie-length", "regenerate"),
         (["resolution_mismatch", "black_frames"], "wrong-format", "escalate"),
         (["decode_error"], "broken-media", "regenerate"),
+        (["dialogue_below_bed"], "silent-dialogue", "regenerate"),
+        (["audio_desync"], "desynced-audio", "regenerate"),
+        (["frozen_picture"], "frozen-picture", "regenerate"),
+        (["subtitle_mismatch"], "subtitles", "regenerate"),
     ],
 )
 def test_default_policy_decisions(findings: list[str], rule: str, decision: str) -> None:
