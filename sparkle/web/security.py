@@ -16,7 +16,8 @@ requests (:func:`check_csrf`), which the action routes call on the fields they p
   sends neither header and needs only the token, when one is set.
 - **Read-only**: every POST but the login is refused.
 - Every response carries a strict Content-Security-Policy (no inline script, nothing from
-  elsewhere), ``X-Frame-Options: DENY``, ``nosniff`` and ``Referrer-Policy: same-origin`` (``no-referrer`` would make Chromium send ``Origin: null`` on the dashboard's own forms).
+  elsewhere), ``X-Frame-Options: DENY``, ``nosniff`` and ``Referrer-Policy: same-origin``
+  (``no-referrer`` would make Chromium send ``Origin: null`` on the dashboard's own forms).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -72,7 +71,7 @@ def wait_for(condition: Any, timeout: float = WAIT_SEC, what: str = "condition")
     while True:
         try:
             value = condition()
-        except Exception:  # noqa: BLE001 (a page between two renders; look again)
+        except Exception:
             value = None
         if value:
             return value
@@ -129,9 +128,10 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
            "SPARKLE_RUNS_DIR": str(tmp_path / "runs"), "SPARKLE_INBOX_DIR": str(tmp_path / "inbox")}
     env.pop("SPARKLE_REDIS_URL", None)
     env.pop("SPARKLE_UI_TOKEN", None)
-    process = subprocess.Popen([str(BIN / "sparkle"), "serve", "--ui"], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"),
-                               start_new_session=True)
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen([str(BIN / "sparkle"), "serve", "--ui"], cwd=tmp_path,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                   start_new_session=True)
     try:
         wait_listening(port, process)
         yield f"http://127.0.0.1:{port}", tmp_path / "runs"
@@ -268,9 +268,9 @@ def test_a_dead_letter_is_replayed_from_the_operations_page(
     """Redis mode: a stage dead-lettered by a permanent fault is listed on Operations with
     its error; Replay sends it again and, the fault removed, the run succeeds."""
     import redis
+    from conftest import _teardown_pipeline, make_pipeline
     from selenium.webdriver.common.by import By
 
-    from conftest import _teardown_pipeline, make_pipeline
     from sparkle.adapters.testing import FIXED
     from sparkle.broker import build_broker
     from sparkle.settings import Settings
