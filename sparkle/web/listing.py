@@ -2,17 +2,25 @@
 
 The status of each run comes from its summary cache (:func:`sparkle.runstore.cached_summary`,
 ``.summary.json``), which costs a read and eleven ``lstat`` calls per run: about 0.5 s for
-10,000 runs, too slow for a page that refreshes. This process keeps the summaries it read
-in memory with a cheaper identity of the run: the ``stat`` of the run folder, of its
-``checkpoints/`` folder and of its manifest. Every change to a summary's sources changes one
-of them: checkpoints, ``asset_refs.json`` and the cancel marker are written by atomic
-rename or unlink inside those folders (which changes the folder's mtime and ctime), and
-the manifest only grows. A changed identity sends the run back to its summary cache.
-Titles (for search) are read once per run: a run's plan never changes.
+10,000 runs on an idle machine, too slow for a page that refreshes. So this process keeps a
+**snapshot** of every run's summary in memory, with a cheaper identity of the run: the
+``stat`` of the run folder, of its ``checkpoints/`` folder and of its manifest. Every change
+to a summary's sources changes one of them: checkpoints, ``asset_refs.json`` and the cancel
+marker are written by atomic rename or unlink inside those folders (which changes the
+folder's mtime and ctime), and the manifest only grows. A changed identity sends the run
+back to its summary cache.
+
+A request answers from the snapshot, after three cheap steps: a run folder added or removed
+since (the runs folder's own mtime changed) is read or dropped at once; the rows it shows
+are checked again one by one (so a shown row is never stale); and a snapshot older than
+:data:`REFRESH_SEC` is checked through again on a background thread (so a run that changed
+status while not shown moves between status filters within a few seconds). Titles (for
+search) are read once per run: a run's plan never changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -29,6 +37,9 @@ DEFAULT_LIMIT = 50
 
 #: Most rows one request may ask for.
 MAX_LIMIT = 500
+
+#: Seconds after which a request has the snapshot checked through again (in the background).
+REFRESH_SEC = 3.0
 
 #: A run's identity as the index checks it (see the module docstring).
 Identity = tuple[int, ...]
@@ -57,54 +68,121 @@ def _identity(run_dir: str) -> Identity | None:
             manifest.st_size, manifest.st_mtime_ns)
 
 
-class RunIndex:
-    """Summaries of every run in a runs folder, kept in memory and re-checked per call."""
+def _folder_stamp(root: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(root)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_ctime_ns
 
-    def __init__(self, store: RunStore) -> None:
+
+class RunIndex:
+    """Summaries of every run in a runs folder, kept in memory (see the module docstring)."""
+
+    def __init__(self, store: RunStore, refresh_sec: float = REFRESH_SEC) -> None:
         self.store = store
-        self._known: dict[str, Known] = {}
+        self.refresh_sec = refresh_sec
+        self._root = str(store.root)
+        #: The snapshot, replaced whole (never changed in place): readers need no lock.
+        self._known: dict[str, Known] | None = None
+        self._sorted: list[tuple[str, Known]] | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked_at = 0.0
         self._titles: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
+
+    def warm(self) -> None:
+        """Take the first snapshot on a background thread (a dashboard just started)."""
+        threading.Thread(target=self._refresh_quietly, name="sparkle-ui-index",
+                         daemon=True).start()
 
     def folders(self) -> list[str]:
         """Names of the folders that may hold a run."""
         try:
-            with os.scandir(self.store.root) as entries:
+            with os.scandir(self._root) as entries:
                 return [entry.name for entry in entries
                         if is_safe_id(entry.name) and entry.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             return []
 
-    def known(self) -> list[tuple[str, Known]]:
-        """``(run_id, Known)`` of every run, newest first."""
-        root = str(self.store.root)
-        found: list[tuple[str, Known]] = []
-        names = self.folders()
-        with self._lock:
-            cached = dict(self._known)
-        fresh: dict[str, Known] = {}
-        for name in names:
-            identity = _identity(f"{root}/{name}")
-            entry = cached.get(name)
-            if identity is None or entry is None or entry.identity != identity:
-                entry = self._read(name, identity)
-            fresh[name] = entry
-            if entry.summary is not None:
-                found.append((name, entry))
-        with self._lock:
-            self._known = fresh  # (runs removed since are forgotten)
-        found.sort(key=lambda item: (-item[1].created, item[0]))
-        return found
-
-    def _read(self, name: str, identity: Identity | None) -> Known:
+    def _check(self, name: str, entry: Known | None) -> Known:
+        """``entry`` if the run is unchanged since, else the run read again."""
+        identity = _identity(f"{self._root}/{name}")
+        if identity is not None and entry is not None and entry.identity == identity:
+            return entry
         run = Run(self.store.root, name)
         summary = cached_summary(run)
-        try:
-            created = os.stat(f"{run.dir}/{PLAN_FILE}").st_mtime
-        except OSError:
-            created = 0.0
-        # (no identity: a folder being created; checked again next time)
+        created = entry.created if entry is not None and entry.created else 0.0
+        if not created:
+            try:
+                created = os.stat(f"{run.dir}/{PLAN_FILE}").st_mtime
+            except OSError:
+                created = 0.0
+        # (no identity: a folder being created; read again next time)
         return Known(identity or (), summary, created)
+
+    def refresh(self) -> None:
+        """Check every run folder (new snapshot)."""
+        with self._refreshing:
+            begun = time.monotonic()
+            stamp = _folder_stamp(self._root)
+            old = self._known or {}
+            fresh = {name: self._check(name, old.get(name)) for name in self.folders()}
+            with self._lock:
+                self._known, self._sorted, self._stamp = fresh, None, stamp
+                self._checked_at = begun
+
+    def _refresh_quietly(self) -> None:
+        # (the runs folder vanished meanwhile: the next request says so)
+        with contextlib.suppress(OSError):
+            self.refresh()
+
+    def _snapshot(self) -> dict[str, Known]:
+        """The snapshot, with folders added or removed since taken into account."""
+        if self._known is None:
+            self.refresh()
+        elif time.monotonic() - self._checked_at > self.refresh_sec \
+                and not self._refreshing.locked():
+            self._checked_at = time.monotonic()  # (one background pass at a time)
+            threading.Thread(target=self._refresh_quietly, name="sparkle-ui-index",
+                             daemon=True).start()
+        stamp = _folder_stamp(self._root)
+        with self._lock:
+            known = self._known or {}
+            if stamp == self._stamp:
+                return known
+        names = set(self.folders())
+        added = {name: self._check(name, None) for name in names - set(known)}
+        with self._lock:
+            current = self._known or {}
+            merged = {name: entry for name, entry in current.items() if name in names}
+            merged.update({k: v for k, v in added.items() if k not in merged})
+            self._known, self._sorted, self._stamp = merged, None, stamp
+            return merged
+
+    def known(self) -> list[tuple[str, Known]]:
+        """``(run_id, Known)`` of every run, newest first (from the snapshot)."""
+        snapshot = self._snapshot()
+        with self._lock:
+            if self._sorted is not None and self._known is snapshot:
+                return self._sorted
+        found = [(name, entry) for name, entry in snapshot.items() if entry.summary is not None]
+        found.sort(key=lambda item: (-item[1].created, item[0]))
+        with self._lock:
+            if self._known is snapshot:
+                self._sorted = found
+        return found
+
+    def fresh(self, run_id: str, entry: Known) -> Known:
+        """``entry`` checked again now (for a row about to be shown)."""
+        checked = self._check(run_id, entry)
+        if checked is not entry:
+            with self._lock:
+                if self._known is not None and run_id in self._known:
+                    self._known = {**self._known, run_id: checked}
+                    self._sorted = None
+        return checked
 
     def title(self, run_id: str) -> str:
         """The run's title, read from its plan once."""
@@ -122,7 +200,7 @@ class RunIndex:
     def query(self, status: str | None = None, q: str | None = None,
               limit: int = DEFAULT_LIMIT, offset: int = 0) -> tuple[list[tuple[str, Known]], int]:
         """The runs matching ``status`` and ``q`` (in id or title, any case), newest first:
-        ``limit`` of them from ``offset``, and how many match in all."""
+        ``limit`` of them from ``offset`` (each checked again now), and how many match."""
         rows = self.known()
         if status:
             rows = [row for row in rows if row[1].summary is not None
@@ -131,10 +209,12 @@ class RunIndex:
             needle = q.lower()
             rows = [row for row in rows if needle in row[0].lower()
                     or needle in self.title(row[0]).lower()]
-        return rows[offset:offset + limit], len(rows)
+        shown = [(run_id, self.fresh(run_id, entry)) for run_id, entry in
+                 rows[offset:offset + limit]]
+        return [(run_id, entry) for run_id, entry in shown if entry.summary is not None], len(rows)
 
     def counts(self) -> dict[str, int]:
-        """Runs per status."""
+        """Runs per status (from the snapshot)."""
         counts: dict[str, int] = {}
         for _, known in self.known():
             assert known.summary is not None

@@ -25,6 +25,7 @@ STARTUP_TIMEOUT_SEC = 15.0
 
 def _server(site: Site, config: UiConfig) -> uvicorn.Server:
     app = create_app(site, config)
+    app.state.index.warm()
     return uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_SEC), server_header=False,
