@@ -185,7 +185,8 @@ def bench_memory(root: Path, movies: int) -> None:
 
     def page(run_id: str) -> None:
         """A run page: follows the events, fetches the live blocks on each, until done."""
-        with contextlib.suppress(httpx2.HTTPError), httpx2.Client(base_url=base, timeout=60) as web, web.stream(
+        with contextlib.suppress(httpx2.HTTPError), httpx2.Client(
+                base_url=base, timeout=60) as web, web.stream(
                 "GET", f"/api/runs/{run_id}/events") as answer:
             for line in answer.iter_lines():
                 if stop.is_set():
