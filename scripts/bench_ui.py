@@ -149,8 +149,8 @@ def bench_events(root: Path, count: int) -> None:
         for _ in range(count):
             arrived.clear()
             time.sleep(0.137)  # (not in step with the server's poll)
-            run.append_event("script", "redrive", 1, metadata={"reason": "bench"})
             stamp[0] = time.perf_counter()
+            run.append_event("script", "redrive", 1, metadata={"reason": "bench"})
             if not arrived.wait(10):
                 raise SystemExit("an event did not arrive within 10 s")
     finally:

@@ -13,7 +13,7 @@ back to its summary cache.
 A request answers from the snapshot, after three cheap steps: a run folder added or removed
 since (the runs folder's own mtime changed) is read or dropped at once; the rows it shows
 are checked again one by one (so a shown row is never stale); and a snapshot older than
-:data:`REFRESH_SEC` is checked through again on a background thread (so a run that changed
+:data:`REFRESH_SEC` (or ten passes' time) is checked through again on a background thread (so a run that changed
 status while not shown moves between status filters within a few seconds). Titles (for
 search) are read once per run: a run's plan never changes.
 """
@@ -40,6 +40,10 @@ MAX_LIMIT = 500
 
 #: Seconds after which a request has the snapshot checked through again (in the background).
 REFRESH_SEC = 3.0
+
+#: ... but at least this many times as long as the last pass took, so that checking a very
+#: large runs folder never takes more than a tenth of a core.
+REFRESH_DUTY = 10.0
 
 #: A run's identity as the index checks it (see the module docstring).
 Identity = tuple[int, ...]
@@ -88,6 +92,7 @@ class RunIndex:
         self._sorted: list[tuple[str, Known]] | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
+        self._pass_sec = 0.0
         self._titles: dict[str, str] = {}
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
@@ -132,6 +137,7 @@ class RunIndex:
             with self._lock:
                 self._known, self._sorted, self._stamp = fresh, None, stamp
                 self._checked_at = begun
+                self._pass_sec = time.monotonic() - begun
 
     def _refresh_quietly(self) -> None:
         # (the runs folder vanished meanwhile: the next request says so)
@@ -142,7 +148,8 @@ class RunIndex:
         """The snapshot, with folders added or removed since taken into account."""
         if self._known is None:
             self.refresh()
-        elif time.monotonic() - self._checked_at > self.refresh_sec \
+        elif time.monotonic() - self._checked_at > max(self.refresh_sec,
+                                                      REFRESH_DUTY * self._pass_sec) \
                 and not self._refreshing.locked():
             self._checked_at = time.monotonic()  # (one background pass at a time)
             threading.Thread(target=self._refresh_quietly, name="sparkle-ui-index",
