@@ -13,8 +13,9 @@ back to its summary cache.
 A request answers from the snapshot, after three cheap steps: a run folder added or removed
 since (the runs folder's own mtime changed) is read or dropped at once; the rows it shows
 are checked again one by one (so a shown row is never stale); and a snapshot older than
-:data:`REFRESH_SEC` (or ten passes' time) is checked through again on a background thread (so a run that changed
-status while not shown moves between status filters within a few seconds). Titles (for
+:data:`REFRESH_SEC` (or ten times the last pass) is checked through again on a background
+thread (so a run that changed status while not shown moves between status filters within
+a few seconds; for 10,000 runs, some ten). Titles (for
 search) are read once per run: a run's plan never changes.
 """
 
