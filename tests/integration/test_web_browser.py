@@ -250,13 +250,30 @@ def test_a_failed_run_shows_its_error_and_the_resume_button_completes_it(
         error = driver.find_element(By.CSS_SELECTOR, ".stage-error[data-stage=videos]").text
         assert "injected permanent fault in videos" in error
         screenshot(driver, "run-failed")
+        # and, in a second tab, the runs page lists it as failed
+        run_tab = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        driver.get(f"{base}/")
+        listed = f"#run-{run.run_id}"
+        assert driver.find_element(By.CSS_SELECTOR, listed).get_attribute("data-status") \
+            == "failed"
+        mark_page(driver)
+        runs_tab = driver.current_window_handle
         # When the fault is removed and I press Resume
+        driver.switch_to.window(run_tab)
         engine.adapters["videos"] = fixed(engine.adapters["videos"], FIXED["videos"])
         driver.find_element(By.ID, "resume").click()
         # Then the run completes
         wait_for(lambda: run_status(driver) == "succeeded", what="status succeeded")
         assert run.status().value == "succeeded"
         screenshot(driver, "run-resumed")
+        # and its row on the runs page turned succeeded by itself
+        driver.switch_to.window(runs_tab)
+        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, listed).get_attribute(
+            "data-status") == "succeeded", 60, "the runs page row to update")
+        assert same_page(driver), "the runs page was reloaded"
+        driver.close()
+        driver.switch_to.window(run_tab)
     finally:
         server.stop()
         worker.stop()
