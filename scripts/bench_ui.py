@@ -15,11 +15,13 @@
    ``--movies`` plans dropped into its inbox in four batches, while this script keeps a
    page open on every run (its event stream, and ``/runs/{id}/live`` fetched on each
    event as the page's script does) and the runs page's change stream. The child's
-   resident memory is printed after each batch.
+   resident memory is printed after each batch, beside that of ``sparkle serve`` without
+   the dashboard doing the same work (the baseline).
 
 Usage::
 
     .venv/bin/python scripts/bench_ui.py [--runs 10000] [--repeat 7] [--events 20] [--movies 100]
+        [--parts listing events memory]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ for folder in (REPO, REPO / "scripts"):
 
 from bench_scale import bare_scandir, populate, timed  # noqa: E402
 
+from sparkle.errors import SparkleError  # noqa: E402
 from sparkle.runstore import RunStore  # noqa: E402
 from sparkle.settings import Settings  # noqa: E402
 
@@ -164,11 +167,13 @@ def bench_events(root: Path, count: int) -> None:
 # -- 3. memory --------------------------------------------------------------------------------
 
 
-def bench_memory(root: Path, movies: int) -> None:
+def bench_memory(root: Path, movies: int, ui: bool) -> list[float]:
+    """RSS of a `sparkle serve` child (with ``ui``: `--ui`, pages open on every run) at the
+    start and after each quarter of ``movies`` runs completed; returns them in MiB."""
     import httpx2
     import psutil
 
-    folder = root / "memory"
+    folder = root / ("memory-ui" if ui else "memory-baseline")
     folder.mkdir()
     port = free_port()
     env = {**os.environ, "SPARKLE_ADAPTERS": "test", "SPARKLE_UI_PORT": str(port),
@@ -176,12 +181,13 @@ def bench_memory(root: Path, movies: int) -> None:
            "SPARKLE_STABLE_SECONDS": "0.1"}
     env.pop("SPARKLE_REDIS_URL", None)
     env.pop("SPARKLE_UI_TOKEN", None)
-    child = subprocess.Popen([str(BIN / "sparkle"), "serve", "--ui", "--threads", "2"],
-                             cwd=folder, env=env, stdout=subprocess.DEVNULL,
+    (folder / "inbox").mkdir()
+    command = [str(BIN / "sparkle"), "serve", "--threads", "2", *(["--ui"] if ui else [])]
+    child = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    store = RunStore(folder / "runs")
     stop = threading.Event()
-    pages: list[threading.Thread] = []
 
     def page(run_id: str) -> None:
         """A run page: follows the events, fetches the live blocks on each, until done."""
@@ -207,46 +213,49 @@ def bench_memory(root: Path, movies: int) -> None:
                 if line.startswith("data:"):
                     web.get("/runs/table")
 
+    def settled(run_id: str) -> bool:
+        try:
+            return store.run(run_id).status().value in ("succeeded", "failed")
+        except SparkleError:
+            return False  # (not taken from the inbox yet)
+
+    rss: list[float] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("serve --ui did not start") from None
-                time.sleep(0.1)
+        time.sleep(3.0)  # (started and idle)
         process = psutil.Process(child.pid)
-        threading.Thread(target=runs_page, daemon=True).start()
+        if ui:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("serve --ui did not start") from None
+                    time.sleep(0.1)
+            threading.Thread(target=runs_page, daemon=True).start()
+        rss.append(process.memory_info().rss / 2**20)
         plan = json.loads(PLAN.read_text())
-        (folder / "inbox").mkdir(exist_ok=True)
         batch = max(1, movies // 4)
-        print(f"\nmemory of `sparkle serve --ui` (RSS) while {movies} runs complete with "
-              "their pages open:")
-        print(f"  at start                        {process.memory_info().rss / 2**20:7.1f} MiB")
         done = 0
-        with httpx2.Client(base_url=base, timeout=30) as web:
-            while done < movies:
-                ids = []
-                for number in range(done, min(movies, done + batch)):
-                    plan["title"] = f"Lighthouse {number:04d}"
-                    data = json.dumps(plan).encode()
-                    answer = web.post("/api/runs", content=data,
-                                      headers={"content-type": "application/json"})
-                    ids.append(answer.json()["run_id"])
+        while done < movies:
+            ids = []
+            for number in range(done, min(movies, done + batch)):
+                plan["title"] = f"Lighthouse {number:04d}"
+                plan["metadata"]["run_id"] = f"lighthouse-{number:04d}"
+                (folder / "inbox" / f"plan-{number:04d}.json").write_text(json.dumps(plan))
+                ids.append(plan["metadata"]["run_id"])
+            if ui:
                 for run_id in ids:
-                    thread = threading.Thread(target=page, args=(run_id,), daemon=True)
-                    thread.start()
-                    pages.append(thread)
-                for run_id in ids:
-                    while web.get(f"/api/runs/{run_id}").json()["status"] not in (
-                            "succeeded", "failed"):
-                        time.sleep(0.2)
-                done += len(ids)
-                time.sleep(1.0)
-                print(f"  after {done:4d} runs completed      "
-                      f"{process.memory_info().rss / 2**20:7.1f} MiB")
+                    while not (folder / "runs" / run_id / "movie_plan.json").exists():
+                        time.sleep(0.05)
+                    threading.Thread(target=page, args=(run_id,), daemon=True).start()
+            for run_id in ids:
+                while not settled(run_id):
+                    time.sleep(0.2)
+            done += len(ids)
+            time.sleep(1.0)
+            rss.append(process.memory_info().rss / 2**20)
     finally:
         stop.set()
         child.send_signal(signal.SIGTERM)
@@ -254,6 +263,20 @@ def bench_memory(root: Path, movies: int) -> None:
             child.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
+    return rss
+
+
+def report_memory(root: Path, movies: int) -> None:
+    with_ui = bench_memory(root, movies, ui=True)
+    baseline = bench_memory(root, movies, ui=False)
+    print(f"\nmemory (RSS, MiB) of `sparkle serve` while {movies} runs complete "
+          "(test adapters):")
+    print(f"  {'':<26}{'--ui, every page open':>24}{'without --ui':>16}")
+    steps = ["at start"] + [f"after {movies * i // 4} runs" for i in range(1, 5)]
+    for step, mine, theirs in zip(steps, with_ui, baseline, strict=True):
+        print(f"  {step:<26}{mine:>24.1f}{theirs:>16.1f}")
+    print(f"  growth after the first quarter: {with_ui[-1] - with_ui[1]:+.1f} MiB with the "
+          f"dashboard, {baseline[-1] - baseline[1]:+.1f} MiB without")
 
 
 def main() -> None:
@@ -262,15 +285,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--movies", type=int, default=100)
+    parser.add_argument("--parts", nargs="+", default=["listing", "events", "memory"],
+                        choices=["listing", "events", "memory"])
     parser.add_argument("--dir", type=Path, help="Work folder (default: a temporary one).")
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, "
           f"{os.cpu_count()} cpu(s)")
     root = Path(tempfile.mkdtemp(prefix="bench-ui-", dir=args.dir))
     try:
-        bench_listing(root, args.runs, args.repeat)
-        bench_events(root, args.events)
-        bench_memory(root, args.movies)
+        if "listing" in args.parts:
+            bench_listing(root, args.runs, args.repeat)
+        if "events" in args.parts:
+            bench_events(root, args.events)
+        if "memory" in args.parts:
+            report_memory(root, args.movies)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
