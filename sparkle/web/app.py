@@ -555,10 +555,7 @@ async def action_logout(request: Request) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if _is_api(request) or "/files/" in request.url.path or request.method != "GET":
-        if request.method != "GET" and not _is_api(request) and exc.status_code in (403, 413):
-            return _render(request, "error.html", {"status": exc.status_code,
-                                                   "message": exc.detail}, exc.status_code)
+    if _is_api(request) or "/files/" in request.url.path or request.url.path.endswith("/live"):
         return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
     return _render(request, "error.html", {"status": exc.status_code, "message": exc.detail},
                    exc.status_code)

@@ -323,3 +323,22 @@ def test_a_valid_plan_posted_to_a_standalone_dashboard_goes_to_the_inbox(site, p
     (handed,) = site.settings.inbox_dir.glob("*.json")
     assert json.loads(handed.read_text())["title"] == "Night Rooftop Confession"
     assert answer.json()["run_id"].startswith("night-rooftop-confession-")
+
+
+def test_an_oversized_upload_is_refused_however_it_is_sent(site):
+    """A form upload past the limit, and a chunked body that never says its length, are
+    both cut off at the limit with 413."""
+    web = client(site)
+    limit = site.settings.max_plan_bytes
+    form = web.post("/runs/new", data={"csrf_token": web.app.state.secrets.csrf},  # type: ignore[attr-defined]
+                    files={"plan_file": ("big.json", b" " * (3 * limit), "application/json")})
+    assert form.status_code == 413
+
+    def chunks():  # (no Content-Length: the server must count)
+        for _ in range(3):
+            yield b" " * limit
+
+    chunked = web.post("/api/runs", content=chunks(),
+                       headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert web.get("/api/health").status_code == 200
