@@ -275,3 +275,23 @@ def test_dead_letters_are_listed_and_replayed_through_the_api(redis_server, tmp_
     finally:
         _teardown_pipeline()
 
+
+
+def test_the_run_page_forms_resume_from_a_chosen_stage_and_cancel(three_runs, pipeline):
+    web = dashboard()
+    csrf = web.app.state.secrets.csrf  # type: ignore[attr-defined]
+    browser = {"origin": BASE, "sec-fetch-site": "same-origin"}
+    run = three_runs["succeeded"]
+    # When I pick "assemble" and press Resume from stage
+    answer = web.post(f"/runs/{run.run_id}/resume", headers=browser,
+                      data={"csrf_token": csrf, "from": "assemble"}, follow_redirects=False)
+    # Then assemble and qa are reset and assemble is queued; the page says so
+    assert answer.status_code == 303 and "assemble%20queued" in answer.headers["location"]
+    assert [e.stage for e in run.events() if e.status == "reset"] == ["assemble", "qa"]
+    assert pipeline.work(run).status.value == "succeeded"
+    # and Cancel on a queued run cancels it
+    waiting = three_runs["queued"]
+    web.post(f"/runs/{waiting.run_id}/cancel", headers=browser, data={"csrf_token": csrf})
+    assert waiting.cancelled
+    shown = web.get(f"/runs/{waiting.run_id}").text
+    assert 'id="run-status">cancelled<' in shown
