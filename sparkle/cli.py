@@ -152,6 +152,11 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
     Uses the same actors and engine as the distributed mode, with an in-process worker
     (against Redis too when SPARKLE_REDIS_URL is set). Exit 0 on success, 1 when a stage
     failed (the command to resume is printed), 2 for an invalid plan.
+
+    Embedded, one process at a time works a run: when another one (a second `sparkle run`
+    of the same plan, a `sparkle serve`) is working it, this one names it (pid, host,
+    command) and follows the run's progress to its end, exiting as that run ended; if the
+    other process dies first, the run is worked here from where it stands.
     """
     _settings(adapters=adapters, runs_dir=runs_dir)
 
@@ -178,12 +183,17 @@ def _engine() -> tuple[Any, Any]:
 
 
 def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) -> int:
-    from sparkle.runner import force_rerun, work_in_foreground
+    from sparkle.runner import work_in_foreground
 
     engine, broker = _engine()
-    force_rerun(the_run, from_stage, only)
+    # (the stages are reset once this process holds the run: embedded, another process
+    # working it is followed to its end first)
     result = work_in_foreground(the_run, broker, engine.dispatcher,
-                                engine.settings.namespace, threads)
+                                engine.settings.namespace, threads,
+                                from_stage=from_stage, only=only)
+    from sparkle.notifications import flush
+
+    flush(engine.settings)  # (the process ends next: deliver the run's notification now)
     refs = the_run.asset_refs()
     if result.status.value == "succeeded":
         movie = refs.extras.get("final_movie")
@@ -305,7 +315,8 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
     """Continue RUN_ID from its first stage without success.
 
     With Redis the stage is queued for the workers; embedded, the run is worked here in
-    the foreground. A cancelled run continues only through this command.
+    the foreground (while another process works it, that process is named and followed
+    first, as `sparkle run` does). A cancelled run continues only through this command.
     """
     _settings(runs_dir=runs_dir, adapters=adapters)
 
@@ -363,11 +374,13 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
     """One line per run: id, status, QA decision, stage reached."""
     _settings(runs_dir=runs_dir)
+    from sparkle.runindex import listing
     from sparkle.runstore import RunStore
 
     # summaries() answers from each run's stat-validated summary cache: 10,000 runs in
-    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md).
-    for summary in RunStore(get_settings().runs_dir).summaries():
+    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md); queued or running runs on Redis
+    # come from the unfinished-run index, without reading the finished ones.
+    for summary in listing(RunStore(get_settings().runs_dir), only_status, get_settings()):
         state, decision, next_stage = summary.status.value, summary.qa_decision, summary.next_stage
         if only_status and state != only_status:
             continue

@@ -6,39 +6,15 @@ Registered on the main group by :mod:`sparkle.cli` from :data:`COMMANDS`.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from sparkle.durations import DURATION_UNITS as DURATION_UNITS
+from sparkle.durations import parse_duration as parse_duration
 from sparkle.schemas import STAGES
-
-#: Seconds per duration unit (``--older-than 90s``, ``15m``, ``2h``, ``7d``; none = s).
-DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``90``, ``90s``, ``15m``, ``1h30m``, ``1.5h``, ``7d``.
-
-    Raises:
-      ValueError: the text is not a duration.
-    """
-    compact = text.strip().lower()
-    if not compact:
-        raise ValueError("empty duration")
-    total, position = 0.0, 0
-    for match in _DURATION_PART.finditer(compact):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * DURATION_UNITS[match.group(2)]
-        position = match.end()
-    if position != len(compact):
-        raise ValueError(f"{text!r} is not a duration (examples: 90s, 15m, 1h30m, 7d)")
-    return total
 
 
 class Duration(click.ParamType[float]):
@@ -265,17 +241,19 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
 
     def body() -> None:
         from sparkle.lifecycle import CancelResult, cancel_run
+        from sparkle.notifications import flush
         from sparkle.runstore import RunStore
         from sparkle.settings import get_settings
 
         run = RunStore(get_settings().runs_dir).run(run_id)
-        done = cancel_run(run)
+        done = cancel_run(run, settings=get_settings(), notify_in_background=False)
         if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return
         if done.result is CancelResult.already_succeeded:
             click.echo(f"{run_id} already succeeded; nothing to cancel")
             return
+        flush(get_settings())
         running = _running_stage(run_id, done.stage or STAGES[-1])
         click.echo(f"cancelled {run_id}: {running}no further stage starts. "
                    f"Continue it with `sparkle resume {run_id}`")
@@ -325,5 +303,108 @@ def timeline(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
     _redis_errors(body)
 
 
+# -- prune -------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--older-than", type=DURATION, default="30d", show_default=True,
+              help="Only runs finished at least this long ago, e.g. 30d or 12h.")
+@click.option("--status", "statuses", default="succeeded,failed,rejected,cancelled",
+              show_default=True, help="Comma-separated finished statuses to prune.")
+@click.option("--keep", type=click.Choice(["final"]), default=None,
+              help="`final`: remove only intermediate media, keeping plan, history, "
+                   "checkpoints, QA report and final/.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@runs_dir_option
+def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_json: bool,
+          runs_dir: Path | None) -> None:
+    """Remove finished runs (or only their intermediate media) older than a duration.
+
+    Never touches a run that is unfinished, awaiting review or held by a worker. Safe to
+    run while workers run and while another prune runs. A run kept with --keep final no
+    longer has the media its stages handed on: to render it again, `sparkle resume RUN
+    --from script`.
+    """
+    _configure(runs_dir)
+    from sparkle.retention import RetentionError, RetentionPolicy, parse_keep, parse_statuses
+
+    try:
+        policy = RetentionPolicy(older_than_sec=older_than, statuses=parse_statuses(statuses),
+                                 keep_final=parse_keep(keep))
+    except RetentionError as exc:
+        _fail(f"--status/--keep: {exc}")
+
+    def body() -> None:
+        from sparkle.broker import get_client, is_embedded
+        from sparkle.retention import prune as prune_runs
+        from sparkle.runstore import RunStore
+        from sparkle.settings import get_settings
+
+        settings = get_settings()
+        client = None if is_embedded() else get_client()
+        report = prune_runs(RunStore(settings.runs_dir), policy, client=client,
+                            namespace=settings.namespace, dry_run=dry_run)
+        if as_json:
+            click.echo(json.dumps(report.as_dict(), indent=2))
+            return
+        for item in report.pruned:
+            click.echo(f"{item.action.value:<18} {item.run_id} ({item.status}, finished "
+                       f"{_when(item.finished_at)}, {_size(item.freed_bytes)})")
+        for skipped in report.skipped:
+            click.echo(f"{'skipped':<18} {skipped.run_id}: {skipped.reason}")
+        verb = "would free" if dry_run else "freed"
+        click.echo(f"{verb} {_size(report.freed_bytes)} in {report.runs} run(s)")
+
+    _redis_errors(body)
+
+
+# -- outbox ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--deliver", is_flag=True, help="Try every notification that is due, now.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@runs_dir_option
+def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
+    """Notifications not yet delivered (SPARKLE_WEBHOOK_URL, sparkle.notifiers plugins).
+
+    Workers and the reaper deliver them by themselves, with backoff; --deliver tries the
+    due ones at once (delivered ones show in `sparkle timeline RUN`).
+    """
+    _configure(runs_dir)
+    from sparkle.notifications import flush, pending_views
+    from sparkle.settings import get_settings
+
+    settings = get_settings()
+    if deliver:
+        for item in flush(settings):
+            note = f": {item.error}" if item.error else ""
+            click.echo(f"{item.outcome:<9} {item.run_id} to {item.target} "
+                       f"(attempt {item.attempts}){note}", err=as_json)
+    views = pending_views(settings)
+    if as_json:
+        click.echo(json.dumps([view.as_dict() for view in views], indent=2))
+        return
+    if not views:
+        click.echo("outbox empty: every notification was delivered")
+        return
+    for view in views:
+        error = f"  last error: {view.last_error}" if view.last_error else ""
+        click.echo(f"{view.event:<20} {view.run_id:<40} to {view.target}  attempts "
+                   f"{view.attempts}, next {_when(view.next_at)}{error}")
+    click.echo(f"{len(views)} pending")
+
+
+def _size(count: int) -> str:
+    """``count`` bytes for people: 512 B, 3.4 MB, 1.2 GB."""
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
 #: Commands added to the ``sparkle`` group.
-COMMANDS: list[click.Command] = [redrive, dlq, cancel, timeline]
+COMMANDS: list[click.Command] = [redrive, dlq, cancel, timeline, prune, outbox]

@@ -15,8 +15,9 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.brokers.stub import StubBroker
 
-from sparkle import keys, lease
+from sparkle import keys, lease, runlock
 from sparkle.roundtrip import Command
 from sparkle.runstore import Run
 
@@ -51,9 +52,14 @@ class Dispatcher:
         return self.enqueue(run_id, stage, delay_ms)
 
     def mark(self, run_id: str, stage: str) -> None:
-        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it)."""
+        """Record that ``stage`` of ``run_id`` has a message on its way (before sending it),
+        and put the run in the unfinished-run index (:mod:`sparkle.runindex`), in one
+        round trip."""
         _, key, value = self.mark_command(run_id, stage)
-        self.client.set(key, value)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, value)
+        pipe.sadd(keys.unfinished_runs(self.namespace), run_id)
+        pipe.execute()
 
     def mark_command(self, run_id: str, stage: str) -> Command:
         """The command of :meth:`mark`, to send with others in one round trip."""
@@ -71,6 +77,12 @@ class Dispatcher:
             options={},
         )
         return self.broker.enqueue(message, delay=delay_ms)
+
+    @property
+    def embedded(self) -> bool:
+        """Whether messages live in this process (leases too: other processes are kept
+        out by the run's lock file, :mod:`sparkle.runlock`)."""
+        return isinstance(self.broker, StubBroker)
 
     def pending(self, run_id: str) -> tuple[str, float] | None:
         """The stage with a message on its way for ``run_id`` and when it was sent."""
@@ -90,8 +102,9 @@ class Dispatcher:
     def kick(self, run: Run) -> str | None:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.
 
-        Sends nothing when the run is done or cancelled, or when that stage already has a
-        message on its way. Used by ``submit``, the inbox, ``resume`` and the reaper.
+        Sends nothing when the run is done or cancelled, when that stage already has a
+        message on its way, or when a worker (embedded: another process) holds the run.
+        Used by ``submit``, the inbox, ``resume`` and the reaper.
         """
         if run.cancelled:
             return None
@@ -105,5 +118,11 @@ class Dispatcher:
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             log.debug("run %s: a worker holds it; it will continue the chain", run.run_id)
             return None
+        if self.embedded:
+            other = runlock.other_holder(run.dir)
+            if other is not None:
+                log.info("run %s: process %s works it; leaving it to that process",
+                         run.run_id, other.describe())
+                return None
         self.send(run.run_id, stage)
         return stage

@@ -10,7 +10,8 @@ This is DESIGN.md's "Stage execution", step by step:
 4. Call the adapter under tenacity: bounded attempts, exponential backoff with jitter, only
    for transient errors; every attempt is its own ``begin``/``fail``/``success`` event.
 5. Flush the files the adapter reported (those it changed) to disk; check the lease is
-   still ours (fencing), then write ``asset_refs.json``, the ``success`` checkpoint and the
+   still ours (fencing), then merge the stage's refs into ``asset_refs.json`` (so no
+   concurrent writer's refs are lost, :mod:`sparkle.refmerge`), the ``success`` checkpoint and the
    manifest event, in that order; release the lease; send the next stage.
 6. On permanent failure: ``failed`` checkpoint, ``fail`` event, no next stage, and
    :class:`StageFailed` is raised so dramatiq dead-letters the message.
@@ -33,9 +34,10 @@ from typing import Any
 
 import redis
 import tenacity
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, metrics
+from sparkle import atomic, metrics, notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.lease import Lease
@@ -45,6 +47,7 @@ from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
 from sparkle.slots import Slots
+from sparkle.stagelimits import StageLimits, parse_limits
 from sparkle.stages import Adapter, normalize_result
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,9 @@ class Outcome(enum.StrEnum):
     #: A copy of a message sent before the stage failed (a crashed worker's message that
     #: dramatiq redelivered late); nothing ran.
     stale = "stale"
+    #: Every cluster-wide slot of the stage was taken (``SPARKLE_STAGE_CONCURRENCY``); the
+    #: message was sent again with a delay.
+    throttled = "throttled"
 
 
 class _Transient(Exception):
@@ -138,9 +144,14 @@ class Engine:
     sleep: Callable[[float], None] = time.sleep
     #: The threads of this process doing bookkeeping at once (:mod:`sparkle.slots`).
     slots: Slots = field(init=False, repr=False)
+    #: Cluster-wide limits of executions per stage (:mod:`sparkle.stagelimits`).
+    stage_limits: StageLimits = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.settings.bookkeeping_threads)
+        self.stage_limits = StageLimits(
+            self.client, self.settings.namespace, parse_limits(self.settings.stage_concurrency),
+            self.settings.lease_ttl_sec, self.settings.stage_concurrency_retry_ms)
 
     def execute(self, stage: str, run_id: str) -> Outcome:
         """Handle one message for ``stage`` of ``run_id``.
@@ -151,12 +162,30 @@ class Engine:
         # The bookkeeping holds one of the process's few slots; the adapter runs outside.
         with log_context(run_id, stage), self.slots.held():
             try:
-                outcome = self._execute(stage, run_id)
+                outcome = self._execute_within_limit(stage, run_id)
             except StageFailed:
                 metrics.message_handled(stage, "failed")
                 raise
             metrics.message_handled(stage, outcome.value)
             return outcome
+
+    def _execute_within_limit(self, stage: str, run_id: str) -> Outcome:
+        """:meth:`_execute` holding one of the stage's cluster-wide slots, when the stage
+        is limited; without a free slot the message goes back, delayed (not a retry)."""
+        if not self.stage_limits.limited(stage):
+            return self._execute(stage, run_id)
+        holder = self.stage_limits.try_acquire(stage)
+        if holder is None:
+            with self.slots.released():
+                holder = self.stage_limits.wait_for_slot(stage)
+        if holder is None:
+            # (not marked again: the pending mark of this message still names the stage)
+            self.dispatcher.enqueue(run_id, stage, self.stage_limits.retry_delay_ms())
+            self.stage_limits.throttled += 1
+            log.debug("run %s stage %s: every slot taken; trying again later", run_id, stage)
+            return Outcome.throttled
+        with self.stage_limits.slot(stage, holder):
+            return self._execute(stage, run_id)
 
     def _execute(self, stage: str, run_id: str) -> Outcome:
         run = Run(self.store.root, run_id)
@@ -164,7 +193,10 @@ class Engine:
             log.error("run %s stage %s: no such run folder in %s; dropping the message",
                       run_id, stage, self.store.root)
             return Outcome.missing
-        lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec)
+        # Embedded, the lease also takes the run's lock file: other processes cannot see
+        # the in-process one (sparkle.runlock).
+        lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec,
+                      lock_dir=run.dir if isinstance(self.dispatcher.broker, StubBroker) else None)
         if not lease.acquire(also=(self.dispatcher.taken_command(run_id, stage),)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
@@ -227,7 +259,10 @@ class Engine:
                                  event=True, reason="crash_loop")
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         self._run_attempts(run, stage, lease, state.attempts(stage))
-        return Outcome.succeeded, self._after_success(run, stage, state)
+        follow_up = self._after_success(run, stage, state)
+        if follow_up is None and stage == STAGES[-1] and not run.cancelled:
+            notifications.run_ended(run, self.settings, "succeeded")
+        return Outcome.succeeded, follow_up
 
     def _unqueued_next(self, run: Run, state: RunState) -> str | None:
         """The first unfinished stage, unless it already has a message on its way.
@@ -324,7 +359,8 @@ class Engine:
         log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
         started = time.monotonic()
         try:
-            plan, refs_before = run.plan(), run.asset_refs()
+            # (the bytes: what the stage changes is saved as a merge against them)
+            plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             with self.slots.released():
@@ -367,7 +403,7 @@ class Engine:
             "duration_sec": duration,
             "attempt": attempt,
         }
-        run.save_asset_refs(refs)
+        run.merge_asset_refs(base, refs)
         run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                         attempt=attempt, metadata=success_meta))
         run.append_event(stage, "success", attempt, metadata={"duration_sec": duration})
@@ -394,6 +430,7 @@ class Engine:
                                         attempt=attempt, error=message))
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
+        notifications.run_ended(run, self.settings, "failed", error=f"{stage}: {message}")
 
 
 def _local_paths(refs: AssetRefs) -> list[str]:

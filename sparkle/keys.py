@@ -53,6 +53,30 @@ def redrive_guard(namespace: str, run_id: str) -> str:
     return f"{namespace}:redrive:{run_id}"
 
 
+def retention_guard(namespace: str) -> str:
+    """STRING set (``SET NX PX``) for an hour by the reaper that applies ``SPARKLE_RETENTION``,
+    so the reapers of all workers together prune at most once an hour."""
+    return f"{namespace}:retention"
+
+
+def stage_slots(namespace: str, stage: str) -> str:
+    """ZSET holder → expiry (ms, Redis clock) of the executions of ``stage`` running now,
+    for ``SPARKLE_STAGE_CONCURRENCY`` (:mod:`sparkle.stagelimits`)."""
+    return f"{namespace}:slots:{stage}"
+
+
+def unfinished_runs(namespace: str) -> str:
+    """SET of the ids of runs that may be unfinished: what the reaper looks at
+    (:mod:`sparkle.runindex`)."""
+    return f"{namespace}:unfinished"
+
+
+def unfinished_runs_fresh(namespace: str) -> str:
+    """STRING set (``SET NX PX``) when the unfinished-run index was last rebuilt from the run
+    folders; its absence (expired, or Redis restarted) makes the next reaper rebuild it."""
+    return f"{namespace}:unfinished:fresh"
+
+
 def delayed_queue_name(stage: str) -> str:
     """dramatiq's delay queue of a stage (messages waiting for their ``eta``: retries)."""
     return f"{queue_name(stage)}.DQ"

@@ -11,7 +11,9 @@ pool of threads sends them: starting and joining a thread per stage cost more th
 rest of a short stage's bookkeeping, and with the pool a renewal stuck on a bad connection
 (up to the client's socket timeout) does not hold up the renewal of the other leases.
 
-In embedded mode the same code runs against an in-process fakeredis server.
+In embedded mode the same code runs against an in-process fakeredis server, which other
+processes cannot see: there the lease also holds the run's lock file (:mod:`sparkle.runlock`),
+taken after the in-process lease and given up before it, and checked by the fencing too.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import redis
 
-from sparkle import keys, roundtrip, unique
+from sparkle import keys, roundtrip, runlock, unique
 from sparkle.roundtrip import Command
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,16 @@ class Lease:
       namespace: key prefix.
       run_id: the run to lease.
       ttl_sec: seconds the lease lives without renewal.
+      lock_dir: the run folder, in embedded mode: the lease then also holds its lock file,
+        which keeps other processes out (the kernel frees it when this one dies).
     """
 
-    def __init__(self, client: redis.Redis, namespace: str, run_id: str, ttl_sec: float) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, run_id: str, ttl_sec: float,
+                 lock_dir: Path | None = None) -> None:
         self.client = client
+        self.lock_dir = lock_dir
+        #: Whether this lease holds the run's lock file (embedded mode).
+        self.file_locked = False
         self.key = keys.lease(namespace, run_id)
         self.run_id = run_id
         self.token = unique.hex_token(128)
@@ -70,7 +79,18 @@ class Lease:
         replies = roundtrip.execute(
             self.client, ("SET", self.key, self.token, "NX", "PX", self.ttl_ms), *also
         )
-        return replies[0] is not None
+        if replies[0] is None:
+            return False
+        if self.lock_dir is not None:
+            try:
+                self.file_locked = runlock.acquire(self.lock_dir)
+            except BaseException:
+                self.client.eval(_RELEASE, 1, self.key, self.token)
+                raise
+            if not self.file_locked:  # another process works the run
+                self.client.eval(_RELEASE, 1, self.key, self.token)
+                return False
+        return True
 
     def renew(self) -> bool:
         """Extend the lease if it is still ours. Returns whether it is."""
@@ -82,7 +102,9 @@ class Lease:
     def held(self) -> bool:
         """The fencing check: is the lease still ours right now?"""
         value = roundtrip.execute(self.client, ("GET", self.key), idempotent=True)[0]
-        return value is not None and _text(value) == self.token
+        if value is None or _text(value) != self.token:
+            return False
+        return self.lock_dir is None or runlock.intact(self.lock_dir)
 
     def release(self, also: tuple[Command, ...] = ()) -> bool:
         """Give the lease up if it is still ours (never someone else's).
@@ -94,6 +116,9 @@ class Lease:
         Returns whether the round trip went through; a failure is logged, not raised.
         """
         self.stop_heartbeat()
+        if self.file_locked and self.lock_dir is not None:
+            self.file_locked = False
+            runlock.release(self.lock_dir)
         try:
             roundtrip.execute(self.client, ("EVAL", _RELEASE, 1, self.key, self.token), *also,
                               idempotent=True)

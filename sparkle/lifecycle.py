@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sparkle.dispatch import Dispatcher
 from sparkle.runstore import Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, MoviePlan
+from sparkle.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,13 @@ class Cancelled:
     stage: str | None
 
 
-def cancel_run(run: Run, by: str | None = None) -> Cancelled:
+def cancel_run(run: Run, by: str | None = None, settings: Settings | None = None,
+               notify_in_background: bool = True) -> Cancelled:
     """Cancel ``run``: a running stage finishes, no further stage starts; only a resume
-    continues it. Records a ``cancel`` event naming who asked (``by``, default user@host)."""
+    continues it. Records a ``cancel`` event naming who asked (``by``, default user@host)
+    and, given ``settings``, writes the run's ``cancelled`` notification to the outbox
+    (delivered from this process's thread unless ``notify_in_background`` is False: a
+    short-lived command then calls :func:`sparkle.notifications.flush`)."""
     state = run.state()
     status = state.status()
     if status is RunStatus.cancelled:
@@ -102,4 +107,8 @@ def cancel_run(run: Run, by: str | None = None) -> Cancelled:
     run.append_event(stage, "cancel", max(1, state.attempts(stage)),
                      metadata={"by": by or f"{getpass.getuser()}@{socket.gethostname()}",
                                "previous_status": status.value})
+    if settings is not None:
+        from sparkle.notifications import run_ended
+
+        run_ended(run, settings, "cancelled", background=notify_in_background)
     return Cancelled(CancelResult.cancelled, stage)

@@ -3,7 +3,8 @@
 A run gets stuck in one of two ways (DESIGN.md, "Resume, re-drive, replay"):
 
 - **worker died**: the run's next stage has a ``begin`` with no outcome after it, the run's
-  lease is free (its TTL ran out without a heartbeat) and nothing re-drove the stage since.
+  lease is free (its TTL ran out without a heartbeat; embedded, no process holds the run's
+  lock file, :mod:`sparkle.runlock`) and nothing re-drove the stage since.
   dramatiq alone redelivers such a message only after its heartbeat timeout *and* a random
   maintenance pass (221 s and 461 s measured); the reaper sends it again within one lease
   TTL plus one reaper interval.
@@ -41,8 +42,9 @@ import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from sparkle import keys, lease, metrics
+from sparkle import keys, lease, metrics, notifications, runlock
 from sparkle.dispatch import Dispatcher
+from sparkle.runindex import RunIndex
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, StageEvent
 from sparkle.settings import Settings
@@ -135,9 +137,9 @@ class Reaper:
             present = queued_stages(self.broker, self.client, self.namespace,
                                     self.settings.heartbeat_timeout_ms, self._held_since)
             found: list[Redrive] = []
-            # The summary cache skips finished runs without reading their checkpoints;
-            # _inspect looks again, fresh, at the few that may be stuck.
-            for summary in self.store.summaries():
+            # Only the runs the unfinished-run index names (all of them when it is
+            # rebuilt); _inspect looks again, fresh, at the few that may be stuck.
+            for summary in RunIndex(self.client, self.namespace).unfinished(self.store):
                 if summary.status not in (RunStatus.queued, RunStatus.running):
                     continue
                 run = Run(self.store.root, summary.run_id)
@@ -175,6 +177,8 @@ class Reaper:
             return None
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             return None  # a live worker renews it: the run is moving
+        if self.embedded and runlock.other_holder(run.dir) is not None:
+            return None  # another live process works it (its messages are in its memory)
         pending = self.dispatcher.pending(run.run_id)
         # A message sent after the dead attempt began (resume, a restarted `serve`) is the
         # re-drive already: then only a lost message matters.
@@ -255,6 +259,23 @@ class Reaper:
                 log.warning("reaper: pass failed (%s); next one in %.0f s", exc, interval)
             except Exception:
                 log.exception("reaper: unexpected error; next pass in %.0f s", interval)
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        """After each pass: deliver notifications left in the outbox, and apply
+        ``SPARKLE_RETENTION`` (at most once an hour across all reapers). Neither depends on
+        the pass having gone through."""
+        try:
+            notifications.resume_delivery(self.settings)
+            if self.settings.retention:
+                from sparkle.retention import apply_retention
+
+                apply_retention(self.store, self.client, self.namespace,
+                                self.settings.retention, self.embedded)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("reaper: housekeeping failed (%s); next pass tries again", exc)
+        except Exception:
+            log.exception("reaper: unexpected error in housekeeping")
 
 
 def _open_begin(events: list[StageEvent], stage: str) -> tuple[StageEvent | None, bool]:

@@ -4,6 +4,14 @@ The run goes through the real actors and engine: its first unfinished stage is s
 process's broker and an in-process dramatiq worker consumes the chain, exactly as separate
 workers would. This module only starts that worker, shows progress, and decides when the
 run has come to rest.
+
+Embedded, the process holds the run's lock file (:mod:`sparkle.runlock`) from before the
+first stage is sent until the run rests, so no other process works the run meanwhile. When
+another process holds it already (a second ``sparkle run`` of the same plan, a ``sparkle
+serve`` working it), this one says which process and follows the run's progress until that
+process lets go: a run that came to rest then is reported as it ended (exit code as usual);
+one that did not (its process died, or a ``serve`` left it between two stages) is worked
+here from where it stands.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ import time
 from dataclasses import dataclass
 
 import dramatiq
+from dramatiq.brokers.stub import StubBroker
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from sparkle import lease
+from sparkle import lease, runlock
 from sparkle.dispatch import Dispatcher
 from sparkle.engine import reset_stages
 from sparkle.errors import ConfigError
@@ -64,6 +73,8 @@ class RunResult:
 
     status: RunStatus
     elapsed_sec: float
+    #: The other process this one followed before it could work the run (None: none).
+    followed: runlock.Holder | None = None
 
 
 def is_at_rest(run: Run, dispatcher: Dispatcher, namespace: str) -> bool:
@@ -82,29 +93,70 @@ def work_in_foreground(
     namespace: str,
     threads: int = 2,
     console: Console | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
 ) -> RunResult:
-    """Send the run's first unfinished stage and work the chain here until it rests."""
+    """Send the run's first unfinished stage and work the chain here until it rests.
+
+    ``from_stage``/``only``: re-run those stages first (:func:`force_rerun`). Embedded,
+    only once this process holds the run (see the module's docstring).
+    """
     console = console or Console(stderr=True)
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
-    worker.start()
     started = time.monotonic()
+    embedded = isinstance(broker, StubBroker)
+    followed = follow_until_free(run, console, started) if embedded else None
     try:
-        if run.cancelled:
-            run.set_cancelled(False)
-        dispatcher.kick(run)
-        display = _Display(run, console, started)
-        with display:
-            # Two looks in a row at rest: the gap between a stage releasing the run and
-            # sending its successor is shorter than one poll.
-            rested = 0
-            while rested < 2:
-                time.sleep(POLL_SEC)
+        if followed is not None and from_stage is None and only is None \
+                and run.status() in RESTING:
+            return RunResult(run.status(), time.monotonic() - started, followed)
+        force_rerun(run, from_stage, only)
+        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        worker.start()
+        try:
+            if run.cancelled:
+                run.set_cancelled(False)
+            dispatcher.kick(run)
+            display = _Display(run, console, started)
+            with display:
+                # Two looks in a row at rest: the gap between a stage releasing the run
+                # and sending its successor is shorter than one poll.
+                rested = 0
+                while rested < 2:
+                    time.sleep(POLL_SEC)
+                    display.update()
+                    rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
                 display.update()
-                rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
-            display.update()
+        finally:
+            worker.stop()
     finally:
-        worker.stop()
-    return RunResult(run.status(), time.monotonic() - started)
+        if embedded:
+            runlock.release(run.dir)
+    return RunResult(run.status(), time.monotonic() - started, followed)
+
+
+def follow_until_free(run: Run, console: Console, started: float) -> runlock.Holder | None:
+    """Take the run's lock file for this process. While another process holds it, say
+    which one and show the run's progress, until it lets go (finishes, dies, or leaves
+    the run between two stages). Returns the process followed (None: the lock was free).
+    """
+    if runlock.acquire(run.dir):
+        return None
+    holder = runlock.other_holder(run.dir)
+    if holder is None:  # let go just now
+        holder = runlock.Holder(pid=0, host="?", command="", since=0.0)
+    print(f"run {run.run_id} is being worked by another process: {holder.describe()}. "
+          "Following its progress here until it ends (Ctrl-C stops following; the run "
+          "goes on).", file=sys.stderr, flush=True)
+    display = _Display(run, console, started)
+    with display:
+        while not runlock.acquire(run.dir):
+            time.sleep(POLL_SEC)
+            display.update()
+        display.update()
+    if run.status() not in RESTING:
+        print(f"process {holder.pid} let go of run {run.run_id} before it ended; working it "
+              "here from where it stands.", file=sys.stderr, flush=True)
+    return holder
 
 
 class _Display:

@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sparkle import atomic, statuscache
+from sparkle import atomic, refmerge, statuscache
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.names import RunStatus as RunStatus
 from sparkle.schemas import (
@@ -287,6 +287,30 @@ class Run:
 
     def save_asset_refs(self, refs: AssetRefs) -> None:
         atomic.write_json(f"{self.dir}/{ASSET_REFS_FILE}", refs)
+
+    def asset_refs_as_read(self) -> tuple[AssetRefs, bytes]:
+        """The asset references, and the bytes they were read from (empty when missing):
+        pass those to :meth:`merge_asset_refs` when saving a stage's result."""
+        try:
+            data = _read(f"{self.dir}/{ASSET_REFS_FILE}")
+        except FileNotFoundError:
+            return AssetRefs(), b""
+        return AssetRefs.model_validate_json(data), data
+
+    def merge_asset_refs(self, base: bytes, refs: AssetRefs) -> AssetRefs:
+        """Save a stage's refs as a merge (:mod:`sparkle.refmerge`): the file as it is
+        now plus what changed from ``base`` (the bytes of the refs the stage was given,
+        from :meth:`asset_refs_as_read`) to ``refs``, under the run folder's file lock,
+        atomically. A concurrent writer's refs are never lost. Returns what was saved."""
+        with self.locked():
+            try:
+                current = _read(f"{self.dir}/{ASSET_REFS_FILE}")
+            except FileNotFoundError:
+                current = b""
+            if current != base:  # (else nobody wrote since: nothing to merge)
+                refs = refmerge.merge(_refs_from(base), refs, _refs_from(current))
+            self.save_asset_refs(refs)
+        return refs
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -659,6 +683,10 @@ class RunState:
             qa_decision=self.qa_decision(),
             next_stage=self.next_stage(),
         )
+
+
+def _refs_from(data: bytes) -> AssetRefs:
+    return AssetRefs.model_validate_json(data) if data else AssetRefs()
 
 
 def _read(path: str) -> bytes:

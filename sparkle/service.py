@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import dramatiq
 
-from sparkle import metrics
+from sparkle import metrics, runlock
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
@@ -60,12 +60,21 @@ def requeue_unfinished(engine: Engine) -> int:
     """Queue the next stage of every run that is neither finished, failed nor cancelled.
 
     Embedded messages live in memory, so a restarted ``serve`` has none: the checkpoints
-    on disk are the durable state, and this turns them back into messages.
+    on disk are the durable state, and this turns them back into messages. Runs another
+    live process works (it holds their lock file, :mod:`sparkle.runlock`) are left to it.
     """
     sent = 0
+    others = 0
     for run in engine.store.runs():
-        if run.status() in (RunStatus.queued, RunStatus.running) and engine.dispatcher.kick(run):
+        if run.status() not in (RunStatus.queued, RunStatus.running):
+            continue
+        if runlock.other_holder(run.dir) is not None:
+            others += 1
+        elif engine.dispatcher.kick(run):
             sent += 1
+    if others:
+        log.warning("serve: left %d unfinished run(s) to the other process(es) working them",
+                    others)
     return sent
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from sparkle.errors import ConfigError
@@ -91,6 +91,30 @@ class Settings(BaseSettings):
     #: 2 and 3 measured alike, 4 worse, 8 (no bound) worst: more threads only take the GIL
     #: from each other more often (docs/BENCHMARKS.md).
     bookkeeping_threads: int = Field(default=2, ge=1, le=64)
+    #: Retention applied by the reaper at most once an hour: ``30d`` removes runs finished
+    #: (succeeded, failed, rejected, cancelled) more than 30 days ago, ``30d:final`` only
+    #: their intermediate media (see ``sparkle prune``). Unset: nothing is removed.
+    retention: str | None = None
+    #: Webhook URLs (comma-separated) that get a signed JSON POST when a run succeeds,
+    #: fails, is cancelled, awaits review or is rejected (:mod:`sparkle.notifications`).
+    webhook_url: str | None = None
+    #: Key of the webhooks' HMAC-SHA256 signature (``X-Sparkle-Signature``); unset means
+    #: unsigned requests.
+    webhook_secret: SecretStr | None = None
+    #: Seconds one webhook request may take.
+    webhook_timeout_sec: float = Field(default=10.0, gt=0)
+    #: First wait, in seconds, before a failed notification is tried again (doubles).
+    webhook_retry_base_sec: float = Field(default=5.0, gt=0)
+    #: Longest wait between two tries of a notification, in seconds.
+    webhook_retry_max_sec: float = Field(default=300.0, gt=0)
+    #: Seconds after which an undelivered notification is given up (7 days).
+    webhook_give_up_sec: float = Field(default=7 * 86400.0, gt=0)
+    #: Most executions of a stage at once across all workers (GPU pools), e.g.
+    #: ``videos=2,lipsync=1``; stages not named are not limited.
+    stage_concurrency: str | None = None
+    #: About how long, in milliseconds, a message of a limited stage that found every slot
+    #: taken waits before trying again (±50 % at random). Not counted as a retry.
+    stage_concurrency_retry_ms: int = Field(default=500, ge=10, le=600_000)
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:
@@ -101,6 +125,32 @@ class Settings(BaseSettings):
                 "polls less often than that looks dead to the broker"
             )
         return self
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_policy(cls, value: str | None) -> str | None:
+        if value:
+            from sparkle.retention import parse_policy
+
+            parse_policy(value)  # raises a ValueError naming the problem
+        return value or None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_urls(cls, value: str | None) -> str | None:
+        if value:
+            from sparkle.notifications import webhook_urls
+
+            webhook_urls(value)  # raises a ValueError naming the bad URL
+        return value or None
+
+    @field_validator("stage_concurrency")
+    @classmethod
+    def _stage_limits(cls, value: str | None) -> str | None:
+        from sparkle.stagelimits import parse_limits
+
+        parse_limits(value)  # raises a ValueError naming the problem
+        return value or None
 
     def redis_url_value(self) -> str | None:
         """The Redis URL in clear text (never log it: see :func:`redacted_redis_url`)."""

@@ -64,7 +64,33 @@ def timeline(run: Run) -> list[TimelineEntry]:
             detail=_detail(event, events[index + 1:]),
             metadata=event.metadata,
         ))
-    return entries
+    return _with_deliveries(run, entries, start)
+
+
+def _with_deliveries(run: Run, entries: list[TimelineEntry], start: float
+                     ) -> list[TimelineEntry]:
+    """``entries`` with the run's notification deliveries (:mod:`sparkle.notifications`)
+    placed among them by time, as ``notify`` entries."""
+    from sparkle.notifications import deliveries
+
+    found = deliveries(run)
+    if not found:
+        return entries
+    for record in found:
+        timestamp = float(record["timestamp"])
+        error = record.get("error")
+        entries.append(TimelineEntry(
+            timestamp=timestamp,
+            offset_sec=round(timestamp - start, 3),
+            stage="notify",
+            attempt=max(1, int(record.get("attempts") or 1)),
+            status=str(record.get("outcome", "?")),
+            duration_sec=None,
+            error=str(error) if error else None,
+            detail=f"{record.get('event', '?')} to {record.get('target', '?')}",
+            metadata={"id": record.get("id")},
+        ))
+    return sorted(entries, key=lambda entry: entry.timestamp)
 
 
 def _detail(event: StageEvent, later: list[StageEvent]) -> str:

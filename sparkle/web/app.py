@@ -210,7 +210,8 @@ def resume(site: Site, run: Run, from_stage: str | None) -> tuple[int, dict[str,
 
 def cancel(run: Run, request: Request) -> tuple[int, dict[str, Any]]:
     client = request.client.host if request.client else "?"
-    done = lifecycle.cancel_run(run, by=f"dashboard ({client})")
+    done = lifecycle.cancel_run(run, by=f"dashboard ({client})",
+                                settings=_site(request).settings)
     return 200, {"run_id": run.run_id, "result": done.result.value, "stage": done.stage}
 
 

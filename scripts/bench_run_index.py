@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""A reaper pass with many finished runs on disk costs about what it costs without them
+(issue 22, item 1: the unfinished-run index).
+
+Starts a private redis-server, creates ``--active`` runs and sends each one's first stage
+(queued, their messages waiting: the runs a reaper must watch), then times a dry-run
+reaper pass (``Reaper.run_once(dry_run=True, older_than=0)``, median of ``--repeat``):
+
+1. with only the active runs on disk;
+2. after ``--finished`` succeeded runs were added to the runs folder (copies of one run
+   folder made through the RunStore API, ids replaced);
+3. the same, with the index rebuilt from every folder on each pass (its key deleted
+   first): what every pass cost before the index, and what one pass in
+   ``REBUILD_INTERVAL_SEC`` (by one reaper of all) still costs;
+
+and, as child processes, ``sparkle runs --status queued`` (from the index), ``sparkle
+runs`` (every folder) and ``sparkle --version`` (the CLI's start-up alone).
+
+Usage::
+
+    .venv/bin/python scripts/bench_run_index.py [--active 100] [--finished 20000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
+
+from bench_hops import engine_with_runs  # noqa: E402
+from bench_scale import build_template  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+from sparkle import keys  # noqa: E402
+from sparkle.runindex import REBUILD_INTERVAL_SEC  # noqa: E402
+from sparkle.runstore import CHECKPOINTS_DIR, MANIFEST_FILE, RunStore  # noqa: E402
+
+#: The ``sparkle`` command of this virtualenv.
+SPARKLE = str(Path(sys.executable).with_name("sparkle"))
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def add_finished(root: Path, count: int) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="template-", dir=root.parent))
+    template = build_template(RunStore(scratch), "succeeded", 0)
+    files = [(str(p.relative_to(template.dir)), p.read_bytes())
+             for p in sorted(template.dir.rglob("*")) if p.is_file()]
+    for number in range(count):
+        run_id = f"finished-{number:06d}"
+        folder = root / run_id
+        (folder / CHECKPOINTS_DIR).mkdir(parents=True)
+        for name, data in files:
+            if name == MANIFEST_FILE:
+                data = data.replace(template.run_id.encode(), run_id.encode())
+            (folder / name).write_bytes(data)
+    shutil.rmtree(scratch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--active", type=int, default=100)
+    parser.add_argument("--finished", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-run-index-") as tmp:
+        folder = Path(tmp)
+        server = RedisServer(folder / "redis")
+        server.start()
+        try:
+            runs_dir = folder / "runs"
+            engine, runs = engine_with_runs(server, runs_dir, args.active, "Active")
+            for run in runs:
+                engine.dispatcher.send(run.run_id, "script")
+            from sparkle.broker import setup_broker
+            from sparkle.redrive import Reaper
+
+            reaper = Reaper(engine.store, engine.dispatcher, engine.client, setup_broker(),
+                            engine.settings)
+
+            def one_pass() -> object:
+                return reaper.run_once(dry_run=True, older_than=0)
+
+            def rebuilding_pass() -> object:
+                engine.client.delete(keys.unfinished_runs_fresh(engine.settings.namespace))
+                return one_pass()
+
+            only_active = timed(one_pass, args.repeat)
+            started = time.perf_counter()
+            add_finished(runs_dir, args.finished)
+            built = time.perf_counter() - started
+            engine.store.summaries()  # (their summary caches, as any listing leaves them)
+            with_finished = timed(one_pass, args.repeat)
+            rebuilding = timed(rebuilding_pass, args.repeat)
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")},
+                   "SPARKLE_REDIS_URL": server.url, "SPARKLE_RUNS_DIR": str(runs_dir)}
+
+            def cli(*argv: str) -> Callable[[], object]:
+                return lambda: subprocess.run([SPARKLE, *argv], env=env, check=True,
+                                              capture_output=True, timeout=600)
+
+            startup = timed(cli("--version"), args.repeat)
+            running = timed(cli("runs", "--status", "queued"), args.repeat)
+            everything = timed(cli("runs"), args.repeat)
+        finally:
+            server.stop()
+    passes = REBUILD_INTERVAL_SEC / engine.settings.reaper_interval_sec
+    print(f"reaper pass, dry run, {args.active} active runs (queued, messages waiting); "
+          f"{args.finished} finished runs added in {built:.0f}s:")
+    print(f"  only the active runs:             {only_active * 1000:8.1f} ms")
+    print(f"  with {args.finished} finished on disk:  {with_finished * 1000:8.1f} ms  "
+          f"(ratio {with_finished / only_active:.2f})")
+    print(f"  rebuilding the index every pass:  {rebuilding * 1000:8.1f} ms  "
+          f"(ratio {rebuilding / only_active:.2f}; the cost of every pass before the index; "
+          f"now one pass in {passes:.0f}, by one reaper of all)")
+    print(f"`sparkle runs --status queued` (child process): {running * 1000:.0f} ms; "
+          f"`sparkle runs` (all {args.active + args.finished}): {everything * 1000:.0f} ms; "
+          f"`sparkle --version` (start-up alone): {startup * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
