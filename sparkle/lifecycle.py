@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import enum
 import getpass
+import os
 import socket
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sparkle.dispatch import Dispatcher
 from sparkle.runstore import Run, RunStatus, RunStore
@@ -112,3 +116,16 @@ def cancel_run(run: Run, by: str | None = None, settings: Settings | None = None
 
         run_ended(run, settings, "cancelled", background=notify_in_background)
     return Cancelled(CancelResult.cancelled, stage)
+
+
+def hand_to_inbox(inbox: Path, data: bytes) -> str:
+    """Write plan bytes into the inbox under a fresh name (a temporary dot-name first, so
+    the watcher never takes half a file): how a process without a queue (the dashboard
+    without Redis) submits a plan to a running ``sparkle serve``. Returns the name."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    name = f"ui-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}.json"
+    fd, temp = tempfile.mkstemp(dir=inbox, prefix=".ui-", suffix=".part")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(temp, inbox / name)
+    return name

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from sparkle import __version__, lifecycle
+from sparkle import __version__
 from sparkle.errors import (
-    ConfigError,
-    PlanError,
-    Problem,
-    RunConflictError,
     RunNotFoundError,
     UnsafePathError,
 )
 from sparkle.names import STAGES, is_safe_id
-from sparkle.plans import parse_plan_bytes
-from sparkle.runstore import Run, run_id_for
-from sparkle.web import details, events, files, listing, operations
+from sparkle.runstore import Run
+from sparkle.web import actions, details, events, files, listing, operations
 from sparkle.web.config import UiConfig
 from sparkle.web.security import (
     CSRF_FIELD,
@@ -138,8 +132,9 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return loaded
 
 
-def _problems(exc: PlanError) -> list[dict[str, str]]:
-    return [{"path": p.path, "message": p.message} for p in exc.problems]
+def _by(request: Request) -> str:
+    """Who asked, as the manifest records it."""
+    return f"dashboard ({request.client.host if request.client else '?'})"
 
 
 def _detail_or_404(run: Run) -> dict[str, Any]:
@@ -147,94 +142,6 @@ def _detail_or_404(run: Run) -> dict[str, Any]:
         return details.run_detail(run)
     except RunNotFoundError:
         raise HTTPException(404, f"no run {run.run_id!r}") from None
-
-
-# -- services the routes share -----------------------------------------------------------
-
-
-def submit_plan(site: Site, data: bytes, source: str) -> tuple[int, dict[str, Any]]:
-    """Validate plan bytes as the inbox does and create and queue the run: (HTTP status,
-    JSON body). 201 created (200: the same plan made that run before), 202 handed to the
-    inbox (standalone mode), 413 too large, 422 invalid (every problem, as `sparkle
-    validate` prints them), 409 run id taken by another plan, 503 the queue is down."""
-    limit = site.settings.max_plan_bytes
-    try:
-        if len(data) > limit:
-            raise PlanError(source, [Problem("", f"is {len(data)} bytes, over the {limit}-byte "
-                                                 "limit (SPARKLE_MAX_PLAN_BYTES)")])
-        plan = parse_plan_bytes(data, source)
-    except PlanError as exc:
-        status = 413 if len(data) > limit else 422
-        return status, {"error": str(exc), "problems": _problems(exc)}
-    if site.dispatcher is None:
-        name = _hand_to_inbox(site.settings.inbox_dir, data)
-        return 202, {"run_id": run_id_for(plan), "inbox": name,
-                     "note": "handed to the inbox: a running `sparkle serve` takes it"}
-    try:
-        done = lifecycle.create_run(site.store, site.dispatcher, plan)
-    except RunConflictError as exc:
-        return 409, {"error": str(exc)}
-    except redis.RedisError as exc:
-        return 503, {"error": f"Redis: {exc}; the run may exist, not queued: resume it"}
-    return (201 if done.created else 200), {"run_id": done.run.run_id, "created": done.created,
-                                            "queued": done.queued}
-
-
-def _hand_to_inbox(inbox: Path, data: bytes) -> str:
-    """Write plan bytes into the inbox under a fresh name (a temporary name first, so the
-    watcher never takes half a file)."""
-    inbox.mkdir(parents=True, exist_ok=True)
-    name = f"ui-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}.json"
-    fd, temp = tempfile.mkstemp(dir=inbox, prefix=".ui-", suffix=".part")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(temp, inbox / name)
-    return name
-
-
-def resume(site: Site, run: Run, from_stage: str | None) -> tuple[int, dict[str, Any]]:
-    """Resume ``run`` (from a stage): the service `sparkle resume` calls with Redis."""
-    if from_stage is not None and from_stage not in STAGES:
-        return 422, {"error": f"unknown stage {from_stage!r}; stages are {', '.join(STAGES)}"}
-    if site.dispatcher is None:
-        return 409, {"error": "no queue reachable from this `sparkle ui` (no SPARKLE_REDIS_URL):"
-                              f" run `sparkle resume {run.run_id}`, or use `sparkle serve --ui`"}
-    try:
-        done = lifecycle.resume_run(run, site.dispatcher, from_stage)
-    except ConfigError as exc:
-        return 422, {"error": str(exc)}
-    except redis.RedisError as exc:
-        return 503, {"error": f"Redis: {exc}"}
-    return 200, {"run_id": run.run_id, "reset": done.reset, "queued": done.queued}
-
-
-def cancel(run: Run, request: Request) -> tuple[int, dict[str, Any]]:
-    client = request.client.host if request.client else "?"
-    done = lifecycle.cancel_run(run, by=f"dashboard ({client})",
-                                settings=_site(request).settings)
-    return 200, {"run_id": run.run_id, "result": done.result.value, "stage": done.stage}
-
-
-def replay(site: Site, run_id: str | None, stage: str | None,
-           replay_all: bool) -> tuple[int, dict[str, Any]]:
-    """Replay dead letters: what `sparkle dlq replay` does."""
-    dead = site.dead_letters()
-    if dead is None:
-        from sparkle.dlq import EMBEDDED_NOTICE
-
-        return 409, {"error": EMBEDDED_NOTICE}
-    if not (replay_all or run_id or stage):
-        return 422, {"error": "say what to replay: all, or run_id and/or stage"}
-    if stage is not None and stage not in STAGES:
-        return 422, {"error": f"unknown stage {stage!r}"}
-    try:
-        done = dead.replay(run_id, stage)
-    except redis.RedisError as exc:
-        return 503, {"error": f"Redis: {exc}"}
-    results = [{"run_id": item.letter.run_id, "stage": item.letter.stage,
-                "result": item.result.value} for item in done]
-    return 200, {"replayed": sum(1 for r in results if r["result"] == "replayed"),
-                 "results": results}
 
 
 # -- API -------------------------------------------------------------------------------
@@ -270,7 +177,7 @@ async def api_create(request: Request) -> Response:
     reason = check_csrf(request.scope, None)
     if reason:
         raise HTTPException(403, reason)
-    status, body = submit_plan(site, data, "request body")
+    status, body = actions.submit_plan(site, data, "request body")
     return JSONResponse(body, status)
 
 
@@ -278,7 +185,7 @@ async def api_resume(request: Request) -> Response:
     run = _run(request)
     fields = await _fields(request)
     from_stage = fields.get("from") or request.query_params.get("from") or None
-    status, body = resume(_site(request), run, from_stage if isinstance(from_stage, str)
+    status, body = actions.resume(_site(request), run, from_stage if isinstance(from_stage, str)
                           or from_stage is None else str(from_stage))
     return JSONResponse(body, status)
 
@@ -286,7 +193,7 @@ async def api_resume(request: Request) -> Response:
 async def api_cancel(request: Request) -> Response:
     run = _run(request)
     await _fields(request)
-    status, body = cancel(run, request)
+    status, body = actions.cancel(_site(request), run, _by(request))
     return JSONResponse(body, status)
 
 
@@ -333,8 +240,9 @@ def api_dlq(request: Request) -> Response:
 
 async def api_replay(request: Request) -> Response:
     fields = await _fields(request)
-    status, body = replay(_site(request), _text(fields.get("run_id")), _text(fields.get("stage")),
-                          fields.get("all") in (True, "1", "true", "on"))
+    status, body = actions.replay(_site(request), _text(fields.get("run_id")),
+                                  _text(fields.get("stage")),
+                                  fields.get("all") in (True, "1", "true", "on"))
     return JSONResponse(body, status)
 
 
@@ -457,7 +365,7 @@ def _back(request: Request, target: str, message: str, error: bool = False) -> R
 async def action_resume(request: Request) -> Response:
     run = _run(request)
     fields = await _fields(request)
-    status, body = resume(_site(request), run, _text(fields.get("from")))
+    status, body = actions.resume(_site(request), run, _text(fields.get("from")))
     target = f"/runs/{run.run_id}"
     if status != 200:
         return _back(request, target, body["error"], error=True)
@@ -469,7 +377,7 @@ async def action_resume(request: Request) -> Response:
 async def action_cancel(request: Request) -> Response:
     run = _run(request)
     await _fields(request)
-    _, body = cancel(run, request)
+    _, body = actions.cancel(_site(request), run, _by(request))
     return _back(request, f"/runs/{run.run_id}", body["result"].replace("_", " "))
 
 
@@ -487,7 +395,7 @@ async def action_new(request: Request) -> Response:
         source, data = f"upload {upload[0]}", upload[1]
     else:
         source, data = "pasted plan", text.encode()
-    status, body = submit_plan(site, data, source)
+    status, body = actions.submit_plan(site, data, source)
     if status in (200, 201):
         return RedirectResponse(f"/runs/{body['run_id']}?notice="
                                 f"{quote('created' if status == 201 else 'existing run')}", 303)
@@ -512,8 +420,9 @@ def page_operations(request: Request) -> Response:
 
 async def action_replay(request: Request) -> Response:
     fields = await _fields(request)
-    status, body = replay(_site(request), _text(fields.get("run_id")), _text(fields.get("stage")),
-                          fields.get("all") in ("1", "true", "on"))
+    status, body = actions.replay(_site(request), _text(fields.get("run_id")),
+                                  _text(fields.get("stage")),
+                                  fields.get("all") in ("1", "true", "on"))
     if status != 200:
         return _back(request, "/operations", body["error"], error=True)
     return _back(request, "/operations",
