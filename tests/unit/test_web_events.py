@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 
-from sparkle.web.events import follow_manifest, sse
+from sparkle.web.events import follow_manifest, sse, watch
 
 
 async def _take(run_dir: Path, start: int, count: int, write=None) -> list[str]:  # type: ignore[no-untyped-def]
@@ -67,3 +67,22 @@ def test_a_manifest_rewritten_shorter_starts_over(tmp_path):
 
 def test_multiline_data_is_split_into_data_lines():
     assert sse("a\nb", "x", "3") == b"id: 3\nevent: x\ndata: a\ndata: b\n\n"
+
+
+def test_watch_sends_a_change_naming_what_changed():
+    """The runs page's stream: a `change` event whenever a watched identity differs."""
+    looks = iter([{"a": 1, "b": 1}, {"a": 1, "b": 1}, {"a": 2, "b": 1}, {"a": 2}])
+
+    async def take() -> list[str]:
+        found: list[str] = []
+        stream = watch(lambda: next(looks), poll=0.01)
+        with anyio.fail_after(10):
+            async for chunk in stream:
+                if b"event: change" in chunk:
+                    found.append(json.loads(_fields(chunk.decode())["data"])["changed"])
+                if len(found) == 2:
+                    break
+        await stream.aclose()
+        return found
+
+    assert anyio.run(take) == [["a"], ["b"]]

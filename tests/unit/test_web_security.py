@@ -342,3 +342,26 @@ def test_an_oversized_upload_is_refused_however_it_is_sent(site):
                        headers={"content-type": "application/json"})
     assert chunked.status_code == 413
     assert web.get("/api/health").status_code == 200
+
+
+def test_logging_out_forgets_the_session(site):
+    web = client(site, token=TOKEN)
+    csrf = web.app.state.secrets.csrf  # type: ignore[attr-defined]
+    web.post("/login", data={"token": TOKEN, "csrf_token": csrf})
+    assert web.get("/").status_code == 200
+    out = web.post("/logout", data={"csrf_token": csrf}, follow_redirects=False)
+    assert out.status_code == 303 and 'sparkle_ui_session=""' in out.headers["set-cookie"]
+    web.cookies.clear()
+    assert web.get("/", follow_redirects=False).status_code == 303
+
+
+def test_the_runs_table_fragment_and_replay_form_in_standalone_mode(site):
+    web = client(site)
+    run = only_run(site)
+    assert run.run_id in web.get("/runs/table").text
+    # (no dead-letter queue without Redis: the page says why)
+    answer = web.post("/operations/replay", data={"all": "1",
+                                                  "csrf_token": web.app.state.secrets.csrf},  # type: ignore[attr-defined]
+                      follow_redirects=False)
+    assert answer.status_code == 303 and "error=" in answer.headers["location"]
+    assert "embedded%20mode" in answer.headers["location"]
