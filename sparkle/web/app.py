@@ -283,6 +283,11 @@ def run_file(request: Request) -> Response:
         fd, info = files.open_inside(str(run.dir), relative)
     except files.NotServable:
         raise HTTPException(404, "no such file in this run") from None
+    if request.query_params.get("thumb") and files.content_type(relative).startswith("image/"):
+        small = files.thumbnail(fd, info)
+        if small is not None:
+            os.close(fd)
+            return Response(small, media_type="image/jpeg", headers={"cache-control": "no-cache"})
     return files.file_response(fd, info, relative, request.headers.get("range"),
                                request.method)
 

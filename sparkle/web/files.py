@@ -13,9 +13,12 @@ server may ignore ``Range``).
 
 from __future__ import annotations
 
+import collections
+import io
 import mimetypes
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator
 
 import anyio
@@ -33,6 +36,16 @@ INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "video/mp4
 #: Types of the run's own files that :mod:`mimetypes` may not know.
 EXTRA_TYPES = {".jsonl": "text/plain", ".wav": "audio/wav", ".mp4": "video/mp4",
                ".txt": "text/plain", ".srt": "text/plain", ".log": "text/plain"}
+
+
+#: Longest side of a thumbnail (``?thumb=1``), in pixels.
+THUMB_PIXELS = 192
+
+#: Thumbnails kept in memory (about 5 KiB each), by the identity of their source file.
+THUMB_CACHE = 512
+
+_thumbs: collections.OrderedDict[tuple[int, ...], bytes] = collections.OrderedDict()
+_thumbs_lock = threading.Lock()
 
 
 class NotServable(Exception):
@@ -158,3 +171,33 @@ def _http_date(timestamp: float) -> str:
     from email.utils import formatdate
 
     return formatdate(timestamp, usegmt=True)
+
+
+def thumbnail(fd: int, info: os.stat_result) -> bytes | None:
+    """A small JPEG of the image open as ``fd`` (the runs page shows fifty of them: the
+    keyframes themselves weigh 100 KiB or more each), or None when it is not an image
+    Pillow reads safely. Kept in memory by the file's identity; ``fd`` stays open."""
+    from PIL import Image
+
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _thumbs_lock:
+        if key in _thumbs:
+            _thumbs.move_to_end(key)
+            return _thumbs[key]
+    try:
+        with os.fdopen(os.dup(fd), "rb") as handle, Image.open(handle) as image:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and image.width * image.height > limit:
+                return None
+            image.draft("RGB", (THUMB_PIXELS * 2, THUMB_PIXELS * 2))
+            image.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+            out = io.BytesIO()
+            image.convert("RGB").save(out, "JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    data = out.getvalue()
+    with _thumbs_lock:
+        _thumbs[key] = data
+        if len(_thumbs) > THUMB_CACHE:
+            _thumbs.popitem(last=False)
+    return data

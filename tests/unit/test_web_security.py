@@ -365,3 +365,21 @@ def test_the_runs_table_fragment_and_replay_form_in_standalone_mode(site):
                       follow_redirects=False)
     assert answer.status_code == 303 and "error=" in answer.headers["location"]
     assert "embedded%20mode" in answer.headers["location"]
+
+
+def test_a_thumbnail_is_a_small_jpeg_of_the_keyframe(site):
+    """The runs page asks for `?thumb=1`: a keyframe scaled down, not the whole image; a
+    file that is not a readable image is served as it is."""
+    import io
+
+    from PIL import Image
+
+    run = only_run(site)
+    Image.new("RGB", (1280, 720), (200, 40, 40)).save(run.dir / "frames" / "big.png")
+    web = client(site)
+    small = web.get(f"/runs/{run.run_id}/files/frames/big.png?thumb=1")
+    assert small.status_code == 200 and small.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(small.content)) as image:
+        assert max(image.size) == 192
+    broken = web.get(f"/runs/{run.run_id}/files/frames/s1_start.png?thumb=1")
+    assert broken.content == (run.dir / "frames" / "s1_start.png").read_bytes()
