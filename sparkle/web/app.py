@@ -63,8 +63,8 @@ def _site(request: Request) -> Site:
     return site
 
 
-def _index(request: Request) -> listing.RunIndex:
-    index: listing.RunIndex = request.app.state.index
+def _index(request: Request) -> listing.RunListing:
+    index: listing.RunListing = request.app.state.index
     return index
 
 
@@ -559,7 +559,7 @@ def create_app(site: Site, config: UiConfig | None = None) -> Starlette:
                             RunNotFoundError: _unsafe_path},
     )
     app.state.site = site
-    app.state.index = listing.RunIndex(site.store)
+    app.state.index = listing.RunListing(site.store)
     app.state.secrets = secrets_
     app.state.templates = Jinja2Templates(env=_environment())
     app.state.config = config

@@ -81,7 +81,7 @@ def _folder_stamp(root: str) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_mtime_ns, info.st_ctime_ns
 
 
-class RunIndex:
+class RunListing:
     """Summaries of every run in a runs folder, kept in memory (see the module docstring)."""
 
     def __init__(self, store: RunStore, refresh_sec: float = REFRESH_SEC) -> None:
@@ -230,7 +230,7 @@ class RunIndex:
         return counts
 
 
-def row(index: RunIndex, run_id: str, known: Known, now: float | None = None) -> dict[str, Any]:
+def row(index: RunListing, run_id: str, known: Known, now: float | None = None) -> dict[str, Any]:
     """One line of the runs listing (``GET /api/runs``): the summary ``sparkle runs --json``
     prints, and what the page shows beside it."""
     assert known.summary is not None

@@ -16,7 +16,7 @@ from sparkle import keys
 from sparkle.errors import SparkleError
 from sparkle.inbox import CLAIMED_DIR, ERROR_SUFFIX, PROCESSED_DIR, REJECTED_DIR
 from sparkle.runstore import Run
-from sparkle.web.listing import RunIndex
+from sparkle.web.listing import RunListing
 from sparkle.web.site import Mode, Site
 
 #: Files listed per inbox folder (the most recent).
@@ -128,7 +128,7 @@ def workers(site: Site) -> list[dict[str, Any]]:
             for name, score in beats if now_ms - score < timeout]
 
 
-def recent_redrives(index: RunIndex) -> list[dict[str, Any]]:
+def recent_redrives(index: RunListing) -> list[dict[str, Any]]:
     """Re-drive events of the runs whose manifests changed lately, newest first."""
     cutoff = time.time() - REDRIVES_WINDOW_SEC
     recent: list[tuple[float, str]] = []
@@ -152,7 +152,7 @@ def recent_redrives(index: RunIndex) -> list[dict[str, Any]]:
     return found[:REDRIVES_LIMIT]
 
 
-def operations_view(site: Site, index: RunIndex) -> dict[str, Any]:
+def operations_view(site: Site, index: RunListing) -> dict[str, Any]:
     """Everything the operations page shows (``error`` says what could not be read)."""
     view: dict[str, Any] = {"mode": site.mode.value, "queues": None, "workers": [],
                             "dead_letters": None, "error": None}

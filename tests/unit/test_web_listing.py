@@ -11,7 +11,7 @@ import pytest
 from sparkle.plans import load_plan_file
 from sparkle.runstore import RunStore
 from sparkle.schemas import AssetRefs, Checkpoint
-from sparkle.web.listing import RunIndex, _identity, row
+from sparkle.web.listing import RunListing, _identity, row
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_every_change_to_a_summary_source_changes_the_run_identity(store, change
 
 
 def test_a_shown_row_is_checked_again_and_new_or_removed_runs_show_at_once(store, plans_dir):
-    index = RunIndex(store, refresh_sec=3600)  # (no background pass during the test)
+    index = RunListing(store, refresh_sec=3600)  # (no background pass during the test)
     index.refresh()
     assert index.counts() == {"queued": 3}
     # When a run starts and another is removed, after the snapshot was taken
@@ -69,7 +69,7 @@ def test_a_shown_row_is_checked_again_and_new_or_removed_runs_show_at_once(store
 
 
 def test_search_matches_the_title_or_the_id_in_any_case(store):
-    index = RunIndex(store, refresh_sec=3600)
+    index = RunListing(store, refresh_sec=3600)
     assert index.query(q="LIGHTHOUSE keeper")[1] == 3
     assert [r for r, _ in index.query(q="RUN-1")[0]] == ["run-1"]
     assert index.query(q="nothing like it")[1] == 0
@@ -82,7 +82,7 @@ def test_a_row_counts_stages_and_finds_the_thumbnail(store):
     refs = AssetRefs()
     refs.shot("s1").start_frame = "frames/s1_start.png"
     run.save_asset_refs(refs)
-    index = RunIndex(store, refresh_sec=3600)
+    index = RunListing(store, refresh_sec=3600)
     ((run_id, known),) = index.query(q="run-0")[0]
     line = row(index, run_id, known)
     assert (line["status"], line["stages_done"], line["current_stage"]) == ("running", 2,
