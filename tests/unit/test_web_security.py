@@ -383,3 +383,22 @@ def test_a_thumbnail_is_a_small_jpeg_of_the_keyframe(site):
         assert max(image.size) == 192
     broken = web.get(f"/runs/{run.run_id}/files/frames/s1_start.png?thumb=1")
     assert broken.content == (run.dir / "frames" / "s1_start.png").read_bytes()
+
+
+def test_the_new_run_form_of_a_standalone_dashboard_says_where_the_plan_went(site, plans_dir):
+    web = client(site)
+    answer = web.post("/runs/new", data={"csrf_token": web.app.state.secrets.csrf,  # type: ignore[attr-defined]
+                                         "plan_text": (plans_dir / "rooftop.json").read_text()})
+    assert answer.status_code == 202
+    assert "handed to the inbox" in answer.text and "sparkle serve" in answer.text
+    assert len(list(site.settings.inbox_dir.glob("ui-*.json"))) == 1
+
+
+def test_unknown_pages_are_404_and_head_gives_headers_only(site):
+    run = only_run(site)
+    web = client(site)
+    assert web.get("/runs/no-such-run").status_code == 404
+    assert web.get("/runs/no-such-run/live").status_code == 404
+    head = web.head(f"/runs/{run.run_id}/files/final/movie.mp4")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str((run.dir / "final" / "movie.mp4").stat().st_size)
