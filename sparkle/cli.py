@@ -362,7 +362,7 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
 
     def body() -> int:
         from sparkle.broker import is_embedded
-        from sparkle.runner import force_rerun
+        from sparkle.lifecycle import resume_run
 
         engine, _ = _engine()
         the_run = engine.store.run(run_id)
@@ -374,10 +374,8 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
                 f"person; see `sparkle status {run_id}` (approve, redo or reject it)")
         if is_embedded():
             return _work(the_run, from_stage, only, threads)
-        reset = force_rerun(the_run, from_stage, only)
-        if the_run.cancelled:
-            the_run.set_cancelled(False)
-        stage = engine.dispatcher.kick(the_run)
+        resumed = resume_run(the_run, engine.dispatcher, from_stage, only)
+        reset, stage = resumed.reset, resumed.queued
         if reset:
             click.echo(f"reset: {', '.join(reset)}")
         click.echo(f"{run_id}: queued {stage}" if stage
@@ -482,8 +480,10 @@ def watch(inbox: Path | None, poll: bool) -> None:
 @click.option("--threads", default=2, show_default=True, help="In-process worker threads.")
 @click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+@click.option("--ui", is_flag=True, help="Serve the dashboard too (http://127.0.0.1:8321; "
+              "SPARKLE_UI_HOST, SPARKLE_UI_PORT, SPARKLE_UI_TOKEN).")
 def serve(inbox: Path | None, poll: bool, threads: int, adapters: str | None,
-          runs_dir: Path | None) -> None:
+          runs_dir: Path | None, ui: bool) -> None:
     """Watch INBOX (default ./inbox) and render every plan dropped there, in this process.
 
     Needs no server: without SPARKLE_REDIS_URL messages stay in memory and, on start,
@@ -493,7 +493,39 @@ def serve(inbox: Path | None, poll: bool, threads: int, adapters: str | None,
     from sparkle.service import serve as run_service
 
     _settings(adapters=adapters, runs_dir=runs_dir)
-    _guard(lambda: run_service(get_settings(), inbox, poll, threads, workers=True))
+
+    def body() -> None:
+        from sparkle.web.config import UiConfig
+
+        dashboard = UiConfig.from_environment() if ui else None
+        run_service(get_settings(), inbox, poll, threads, workers=True, ui=dashboard)
+
+    _guard(body)
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1; any other needs "
+              "SPARKLE_UI_TOKEN).")
+@click.option("--port", type=int, help="Port (default 8321).")
+@click.option("--read-only", is_flag=True, help="No actions: for wall displays.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
+def ui(host: str | None, port: int | None, read_only: bool, runs_dir: Path | None) -> None:
+    """Serve the dashboard: runs, live stage progress, assets, actions, operations.
+
+    With SPARKLE_REDIS_URL it queues on Redis for the workers; without, it shows the runs
+    folder and hands new plans to the inbox (use `sparkle serve --ui` to work them here).
+    """
+    _settings(runs_dir=runs_dir)
+
+    def body() -> None:
+        from sparkle.web.config import UiConfig
+        from sparkle.web.server import run_foreground
+        from sparkle.web.site import Site
+
+        config = UiConfig.from_environment(host, port, read_only)
+        run_foreground(Site.for_process(get_settings(), read_only), config)
+
+    _guard(body)
 
 
 # -- workers -----------------------------------------------------------------------------

@@ -5,9 +5,7 @@ Registered on the main group by :mod:`sparkle.cli` from :data:`COMMANDS`.
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -252,28 +250,21 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
     _configure(runs_dir)
 
     def body() -> None:
-        from sparkle.runstore import RunStatus, RunStore
+        from sparkle.lifecycle import CancelResult, cancel_run
+        from sparkle.notifications import flush
+        from sparkle.runstore import RunStore
         from sparkle.settings import get_settings
 
         run = RunStore(get_settings().runs_dir).run(run_id)
-        state = run.state()
-        status = state.status()
-        if status is RunStatus.cancelled:
+        done = cancel_run(run, settings=get_settings(), notify_in_background=False)
+        if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return
-        if status is RunStatus.succeeded:
+        if done.result is CancelResult.already_succeeded:
             click.echo(f"{run_id} already succeeded; nothing to cancel")
             return
-        stage = state.next_stage() or STAGES[-1]
-        run.set_cancelled(True)
-        run.append_event(stage, "cancel", max(1, state.attempts(stage)),
-                         metadata={"by": f"{getpass.getuser()}@{socket.gethostname()}",
-                                   "previous_status": status.value})
-        from sparkle.notifications import flush, run_ended
-
-        run_ended(run, get_settings(), "cancelled", background=False)
         flush(get_settings())
-        running = _running_stage(run_id, stage)
+        running = _running_stage(run_id, done.stage or STAGES[-1])
         click.echo(f"cancelled {run_id}: {running}no further stage starts. "
                    f"Continue it with `sparkle resume {run_id}`")
 

@@ -211,6 +211,11 @@ class StateCollector:
         gauge.add_metric([], round(oldest, 1))
         return gauge
 
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Messages per stage queue by state, as a scrape reports them (the dashboard's
+        operations page shows the same numbers)."""
+        return {stage: self._depths(stage) for stage in STAGES}
+
     def _depths(self, stage: str) -> dict[str, int]:
         from dramatiq.brokers.stub import StubBroker
 

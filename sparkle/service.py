@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import dramatiq
 
@@ -28,6 +29,9 @@ from sparkle.infrastructure import bookkeeping
 from sparkle.redrive import Reaper
 from sparkle.runstore import RunStatus
 from sparkle.settings import Settings
+
+if TYPE_CHECKING:
+    from sparkle.web.config import UiConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,10 @@ def check_writable(folder: Path, what: str) -> None:
 
 
 def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
-          stop: threading.Event | None = None, workers: bool = True) -> None:
-    """Watch the inbox (and, with ``workers``, work the stages here) until stopped.
+          stop: threading.Event | None = None, workers: bool = True,
+          ui: UiConfig | None = None) -> None:
+    """Watch the inbox (and, with ``workers``, work the stages here) until stopped; with
+    ``ui``, serve the dashboard from this process too.
 
     Raises:
       InfrastructureError: the inbox or the runs folder cannot be written (a read-only
@@ -121,6 +127,19 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
     reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
     reaper.start()
     metrics_server = metrics.serve(engine.settings, engine.store, broker, engine.client)
+    dashboard = None
+    if ui is not None:
+        from sparkle.web.server import start_in_background
+        from sparkle.web.site import Site
+
+        site = Site.for_process(settings, worker_threads=threads if workers else 0)
+        try:
+            dashboard = start_in_background(site, ui)
+        except BaseException:
+            reaper.stop()
+            if worker is not None:
+                worker.stop()
+            raise
     mode = "embedded" if is_embedded() else settings.redacted_redis_url()
     log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
                 settings.inbox_dir, settings.runs_dir, mode,
@@ -129,6 +148,8 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
         with stop_on_signals(stop):
             inbox.run_forever(stop)
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         reaper.stop()
         if metrics_server is not None:
             metrics_server.stop()
