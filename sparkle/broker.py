@@ -33,6 +33,7 @@ from dramatiq.middleware import (
 )
 
 from sparkle import roundtrip
+from sparkle.doorbell import DoorbellBroker
 from sparkle.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def build_broker(settings: Settings, client: redis.Redis | None = None) -> drama
     url = settings.redis_url_value()
     if url is None and client is None:
         return StubBroker(middleware=middleware())
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
+    broker = DoorbellBroker(  # type: ignore[no-untyped-call]
         url=None if client is not None else url,
         client=client,
         namespace=settings.namespace,
