@@ -112,11 +112,6 @@ def worker_id() -> str:
     return f"{HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
 
 
-def crashed_begins(run: Run, stage: str) -> int:
-    """Attempts of ``stage`` whose worker died before recording an outcome, in a row."""
-    return run.state().crashed_begins(stage)
-
-
 def reset_stages(run: Run, stages: list[str], reason: str) -> None:
     """Force ``stages`` to run again: a ``reset`` event each, and their checkpoints removed."""
     for stage in stages:
