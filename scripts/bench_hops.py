@@ -50,7 +50,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+#: For the worker processes: this tree's sparkle (a copy of the tree benchmarks its own
+#: code, whichever tree the virtualenv was installed from) and the bench's modules.
+PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "scripts")])
 
 from redis_server import RedisServer  # noqa: E402
 
@@ -155,7 +158,7 @@ def _worker_with_noop_adapters(server: RedisServer, folder: Path, runs: int, tit
     time to connect."""
     adapters = {f"SPARKLE_ADAPTER_{s.upper()}": "bench_hops:noop" for s in STAGES}
     engine, created = engine_with_runs(server, folder, runs, title,
-                                       PYTHONPATH=str(ROOT / "scripts"), **adapters)
+                                       PYTHONPATH=PYTHONPATH, **adapters)
     worker = _start([str(BIN / "sparkle"), "worker", "--processes", "1", "--threads",
                      str(threads)], dict(os.environ), folder)
     time.sleep(3)  # let the worker connect before the clock starts
@@ -224,7 +227,7 @@ def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
     has each hop do DESIGN's per-stage records by hand."""
     module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
                                                                           "bare7")
-    env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": str(ROOT / "scripts")}
+    env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": PYTHONPATH}
     if queues > 1:
         env["dramatiq_worker_timeout"] = str(BARE_POLL_MS)
     if thread_connections:
