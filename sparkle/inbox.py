@@ -329,6 +329,10 @@ class Inbox:
     folder once in the calling thread with :meth:`scan` then :meth:`process_pending`.
     """
 
+    #: Called with the file's name, its run and whether the run was created, once a file
+    #: became a run and moved to ``processed/`` (``sparkle serve`` prints a line).
+    on_processed: Callable[[str, Run, bool], object] | None = None
+
     def __init__(
         self,
         inbox_dir: Path,
@@ -895,6 +899,8 @@ class Inbox:
             raise _InfraError(exc, created) from exc
         self._count("processed", "created" if created else "resumed")
         log.info("inbox: %s -> run %s (%s)", name, run.run_id, "created" if created else "resumed")
+        if self.on_processed is not None:
+            self.on_processed(name, run, created)
 
     def _reject(self, claimed: Path, name: str, problems: list[Problem], received_at: str) -> None:
         record = {
