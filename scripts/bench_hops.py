@@ -6,6 +6,9 @@ Starts a private redis-server, then measures, each with one worker process of 8 
   run by ``dramatiq bench_hops_bare -p 1 -t 8`` with dramatiq's defaults;
 - **bare, 7 queues**: the same chain with one queue per actor, as Sparkle's stages have,
   polled every 250 ms at most (:data:`BARE_POLL_MS`);
+- **bare, 7 queues, Sparkle's broker connections**: as above, the broker sending its Lua
+  calls on a connection each thread keeps, as Sparkle's broker does: the share of
+  Sparkle's rate that comes from that, not from the engine;
 - **bare, 7 queues, DESIGN's records by hand** (the floor): as above, each hop first doing
   by hand, with nothing else, the Redis commands and file records that DESIGN's "Stage
   execution" asks of every stage (lease, fencing, release; a ``begin`` checkpoint and
@@ -218,14 +221,17 @@ def bench_latency(server: RedisServer, runs: int, folder: Path,
 
 
 def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
-               records: bool = False) -> float:
-    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues. With 7,
-    ``records`` has each hop do DESIGN's per-stage records by hand."""
+               thread_connections: bool = False, records: bool = False) -> float:
+    """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues. With 7:
+    ``thread_connections`` has the broker send its calls as Sparkle's does, and ``records``
+    has each hop do DESIGN's per-stage records by hand."""
     module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
                                                                           "bare7")
     env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": PYTHONPATH}
     if queues > 1:
         env["dramatiq_worker_timeout"] = str(BARE_POLL_MS)
+    if thread_connections:
+        env["BENCH_THREAD_CONNECTIONS"] = "1"
     if records:
         env["BENCH_RECORDS_DIR"] = str(folder / f"bare-records-{time.time_ns()}")
     import dramatiq
@@ -269,7 +275,8 @@ def main() -> None:
     parser.add_argument("--latency-only", action="store_true",
                         help="measure only the hop latency and the idle traffic")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "floor": [], "sparkle": []}
+    rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_conn": [], "floor": [],
+                                     "sparkle": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
@@ -277,8 +284,10 @@ def main() -> None:
             for trial in range(0 if args.latency_only else args.repeat):
                 rates["bare"].append(bench_bare(server, args.runs, Path(tmp)))
                 rates["bare7"].append(bench_bare(server, args.runs, Path(tmp), queues=7))
+                rates["bare7_conn"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
+                                                      thread_connections=True))
                 rates["floor"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
-                                                 records=True))
+                                                 thread_connections=True, records=True))
                 runs_dir = Path(tmp) / f"runs-{trial}"
                 runs_dir.mkdir()
                 rates["sparkle"].append(bench_sparkle(server, args.runs, runs_dir))
@@ -307,6 +316,7 @@ def _print_rates(rates: dict[str, list[float]], repeat: int) -> None:
     rows = [
         ("bare dramatiq, 7 actors on 1 queue (baseline)", "bare"),
         ("bare dramatiq, 7 actors on 7 queues, 250 ms polling", "bare7"),
+        ("the same, with Sparkle's broker connections", "bare7_conn"),
         ("the same, each hop doing DESIGN's per-stage records by hand (the floor)", "floor"),
         ("Sparkle, 7 stages, no-op adapters, `sparkle worker`", "sparkle"),
     ]

@@ -2,6 +2,9 @@
 Sparkle's stages are, each sending the next, on the Redis at BENCH_REDIS_URL. Imported by
 ``dramatiq bench_hops_bare7``.
 
+With BENCH_THREAD_CONNECTIONS set, the broker sends its Lua calls as Sparkle's does, on a
+connection each thread keeps (:func:`sparkle.broker.use_thread_connections`).
+
 With BENCH_RECORDS_DIR set, each hop first does, by hand and with nothing else, what
 DESIGN's "Stage execution" asks of every stage: the floor under any implementation of it.
 
@@ -31,9 +34,12 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from sparkle import atomic, roundtrip, unique
+from sparkle.broker import use_thread_connections
 
 URL = os.environ["BENCH_REDIS_URL"]
 broker = RedisBroker(url=URL, namespace="bare7")
+if os.environ.get("BENCH_THREAD_CONNECTIONS"):  # as Sparkle's broker does
+    use_thread_connections(broker)
 dramatiq.set_broker(broker)
 client = redis.Redis.from_url(URL)
 RECORDS = os.environ.get("BENCH_RECORDS_DIR")

@@ -39,7 +39,7 @@ from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from sparkle import keys
+from sparkle import keys, roundtrip
 
 #: Tokens a doorbell keeps at most: more than enough to wake every consumer of a queue
 #: (one fetch takes up to a whole prefetch of messages).
@@ -66,11 +66,9 @@ class DoorbellBroker(RedisBroker):
         """Store the message (dramatiq's ``enqueue`` script), then ring the doorbell."""
         stored = self._dispatch("enqueue")(queue_name, message_id, data)  # type: ignore[no-untyped-call]
         bell = keys.doorbell(self.namespace, queue_name)
-        ring = self.client.pipeline(transaction=False)
-        ring.lpush(bell, b"1")
-        ring.ltrim(bell, 0, MAX_TOKENS - 1)
-        ring.pexpire(bell, TOKEN_TTL_MS)
-        ring.execute()
+        # (a token pushed twice only costs a fetch: safe to send again)
+        roundtrip.execute(self.client, ("LPUSH", bell, b"1"), ("LTRIM", bell, 0, MAX_TOKENS - 1),
+                          ("PEXPIRE", bell, TOKEN_TTL_MS), idempotent=True)
         return stored
 
 
@@ -123,5 +121,7 @@ class DoorbellConsumer(_RedisConsumer):
         if self.max_wait is not None:
             seconds = min(seconds, self.max_wait)
         # Redis takes fractions of a second; 0 would mean "wait for ever".
-        return self.broker.client.blpop([self.bell], timeout=max(round(seconds, 3), 0.001)) \
-            is not None
+        timeout = f"{max(seconds, 0.001):.3f}"
+        reply = roundtrip.execute(self.broker.client, ("BLPOP", self.bell, timeout),
+                                  idempotent=True)[0]
+        return reply is not None

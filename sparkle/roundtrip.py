@@ -19,8 +19,8 @@ would then be reset after it was sent, when it can no longer be safely resent). 
 while reading replies is raised, since the commands may have run; the connection is
 dropped, as its replies would be out of step.
 
-A request that is safe to run twice (``idempotent``: the fencing read, the lease release)
-skips the poll and, after any failure, is sent once more on a new
+A request that is safe to run twice (``idempotent``: the fencing read, the lease release,
+dramatiq's ack) skips the poll and, after any failure, is sent once more on a new
 connection.
 
 Socket timeouts are enforced by the kernel on plain TCP and Unix sockets (see

@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 
 import dramatiq
 import pytest
@@ -136,8 +137,9 @@ def test_a_forked_child_does_not_use_its_parents_connection(client: redis.Redis)
 
 
 def test_the_broker_reloads_its_scripts_when_redis_lost_them(redis_server: RedisServer):
-    """After Redis forgets its scripts (a restart, SCRIPT FLUSH) the broker's next enqueue,
-    fetch and ack send the script text again instead of failing with NOSCRIPT."""
+    """The broker's Lua calls go through the threads' own connections; after Redis forgets
+    its scripts (a restart, SCRIPT FLUSH) the next enqueue, fetch and ack send the script
+    text again instead of failing with NOSCRIPT."""
     import dramatiq
 
     from sparkle.broker import build_broker
@@ -279,6 +281,35 @@ def test_requests_safe_to_repeat_skip_the_open_check_and_survive_a_killed_connec
     assert lease.release(also=(("SET", "mark", "images 1"),))
     assert len(polls) == before + 1  # (only the CLIENT ID above)
     assert client.get(lease.key) is None and client.get("mark") == b"images 1"
+
+
+def test_the_brokers_ack_is_sent_as_safe_to_repeat(redis_server: RedisServer,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """Of the broker's Lua calls only the ack is sent as safe to repeat (it removes a
+    message from its queue's ack set); an enqueue or a fetch is not."""
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    broker = build_broker(Settings(redis_url=redis_server.url, namespace="ack-test"))
+    sent: list[tuple[str, bool]] = []
+    real_execute = roundtrip.execute
+
+    def execute(client: redis.Redis, *commands: Any, idempotent: bool = False) -> Any:
+        command = commands[0]  # (EVALSHA sha 1 namespace command ...)
+        if command[0] == "EVALSHA":
+            sent.append((command[4], idempotent))
+        return real_execute(client, *commands, idempotent=idempotent)
+
+    monkeypatch.setattr(roundtrip, "execute", execute)
+    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    broker.declare_queue("q")
+    broker.enqueue(message)
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    received = next(consumer)
+    consumer.ack(received)
+    consumer.close()
+    broker.close()
+    assert ("enqueue", False) in sent and ("fetch", False) in sent and ("ack", True) in sent
 
 
 def test_a_send_that_times_out_is_not_sent_again(redis_server: RedisServer,
