@@ -23,14 +23,19 @@ takes it and fetches once more, for nothing. So:
 
 Tokens are few and short-lived: the list is cut to :data:`MAX_TOKENS` and expires
 :data:`TOKEN_TTL_MS` after the last push, so queues nobody consumes keep no growing list.
-The token is pushed after the message is stored, in its own round trip: a consumer woken
-by it always finds the message (or a faster consumer took it).
+The token is pushed in the enqueue's own round trip, right after the script that stores the
+message: a consumer woken by it always finds the message (or a faster consumer took it),
+and ringing costs no round trip of its own.
+
+A consumer holding as many messages as it may prefetch sleeps at most
+:data:`FULL_SLEEP_SEC` at a time, however long its backoff: it acknowledges the messages
+its threads finished only between two sleeps, so a long sleep there would hold back the
+next fetch (no command is sent while it sleeps).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import redis
 from dramatiq.broker import MessageProxy
@@ -40,6 +45,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 from sparkle import keys, roundtrip
+from sparkle.roundtrip import Command
 
 #: Tokens a doorbell keeps at most: more than enough to wake every consumer of a queue
 #: (one fetch takes up to a whole prefetch of messages).
@@ -49,27 +55,30 @@ MAX_TOKENS = 64
 #: useless fetch each).
 TOKEN_TTL_MS = 60_000
 
+#: Longest sleep, in seconds, of a consumer that may not fetch more (see the module).
+FULL_SLEEP_SEC = 0.02
+
 #: A ``BLPOP`` waits at most this share of the connection's socket timeout, if it has one,
 #: so that the wait ends before the socket gives up on the reply.
 _SOCKET_SHARE = 0.5
 
 
 class DoorbellBroker(RedisBroker):
-    """dramatiq's RedisBroker, ringing a queue's doorbell on every enqueue and with
-    consumers that wait on it while their queue is empty."""
+    """dramatiq's RedisBroker whose consumers wait on their queue's doorbell while it is
+    empty. :func:`sparkle.broker.build_broker` makes every enqueue ring it."""
 
     @property
     def consumer_class(self) -> type[DoorbellConsumer]:
         return DoorbellConsumer
 
-    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
-        """Store the message (dramatiq's ``enqueue`` script), then ring the doorbell."""
-        stored = self._dispatch("enqueue")(queue_name, message_id, data)  # type: ignore[no-untyped-call]
-        bell = keys.doorbell(self.namespace, queue_name)
-        # (a token pushed twice only costs a fetch: safe to send again)
-        roundtrip.execute(self.client, ("LPUSH", bell, b"1"), ("LTRIM", bell, 0, MAX_TOKENS - 1),
-                          ("PEXPIRE", bell, TOKEN_TTL_MS), idempotent=True)
-        return stored
+
+
+def ring_commands(namespace: str, queue: str) -> tuple[Command, ...]:
+    """The commands that ring ``queue``'s doorbell: sent in the round trip of each enqueue,
+    after dramatiq's script stored the message (:class:`sparkle.broker._ThreadScript`)."""
+    bell = keys.doorbell(namespace, queue)
+    return (("LPUSH", bell, b"1"), ("LTRIM", bell, 0, MAX_TOKENS - 1),
+            ("PEXPIRE", bell, TOKEN_TTL_MS))
 
 
 class DoorbellConsumer(_RedisConsumer):
@@ -111,7 +120,7 @@ class DoorbellConsumer(_RedisConsumer):
                         if fetched:
                             self.wait(backoff_ms / 1000)
                         else:  # full: a token is of no use here, leave it to others
-                            time.sleep(backoff_ms / 1000)
+                            time.sleep(min(backoff_ms / 1000, FULL_SLEEP_SEC))
                         return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]

@@ -37,8 +37,13 @@ def _message() -> dramatiq.Message[Any]:
 
 
 def test_a_message_sent_wakes_a_consumer_waiting_on_its_idle_queue(redis_server: RedisServer):
-    # Given a consumer whose queue was empty, waiting for its next poll (two minutes away)
-    broker = _broker(redis_server)
+    # Given a consumer whose queue was empty, waiting for its next poll (a minute or two
+    # away; its connection waits longer for a reply than that)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=600)
+    broker = build_broker(Settings(), client=client)
+    broker.declare_queue("q")
     consumer = broker.consume("q", prefetch=1, timeout=LONG_POLL_MS)
     assert isinstance(consumer, DoorbellConsumer)
     consumer.misses = 30  # its backoff grown to the longest
