@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -44,7 +44,6 @@ from sparkle.logs import log_context
 from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
-from sparkle.slots import Slots
 from sparkle.stages import Adapter, normalize_result
 
 log = logging.getLogger(__name__)
@@ -131,11 +130,6 @@ class Engine:
     adapters: dict[str, Adapter]
     settings: Settings
     sleep: Callable[[float], None] = time.sleep
-    #: The threads of this process doing bookkeeping at once (:mod:`sparkle.slots`).
-    slots: Slots = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.slots = Slots(self.settings.bookkeeping_threads)
 
     def execute(self, stage: str, run_id: str) -> Outcome:
         """Handle one message for ``stage`` of ``run_id``.
@@ -143,8 +137,7 @@ class Engine:
         Raises:
           StageFailed: the stage failed permanently (the message should be dead-lettered).
         """
-        # The bookkeeping holds one of the process's few slots; the adapter runs outside.
-        with log_context(run_id, stage), self.slots.held():
+        with log_context(run_id, stage):
             try:
                 outcome = self._execute(stage, run_id)
             except StageFailed:
@@ -279,7 +272,7 @@ class Engine:
                 jitter=self.settings.retry_base_sec,
             ),
             retry=tenacity.retry_if_exception_type(_Transient),
-            sleep=self._backoff,
+            sleep=self.sleep,
             reraise=True,
         )
 
@@ -303,10 +296,6 @@ class Engine:
             self._record_failure(run, stage, attempt, message, lease, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
-    def _backoff(self, seconds: float) -> None:
-        with self.slots.released():
-            self.sleep(seconds)
-
     def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease) -> None:
         if lease.lost.is_set():
             raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
@@ -322,21 +311,18 @@ class Engine:
             plan, refs_before = run.plan(), run.asset_refs()
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
-            with self.slots.released():
-                result = adapter.fn(plan, refs_before, run.dir)
+            result = adapter.fn(plan, refs_before, run.dir)
             refs, metadata = normalize_result(result)
             outputs = self._check_paths(run, refs)
-            # The success recorded next survives a power cut: so must what it names. (Out
-            # of the bookkeeping slot, like the adapter: flushing media may take a while.)
+            # The success recorded next survives a power cut: so must what it names.
             if outputs:
                 # Changed since the refs' last save (only the engine saves them, never
                 # during the adapter): any attempt since, a failed one too, may have
                 # rewritten a file they name. By the file system's own clock.
                 saved = run.asset_refs_saved_at()
-                with self.slots.released():
-                    atomic.sync_outputs([run.dir / p for p in outputs if p not in before],
-                                        run.dir, since=saved,
-                                        named_before=[run.dir / p for p in outputs if p in before])
+                atomic.sync_outputs([run.dir / p for p in outputs if p not in before],
+                                    run.dir, since=saved,
+                                    named_before=[run.dir / p for p in outputs if p in before])
         except TimeLimitExceeded:
             raise _Permanent(
                 TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")

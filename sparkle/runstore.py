@@ -418,7 +418,6 @@ class Run:
             atomic.write_all(fd, record)
             self.appended.append((end, end + len(record)))
             if durable:
-                # (not giving the bookkeeping slot up meanwhile: the manifest is locked)
                 os.fdatasync(fd)
         finally:
             os.close(fd)

@@ -87,11 +87,6 @@ class Settings(BaseSettings):
     #: only bounds the pick-up of messages sent otherwise (by another dramatiq client, or
     #: put back by dramatiq's maintenance); lower polls more while idle.
     worker_poll_ms: int = Field(default=1000, ge=10, le=60_000)
-    #: Threads of one worker process doing the engine's bookkeeping (lease, checkpoints,
-    #: history, next message) at once; the others wait, asleep. Adapters are not limited.
-    #: 2 and 3 measured alike, 4 worse, 8 (no bound) worst: more threads only take the GIL
-    #: from each other more often (docs/BENCHMARKS.md).
-    bookkeeping_threads: int = Field(default=2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _poll_within_heartbeat(self) -> Settings:
