@@ -18,8 +18,8 @@ takes it and fetches once more, for nothing. So:
   one; the poll interval can then be longer for the same traffic, since it no longer
   bounds a hop. It still bounds the pick-up of messages sent without a token (by a client
   other than Sparkle's broker, or put back by dramatiq's maintenance);
-- a consumer holding as many messages as it may prefetch sleeps as before, taking no
-  token that another process's consumer could use.
+- a consumer holding as many messages as it may prefetch cannot fetch: it sleeps instead
+  (below), taking no token that another process's consumer could use.
 
 Tokens are few and short-lived: the list is cut to :data:`MAX_TOKENS` and expires
 :data:`TOKEN_TTL_MS` after the last push, so queues nobody consumes keep no growing list.
@@ -70,7 +70,6 @@ class DoorbellBroker(RedisBroker):
     @property
     def consumer_class(self) -> type[DoorbellConsumer]:
         return DoorbellConsumer
-
 
 
 def ring_commands(namespace: str, queue: str) -> tuple[Command, ...]:

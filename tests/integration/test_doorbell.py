@@ -88,21 +88,29 @@ def test_every_enqueue_rings_and_the_doorbell_stays_small(redis_server: RedisSer
 
 
 def test_a_consumer_that_cannot_take_more_leaves_the_token_to_others(
-        redis_server: RedisServer):
-    # Given a consumer holding as many messages as it may prefetch, and a token waiting
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch):
+    # Given a consumer holding as many messages as it may prefetch, a token waiting, and
+    # a backoff grown to a long poll
+    from sparkle import doorbell
+
     broker = _broker(redis_server)
     client = redis_server.client()
-    consumer = broker.consume("q", prefetch=1, timeout=10)
+    consumer = broker.consume("q", prefetch=1, timeout=LONG_POLL_MS)
+    slept: list[float] = []
+    monkeypatch.setattr(doorbell.time, "sleep", slept.append)
     try:
         broker.enqueue(_message())
         held = next(consumer)
         assert held is not None
         client.delete(keys.doorbell(broker.namespace, "q"))
         broker.enqueue(_message())
+        consumer.misses = 30
         # When it looks for more
         assert next(consumer) is None
-        # Then it slept rather than took the token another process's consumer can use
+        # Then it slept rather than took the token another process's consumer can use,
+        # and briefly: it acknowledges finished messages only between two sleeps
         assert client.llen(keys.doorbell(broker.namespace, "q")) == 1
+        assert slept and max(slept) <= doorbell.FULL_SLEEP_SEC
         consumer.ack(held)
     finally:
         consumer.close()
