@@ -2,8 +2,8 @@
 
 The run goes through the real actors and engine: its first unfinished stage is sent on the
 process's broker and an in-process dramatiq worker consumes the chain, exactly as separate
-workers would. This module only starts that worker, shows progress, and decides when the
-run has come to rest.
+workers would. This module only starts that worker, shows progress, decides when the run
+has come to rest, and stops it on Ctrl-C in a state ``sparkle resume`` continues.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def work_in_foreground(
     worker.start()
     started = time.monotonic()
     interrupted = threading.Event()
-    abandoned: str | None = None
+    abandoned = False
+    left: str | None = None
     try:
         if run.cancelled:
             run.set_cancelled(False)
@@ -156,17 +157,16 @@ def work_in_foreground(
                         _stop_after_running_stage(run, display)
                     rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
             except _Abandon:
-                abandoned = _running_stage(run) or "none"
+                abandoned, left = True, _running_stage(run)
             display.update()
     finally:
-        if abandoned is None:
+        if not abandoned:
             worker.stop()
         # (else its threads, daemons, end with the process; joining them would wait for
         # the very stage the user chose not to wait for)
     if interrupted.is_set() and run.next_stage() is None and run.cancelled:
         run.set_cancelled(False)  # every stage had succeeded by then: nothing was stopped
-    return RunResult(run.status(), time.monotonic() - started, interrupted.is_set(),
-                     None if abandoned == "none" else abandoned)
+    return RunResult(run.status(), time.monotonic() - started, interrupted.is_set(), left)
 
 
 def _running_stage(run: Run) -> str | None:
