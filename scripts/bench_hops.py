@@ -5,7 +5,7 @@ Starts a private redis-server, then measures, each with one worker process of 8 
 - **bare, 1 queue** (the baseline): 7 dramatiq actors on one queue, each sending the next,
   run by ``dramatiq bench_hops_bare -p 1 -t 8`` with dramatiq's defaults;
 - **bare, 7 queues**: the same chain with one queue per actor, as Sparkle's stages have,
-  polled as often as Sparkle's workers poll (``SPARKLE_WORKER_POLL_MS``);
+  polled every 250 ms at most (:data:`BARE_POLL_MS`);
 - **bare, 7 queues, Sparkle's broker connections**: as above, the broker sending its Lua
   calls on a connection each thread keeps, as Sparkle's broker does: the share of
   Sparkle's rate that comes from that, not from the engine;
@@ -21,7 +21,15 @@ Starts a private redis-server, then measures, each with one worker process of 8 
 
 Prints the median rate of each and its ratios to the baseline and to the floor.
 
+Then, in the same run, the **hop latency**: ``sparkle worker --processes 1 --threads 4``
+with no-op adapters and one run in flight at a time (``--latency-runs`` runs, submitted one
+after the other); for each hop, the time from a stage's ``success`` event to the next
+stage's ``begin`` event in the run's manifest. Prints its p50 and p90. And the **idle
+traffic**: the Redis commands per second that worker sends while no run is in flight
+(``INFO commandstats`` of the private server, before and after ``--idle-sec`` seconds).
+
     python scripts/bench_hops.py [--runs 200] [--repeat 3] [--dir /dev/shm]
+                                 [--latency-runs 10] [--idle-sec 10]
 
 ``--dir`` puts the runs folders (and Redis's files) in another folder: on a tmpfs the
 result shows the engine's own cost without the disk's.
@@ -30,6 +38,7 @@ result shows the engine's own cost without the disk's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -41,7 +50,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+#: For the worker processes: this tree's sparkle (a copy of the tree benchmarks its own
+#: code, whichever tree the virtualenv was installed from) and the bench's modules.
+PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "scripts")])
 
 from redis_server import RedisServer  # noqa: E402
 
@@ -60,6 +72,11 @@ def noop(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> AssetRefs:
 
 
 THREADS = 8
+
+#: Poll of the bare 7-queue chains, in milliseconds: what Sparkle's workers polled at before
+#: their queues had doorbells (``SPARKLE_WORKER_POLL_MS`` was 250), kept so that the floor
+#: is not made slower by the longer poll that the doorbells allow Sparkle.
+BARE_POLL_MS = 250
 
 
 def _worker(module: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -112,13 +129,7 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     """Hops per second through Sparkle's seven stage actors."""
     from sparkle import broker as broker_module
 
-    adapters = {f"SPARKLE_ADAPTER_{s.upper()}": "bench_hops:noop" for s in STAGES}
-    engine, created = engine_with_runs(server, folder, runs, "hop",
-                                       PYTHONPATH=str(ROOT / "scripts"), **adapters)
-    env = dict(os.environ)
-    worker = _start([str(BIN / "sparkle"), "worker", "--processes", "1", "--threads",
-                     str(THREADS)], env, folder)
-    time.sleep(3)  # let the worker connect before the clock starts
+    engine, created, worker = _worker_with_noop_adapters(server, folder, runs, "hop", THREADS)
     try:
         started = time.perf_counter()
         for run in created:
@@ -139,6 +150,76 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     return runs * len(STAGES) / elapsed
 
 
+def _worker_with_noop_adapters(server: RedisServer, folder: Path, runs: int, title: str,
+                               threads: int) -> tuple[Engine, list[Run],
+                                                      subprocess.Popen[bytes]]:
+    """``runs`` new runs (see :func:`engine_with_runs`) and a ``sparkle worker`` of one
+    process with ``threads`` threads, no-op adapters for every stage, started and given
+    time to connect."""
+    adapters = {f"SPARKLE_ADAPTER_{s.upper()}": "bench_hops:noop" for s in STAGES}
+    engine, created = engine_with_runs(server, folder, runs, title,
+                                       PYTHONPATH=PYTHONPATH, **adapters)
+    worker = _start([str(BIN / "sparkle"), "worker", "--processes", "1", "--threads",
+                     str(threads)], dict(os.environ), folder)
+    time.sleep(3)  # let the worker connect before the clock starts
+    return engine, created, worker
+
+
+def idle_commands(server: RedisServer, seconds: float) -> tuple[float, float]:
+    """Commands per second that clients send to ``server`` over ``seconds`` (``MONITOR``),
+    and those plus the commands their Lua scripts run (what ``INFO commandstats`` counts)."""
+    import redis
+
+    sent = in_scripts = 0
+    client = redis.Redis.from_url(server.url, socket_timeout=1)
+    with client.monitor() as monitor:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                command = monitor.next_command()
+            except redis.TimeoutError:
+                continue
+            if command["client_type"] == "lua":
+                in_scripts += 1
+            else:
+                sent += 1
+    client.close()
+    return sent / seconds, (sent + in_scripts) / seconds
+
+
+def bench_latency(server: RedisServer, runs: int, folder: Path,
+                  idle_sec: float) -> tuple[list[float], tuple[float, float]]:
+    """Hop latencies in seconds (a stage's ``success`` event to the next stage's ``begin``
+    event) of ``runs`` runs submitted one at a time to ``sparkle worker -p 1 -t 4``; and
+    the Redis commands per second that worker sends while idle (:func:`idle_commands`)."""
+    from sparkle import broker as broker_module
+
+    engine, created, worker = _worker_with_noop_adapters(server, folder, runs, "latency", 4)
+    latencies: list[float] = []
+    try:
+        for run in created:
+            engine.dispatcher.kick(run)
+            done = run.dir / "checkpoints" / "qa.json"
+            while not _succeeded(done):
+                time.sleep(0.01)
+            succeeded: dict[str, float] = {}
+            begun: dict[str, float] = {}
+            for event in run.events():
+                if event.status == "success":
+                    succeeded.setdefault(event.stage, event.timestamp)
+                elif event.status == "begin":
+                    begun.setdefault(event.stage, event.timestamp)
+            latencies += [begun[after] - succeeded[stage]
+                          for stage, after in itertools.pairwise(STAGES)]
+            time.sleep(0.3)  # every queue idle again, as between two submissions by hand
+        time.sleep(5)  # the consumers' backoff grows to its longest (2 polls or so)
+        idle_rate = idle_commands(server, idle_sec)
+    finally:
+        _stop(worker)
+    broker_module.reset()
+    return latencies, idle_rate
+
+
 def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
                thread_connections: bool = False, records: bool = False) -> float:
     """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues. With 7:
@@ -146,11 +227,9 @@ def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
     has each hop do DESIGN's per-stage records by hand."""
     module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
                                                                           "bare7")
-    env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": str(ROOT / "scripts")}
+    env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": PYTHONPATH}
     if queues > 1:
-        from sparkle.settings import Settings
-
-        env["dramatiq_worker_timeout"] = str(Settings().worker_poll_ms)
+        env["dramatiq_worker_timeout"] = str(BARE_POLL_MS)
     if thread_connections:
         env["BENCH_THREAD_CONNECTIONS"] = "1"
     if records:
@@ -189,6 +268,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="trials; the median is reported")
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder for the runs folders (default: the system's temp folder)")
+    parser.add_argument("--latency-runs", type=int, default=10,
+                        help="runs submitted one at a time to measure the hop latency")
+    parser.add_argument("--idle-sec", type=float, default=10.0,
+                        help="seconds the idle worker's Redis commands are counted over")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="measure only the hop latency and the idle traffic")
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_conn": [], "floor": [],
                                      "sparkle": []}
@@ -196,7 +281,7 @@ def main() -> None:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
         try:
-            for trial in range(args.repeat):
+            for trial in range(0 if args.latency_only else args.repeat):
                 rates["bare"].append(bench_bare(server, args.runs, Path(tmp)))
                 rates["bare7"].append(bench_bare(server, args.runs, Path(tmp), queues=7))
                 rates["bare7_conn"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
@@ -209,22 +294,39 @@ def main() -> None:
                 print(f"trial {trial + 1}: " + ", ".join(
                     f"{name} {values[-1]:.0f} hops/s" for name, values in rates.items()),
                     file=sys.stderr)
+            latency_dir = Path(tmp) / "runs-latency"
+            latency_dir.mkdir()
+            latencies, idle_rate = bench_latency(server, args.latency_runs, latency_dir,
+                                                 args.idle_sec)
         finally:
             server.stop()
+    if not args.latency_only:
+        _print_rates(rates, args.repeat)
+    cuts = statistics.quantiles(latencies, n=10)
+    print(f"hop latency, one run in flight, `sparkle worker -p 1 -t 4` "
+          f"({len(latencies)} hops of {args.latency_runs} runs): "
+          f"p50 {statistics.median(latencies) * 1000:.1f} ms, p90 {cuts[8] * 1000:.1f} ms, "
+          f"max {max(latencies) * 1000:.1f} ms")
+    print(f"idle worker (with its reaper): {idle_rate[0]:.1f} Redis commands/s sent, "
+          f"{idle_rate[1]:.1f} counting those its Lua scripts run (over {args.idle_sec:.0f} s)")
+
+
+def _print_rates(rates: dict[str, list[float]], repeat: int) -> None:
     bare = statistics.median(rates["bare"])
     rows = [
         ("bare dramatiq, 7 actors on 1 queue (baseline)", "bare"),
-        ("bare dramatiq, 7 actors on 7 queues, Sparkle's polling", "bare7"),
+        ("bare dramatiq, 7 actors on 7 queues, 250 ms polling", "bare7"),
         ("the same, with Sparkle's broker connections", "bare7_conn"),
         ("the same, each hop doing DESIGN's per-stage records by hand (the floor)", "floor"),
         ("Sparkle, 7 stages, no-op adapters, `sparkle worker`", "sparkle"),
     ]
     floor = statistics.median(rates["floor"])
-    print(f"| chain | hops/s (median of {args.repeat}) | ratio to baseline | ratio to floor |")
+    print(f"| chain | hops/s (median of {repeat}) | ratio to baseline | ratio to floor |")
     print("|---|---:|---:|---:|")
     for label, key in rows:
         rate = statistics.median(rates[key])
         print(f"| {label} | {rate:.0f} | {rate / bare:.2f} | {rate / floor:.2f} |")
+    print()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sparkle import slots, unique
+from sparkle import unique
 from sparkle.infrastructure import naming
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ def fsync_dir(folder: str | Path) -> None:
     """Flush a folder's entry table so a rename inside it survives a power loss."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with slots.waiting_on_disk():
-            os.fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -149,8 +148,7 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
             try:
                 write_all(fd, data)
                 if durable:
-                    with slots.waiting_on_disk():
-                        os.fsync(fd)
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)

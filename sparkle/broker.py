@@ -32,7 +32,8 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from sparkle import roundtrip
+from sparkle import doorbell, roundtrip
+from sparkle.doorbell import DoorbellBroker
 from sparkle.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def build_broker(settings: Settings, client: redis.Redis | None = None) -> drama
     url = settings.redis_url_value()
     if url is None and client is None:
         return StubBroker(middleware=middleware())
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
+    broker = DoorbellBroker(  # type: ignore[no-untyped-call]
         url=None if client is not None else url,
         client=client,
         namespace=settings.namespace,
@@ -108,12 +109,15 @@ class _ThreadScript:
         rest = [str(len(keys)), *map(_arg, keys), *map(_arg, args)]
         # (an ack only removes the message from its queue's ack set: safe to send twice)
         idempotent = bool(args) and args[0] == "ack"
+        # An enqueue (args: command, time, queue, ...) rings the queue's doorbell after it.
+        also = (doorbell.ring_commands(str(keys[0]), str(args[2]))
+                if args and args[0] == "enqueue" else ())
         try:
             try:
-                return roundtrip.execute(self.client, ("EVALSHA", self.sha, *rest),
+                return roundtrip.execute(self.client, ("EVALSHA", self.sha, *rest), *also,
                                          idempotent=idempotent)[0]
             except redis.exceptions.NoScriptError:
-                return roundtrip.execute(self.client, ("EVAL", self.text, *rest),
+                return roundtrip.execute(self.client, ("EVAL", self.text, *rest), *also,
                                          idempotent=idempotent)[0]
         except redis.exceptions.TimeoutError as exc:
             # dramatiq tries an ack or nack again until Redis answers only after a lost

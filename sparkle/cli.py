@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,7 +31,7 @@ from sparkle.errors import (
     UnsafePathError,
 )
 from sparkle.schemas import EXPORTED_MODELS, STAGES
-from sparkle.settings import Settings, configure, get_settings
+from sparkle.settings import configure, get_settings
 
 log = logging.getLogger("sparkle")
 
@@ -236,6 +234,12 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
             click.echo(f"qa: {_decision_label(decision)}")
         return 0
     if result.status.value == "cancelled":
+        if result.interrupted:
+            left = (f"; {result.abandoned} was left unfinished and runs again on resume"
+                    if result.abandoned else "")
+            click.echo(f"stopped by Ctrl-C: run {the_run.run_id} is cancelled{left}. "
+                       f"Resume with `{_resume_command(the_run.run_id)}`", err=True)
+            return EXIT_FAILED
         click.echo(f"cancelled: resume with `{_resume_command(the_run.run_id)}`")
         return EXIT_FAILED
     if result.status.value == "awaiting_review":
@@ -256,16 +260,10 @@ def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) 
 
 
 def _resume_command(run_id: str) -> str:
-    """The command that resumes ``run_id`` as it ran: same runs folder, same adapter set
-    (without ``--adapters``, a run made with the test set would be finished by the media
-    set), quoted for the shell."""
-    settings = get_settings()
-    parts = ["sparkle", "resume", run_id]
-    if settings.runs_dir != Path("runs"):
-        parts += ["--runs-dir", str(settings.runs_dir)]
-    if settings.adapters != Settings.model_fields["adapters"].default:
-        parts += ["--adapters", settings.adapters]
-    return shlex.join(parts)
+    """The command that resumes ``run_id`` as it ran (:func:`sparkle.runner.resume_command`)."""
+    from sparkle.runner import resume_command
+
+    return resume_command(run_id, get_settings())
 
 
 def _decision_label(decision: str) -> str:
@@ -402,11 +400,12 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 
         # Through the run's summary cache, so this prints exactly what the fast path of
         # sparkle.entry prints from it, and leaves the cache fresh for that path.
-        entry = cached_entry(RunStore(get_settings().runs_dir).run(run_id))
+        the_run = RunStore(get_settings().runs_dir).run(run_id)
+        entry = cached_entry(the_run)
         if entry is None or entry.view is None:
             raise RunNotFoundError(f"no run {run_id!r} in {get_settings().runs_dir}")
-        render = statuscache.render_json if as_json else statuscache.render_text
-        click.echo(render(entry.view))
+        click.echo(statuscache.render_json(entry.view) if as_json
+                   else statuscache.render_text(entry.view, str(the_run.dir)))
         return 0
 
     _guard(body)
@@ -419,37 +418,32 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
 def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
-    """One line per run: id, status, QA decision, stage reached (and, for a run awaiting
-    review, the stage it stopped after and how long it has waited)."""
+    """One line per run: id, status, QA decision, next stage (for a run awaiting review, the
+    stage it stopped after and how long it has waited), age, time in stages, movie."""
     _settings(runs_dir=runs_dir)
-    from sparkle.review_state import read_review
+    from sparkle.listing import review_wait, run_rows
     from sparkle.runindex import listing
     from sparkle.runstore import RunStore
-    from sparkle.statuscache import duration_text
 
-    # summaries() answers from each run's stat-validated summary cache: 10,000 runs in
-    # about 0.5 s instead of 2.3 s (docs/BENCHMARKS.md); queued or running runs on Redis
-    # come from the unfinished-run index, without reading the finished ones.
-    for summary in listing(RunStore(get_settings().runs_dir), only_status, get_settings()):
-        state, decision, next_stage = summary.status.value, summary.qa_decision, summary.next_stage
-        if only_status and state != only_status:
-            continue
-        waiting = None
-        if state == "awaiting_review":  # (only these: one more small file each)
-            review = read_review(str(get_settings().runs_dir / summary.run_id))
-            if review is not None:
-                waiting = (review.stage, max(0.0, time.time() - review.requested_at))
-        if as_json:
-            record: dict[str, Any] = {"run_id": summary.run_id, "status": state,
-                                      "qa_decision": decision, "next_stage": next_stage}
-            if waiting is not None:
-                record.update(review_after=waiting[0], waiting_sec=round(waiting[1], 1))
-            click.echo(json.dumps(record))
-        else:
-            qa = _decision_label(decision) if decision else "-"
-            where = (f"after {waiting[0]}, waiting {duration_text(waiting[1])}"
-                     if waiting is not None else next_stage or "done")
-            click.echo(f"{summary.run_id:<56} {state:<15} {qa:<13} {where}")
+    store = RunStore(get_settings().runs_dir)
+    # listing() answers from each run's stat-validated summary cache (10,000 runs in about
+    # 0.5 s instead of 2.3 s, docs/BENCHMARKS.md); queued or running runs on Redis come
+    # from the unfinished-run index, without reading the finished ones.
+    summaries = [summary for summary in listing(store, only_status, get_settings())
+                 if not only_status or summary.status.value == only_status]
+    if not as_json:
+        for row in run_rows(store, summaries):
+            click.echo(row)
+        return
+    for summary in summaries:
+        record: dict[str, Any] = {"run_id": summary.run_id, "status": summary.status.value,
+                                  "qa_decision": summary.qa_decision,
+                                  "next_stage": summary.next_stage}
+        waiting = review_wait(store.root / summary.run_id) \
+            if summary.status.value == "awaiting_review" else None
+        if waiting is not None:
+            record.update(review_after=waiting[0], waiting_sec=round(waiting[1], 1))
+        click.echo(json.dumps(record))
 
 
 # -- services ----------------------------------------------------------------------------

@@ -52,7 +52,6 @@ from sparkle.logs import log_context
 from sparkle.runstore import Run, RunState, RunStore
 from sparkle.schemas import STAGES, AssetRefs, Checkpoint
 from sparkle.settings import Settings
-from sparkle.slots import Slots
 from sparkle.stagelimits import StageLimits, parse_limits
 from sparkle.stages import Adapter, normalize_result
 
@@ -140,11 +139,6 @@ def worker_id() -> str:
     return f"{HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
 
 
-def crashed_begins(run: Run, stage: str) -> int:
-    """Attempts of ``stage`` whose worker died before recording an outcome, in a row."""
-    return run.state().crashed_begins(stage)
-
-
 def reset_stages(run: Run, stages: list[str], reason: str) -> None:
     """Force ``stages`` to run again: a ``reset`` event each, and their checkpoints removed."""
     for stage in stages:
@@ -164,8 +158,6 @@ class Engine:
     adapters: dict[str, Adapter]
     settings: Settings
     sleep: Callable[[float], None] = time.sleep
-    #: The threads of this process doing bookkeeping at once (:mod:`sparkle.slots`).
-    slots: Slots = field(init=False, repr=False)
     #: Cluster-wide limits of executions per stage (:mod:`sparkle.stagelimits`).
     stage_limits: StageLimits = field(init=False, repr=False)
     #: The last infrastructure failure of each run this process met, until a stage of it
@@ -174,7 +166,6 @@ class Engine:
         init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.slots = Slots(self.settings.bookkeeping_threads)
         self.stage_limits = StageLimits(
             self.client, self.settings.namespace, parse_limits(self.settings.stage_concurrency),
             self.settings.lease_ttl_sec, self.settings.stage_concurrency_retry_ms)
@@ -189,8 +180,7 @@ class Engine:
         Raises:
           StageFailed: the stage failed permanently (the message should be dead-lettered).
         """
-        # The bookkeeping holds one of the process's few slots; the adapter runs outside.
-        with log_context(run_id, stage), self.slots.held():
+        with log_context(run_id, stage):
             try:
                 outcome = self._execute_within_limit(stage, run_id)
             except StageFailed:
@@ -206,8 +196,7 @@ class Engine:
             return self._execute(stage, run_id)
         holder = self.stage_limits.try_acquire(stage)
         if holder is None:
-            with self.slots.released():
-                holder = self.stage_limits.wait_for_slot(stage)
+            holder = self.stage_limits.wait_for_slot(stage)
         if holder is None:
             # (not marked again: the pending mark of this message still names the stage)
             self.dispatcher.enqueue(run_id, stage, self.stage_limits.retry_delay_ms())
@@ -390,7 +379,7 @@ class Engine:
                 jitter=self.settings.retry_base_sec,
             ),
             retry=tenacity.retry_if_exception_type(_Transient),
-            sleep=self._backoff,
+            sleep=self.sleep,
             reraise=True,
         )
 
@@ -414,10 +403,6 @@ class Engine:
             self._record_failure(run, stage, attempt, message, lease, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
-    def _backoff(self, seconds: float) -> None:
-        with self.slots.released():
-            self.sleep(seconds)
-
     def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease,
                  shots: list[str] | None = None) -> None:
         if lease.lost.is_set():
@@ -437,7 +422,7 @@ class Engine:
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             # (the stage is made current for sparkle.retry, which records in its manifest)
-            with self.slots.released(), retrying.stage_context(run, stage, attempt, lease.lost):
+            with retrying.stage_context(run, stage, attempt, lease.lost):
                 # (an absolute run folder: a path the adapter builds from it and stores,
                 # as the seed contract's example does, is then one the engine can place)
                 if shots is None:
@@ -448,14 +433,13 @@ class Engine:
             refs, metadata = normalize_result(result)
             contract.relative_refs(refs, run.dir, stage)
             outputs = self._check_paths(run, refs)
-            # The success recorded next survives a power cut: so must what it names. (Out
-            # of the bookkeeping slot, like the adapter: flushing media may take a while.)
+            # The success recorded next survives a power cut: so must what it names.
             if outputs:
                 # Changed since the refs' last save (only the engine saves them, never
                 # during the adapter): any attempt since, a failed one too, may have
                 # rewritten a file they name. By the file system's own clock.
                 saved = run.asset_refs_saved_at()
-                with self.slots.released(), bookkeeping("cannot flush to disk"):
+                with bookkeeping("cannot flush to disk"):
                     atomic.sync_outputs([run.dir / p for p in outputs if p not in before],
                                         run.dir, since=saved,
                                         named_before=[run.dir / p for p in outputs if p in before])

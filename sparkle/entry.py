@@ -62,7 +62,12 @@ def fast_status(args: Sequence[str], environ: Mapping[str, str], cwd: str) -> st
     entry = statuscache.fresh(os.path.join(runs_dir, run_id))
     if entry is None or entry.view is None or entry.view["run_id"] != run_id:
         return None
-    shown = (statuscache.render_json if as_json else statuscache.render_text)(entry.view)
+    if as_json:
+        shown = statuscache.render_json(entry.view)
+    else:  # (the run folder named as the full CLI names it, from its settings' Path)
+        from pathlib import PurePath
+
+        shown = statuscache.render_text(entry.view, str(PurePath(runs_dir, run_id)))
     # click.echo strips escape sequences when stdout is not a terminal and re-encodes for
     # the terminal: text that would be touched goes to the full CLI, so output never differs.
     if not shown.isascii() or "\x1b" in shown:

@@ -376,6 +376,10 @@ class Inbox:
     folder once in the calling thread with :meth:`scan` then :meth:`process_pending`.
     """
 
+    #: Called with the file's name, its run and whether the run was created, once a file
+    #: became a run and moved to ``processed/`` (``sparkle serve`` prints a line).
+    on_processed: Callable[[str, Run, bool], object] | None = None
+
     def __init__(
         self,
         inbox_dir: Path,
@@ -963,6 +967,8 @@ class Inbox:
         self._count("processed", "created" if created else "resumed")
         log.info("inbox: %s -> run %s (%s)", printable(name), run.run_id,
                  "created" if created else "resumed")
+        if self.on_processed is not None:
+            self.on_processed(name, run, created)
 
     def _reject(self, claimed: Path, name: str, problems: list[Problem], received_at: str) -> None:
         record = {

@@ -96,3 +96,9 @@ def unacked(namespace: str, broker_id: str, queue: str) -> str:
     """dramatiq's SET of message ids one broker process fetched from ``queue`` and has not
     acknowledged yet (``queue`` is a full queue name such as ``sparkle.videos.DQ``)."""
     return f"{namespace}:__acks__.{broker_id}.{queue}"
+
+
+def doorbell(namespace: str, queue: str) -> str:
+    """LIST of tokens pushed with each message sent to ``queue`` (a full queue name): an
+    idle consumer of the queue waits on it (:mod:`sparkle.doorbell`)."""
+    return f"{namespace}:{queue}.bell"

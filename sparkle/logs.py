@@ -65,11 +65,6 @@ def log_context(run_id: str | None, stage: str | None = None) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> tuple[str | None, str | None]:
-    """The run id and stage of the current :func:`log_context` (``(None, None)`` outside)."""
-    return _context.get()
-
-
 class ContextFilter(logging.Filter):
     """Sets ``record.run_id`` and ``record.stage`` from :func:`log_context`; drops nothing.
 

@@ -2,8 +2,8 @@
 
 The run goes through the real actors and engine: its first unfinished stage is sent on the
 process's broker and an in-process dramatiq worker consumes the chain, exactly as separate
-workers would. This module only starts that worker, shows progress, and decides when the
-run has come to rest.
+workers would. This module only starts that worker, shows progress, decides when the run
+has come to rest, and stops it on Ctrl-C in a state ``sparkle resume`` continues.
 
 Embedded, the process holds the run's lock file (:mod:`sparkle.runlock`) from before the
 first stage is sent until the run rests, so no other process works the run meanwhile. When
@@ -16,10 +16,17 @@ here from where it stands.
 
 from __future__ import annotations
 
+import logging
+import shlex
+import signal
 import sys
+import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -34,6 +41,7 @@ from sparkle.errors import ConfigError
 from sparkle.infrastructure import InfrastructureError
 from sparkle.runstore import Run, RunStatus
 from sparkle.schemas import STAGES
+from sparkle.settings import Settings
 from sparkle.stages import check_stage
 
 #: Seconds between looks at the run folder while a run is worked.
@@ -70,6 +78,28 @@ def force_rerun(run: Run, from_stage: str | None = None, only: str | None = None
     return stages
 
 
+def resume_command(run_id: str, settings: Settings) -> str:
+    """The command that resumes ``run_id`` as it ran: same runs folder, same adapter set
+    (without ``--adapters``, a run made with the test set would be finished by the media
+    set), quoted for the shell."""
+    parts = ["sparkle", "resume", run_id]
+    if settings.runs_dir != Path("runs"):
+        parts += ["--runs-dir", str(settings.runs_dir)]
+    if settings.adapters != Settings.model_fields["adapters"].default:
+        parts += ["--adapters", settings.adapters]
+    return shlex.join(parts)
+
+
+def cancel(run: Run, by: str) -> None:
+    """Stop ``run`` after its running stage: the cancel marker and a ``cancel`` event (what
+    ``sparkle cancel`` records). Only ``sparkle resume`` continues it."""
+    state = run.state()
+    stage = state.next_stage() or STAGES[-1]
+    run.set_cancelled(True)
+    run.append_event(stage, "cancel", max(1, state.attempts(stage)),
+                     metadata={"by": by, "previous_status": state.status().value})
+
+
 @dataclass
 class RunResult:
     """How a foreground run ended."""
@@ -81,6 +111,15 @@ class RunResult:
     #: Set when the run stopped because its storage failed (a full disk): the run is not
     #: at rest, it waits for the cause to go away and a resume.
     infrastructure: InfrastructureError | None = None
+    #: Stopped by Ctrl-C (the run is cancelled, unless it had finished meanwhile).
+    interrupted: bool = False
+    #: The stage left running by a second Ctrl-C (its attempt runs again on resume).
+    abandoned: str | None = None
+
+
+class _Abandon(BaseException):
+    """A second Ctrl-C: stop waiting for the running stage (a BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way swallows it)."""
 
 
 def is_at_rest(run: Run, dispatcher: Dispatcher, namespace: str) -> bool:
@@ -110,6 +149,12 @@ def work_in_foreground(
 
     ``from_stage``/``only``: re-run those stages first (:func:`force_rerun`). Embedded,
     only once this process holds the run (see the module's docstring).
+
+    Ctrl-C (SIGINT) cancels the run: the running stage finishes and no other starts; the
+    run is then ``cancelled``, which ``sparkle resume`` continues. A second Ctrl-C stops
+    waiting for that stage: its attempt is left unfinished (resume runs it again; with
+    Redis, once its lease expired). Stage outcomes of this run are shown by the display,
+    not logged as well, unless the log level is below WARNING.
     """
     console = console or Console(stderr=True)
     started = time.monotonic()
@@ -118,6 +163,9 @@ def work_in_foreground(
     failure: InfrastructureError | None = None
     if failures is not None:
         failures.pop(run.run_id, None)  # (one from before this run is no news)
+    interrupted = threading.Event()
+    abandoned = False
+    left: str | None = None
     try:
         if followed is not None and from_stage is None and only is None \
                 and run.status() in RESTING:
@@ -128,26 +176,39 @@ def work_in_foreground(
         try:
             if run.cancelled:
                 run.set_cancelled(False)
-            dispatcher.kick(run)
-            display = _Display(run, console, started)
-            with display:
+            display = _Display(run, console, started)  # (what was done before: before the kick)
+            with display, _quiet_stage_logs(run.run_id), _on_ctrl_c(interrupted):
+                dispatcher.kick(run)
                 # Two looks in a row at rest: the gap between a stage releasing the run
                 # and sending its successor is shorter than one poll.
                 rested = 0
-                while rested < 2:
-                    time.sleep(POLL_SEC)
-                    display.update()
-                    failure = failures.get(run.run_id) if failures is not None else None
-                    if failure is not None:
-                        break
-                    rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
+                cancelled = False
+                try:
+                    while rested < 2:
+                        time.sleep(POLL_SEC)
+                        display.update()
+                        if interrupted.is_set() and not cancelled:
+                            cancelled = True
+                            _stop_after_running_stage(run, display)
+                        failure = failures.get(run.run_id) if failures is not None else None
+                        if failure is not None:
+                            break
+                        rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
+                except _Abandon:
+                    abandoned, left = True, _running_stage(run)
                 display.update()
         finally:
-            worker.stop()
+            if not abandoned:
+                worker.stop()
+            # (else its threads, daemons, end with the process; joining them would wait
+            # for the very stage the user chose not to wait for)
     finally:
         if embedded:
             runlock.release(run.dir)
-    return RunResult(run.status(), time.monotonic() - started, followed, failure)
+    if interrupted.is_set() and run.next_stage() is None and run.cancelled:
+        run.set_cancelled(False)  # every stage had succeeded by then: nothing was stopped
+    return RunResult(run.status(), time.monotonic() - started, followed, failure,
+                     interrupted.is_set(), left)
 
 
 def follow_until_free(run: Run, console: Console, started: float) -> runlock.Holder | None:
@@ -175,6 +236,68 @@ def follow_until_free(run: Run, console: Console, started: float) -> runlock.Hol
     return holder
 
 
+def _running_stage(run: Run) -> str | None:
+    return next((v.stage for v in run.stage_views() if v.status == "begin"), None)
+
+
+def _stop_after_running_stage(run: Run, display: _Display) -> None:
+    if run.next_stage() is None:
+        return  # finished already
+    cancel(run, by="Ctrl-C")
+    running = _running_stage(run)
+    display.say(f"Ctrl-C: stopping after {running} finishes (Ctrl-C again to stop at once)"
+                if running else "Ctrl-C: stopping; no further stage starts")
+
+
+@contextmanager
+def _on_ctrl_c(interrupted: threading.Event) -> Iterator[None]:
+    """SIGINT sets ``interrupted``; a second raises :class:`_Abandon` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if interrupted.is_set():
+            raise _Abandon()
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _StageLogsOfRun(logging.Filter):
+    """Drops the engine's records about one run's stages: the foreground display shows
+    their outcome (and the command's last lines the error), once."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "sparkle.engine" and record.levelno < logging.CRITICAL
+                    and getattr(record, "run_id", None) == self.run_id)
+
+
+@contextmanager
+def _quiet_stage_logs(run_id: str) -> Iterator[None]:
+    root = logging.getLogger()
+    if root.getEffectiveLevel() < logging.WARNING:  # asked for more: show everything
+        yield
+        return
+    quiet = _StageLogsOfRun(run_id)
+    handlers = list(root.handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 class _Display:
     """A live table on a terminal; one line per change otherwise (logs, CI)."""
 
@@ -185,6 +308,20 @@ class _Display:
         self.live: Live | None = None
         self.seen: dict[str, tuple[str, int]] = {}
         self.stage_started: dict[str, float] = {}
+        #: Stages done before this display began (a re-run or a resume), and the attempt
+        #: that did them: shown as ``(already done)`` while they stay so.
+        self.done_before = {v.stage: v.attempt for v in run.stage_views()
+                            if v.status == "success"}
+
+    def _already_done(self, stage: str, status: str, attempt: int) -> bool:
+        return status == "success" and self.done_before.get(stage) == attempt
+
+    def say(self, text: str) -> None:
+        """A line of its own, above the live table (or among the progress lines)."""
+        if self.live is not None:
+            self.live.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def __enter__(self) -> _Display:
         if self.console.is_terminal:
@@ -207,9 +344,11 @@ class _Display:
                 self.seen[view.stage] = state
                 elapsed = time.monotonic() - self.started
                 extra = f" in {view.duration_sec:.2f}s" if view.duration_sec else ""
-                error = f": {view.error}" if view.error else ""
+                if self._already_done(view.stage, view.status, view.attempt):
+                    extra += " (already done)"
+                # (a failure's error is printed once, by the command, when the run rests)
                 print(f"[{elapsed:6.1f}s] {view.stage:<8} {view.status} "
-                      f"(attempt {view.attempt}){extra}{error}", file=sys.stderr, flush=True)
+                      f"(attempt {view.attempt}){extra}", file=sys.stderr, flush=True)
 
     def _table(self) -> Table:
         table = Table(title=f"run {self.run.run_id}", title_justify="left")
@@ -221,6 +360,9 @@ class _Display:
                 since = self.stage_started.setdefault(view.stage, now)
                 shown = f"{now - since:.1f}s…"
                 status = "[yellow]running[/]"
+            elif self._already_done(view.stage, view.status, view.attempt):
+                shown = f"{view.duration_sec:.2f}s" if view.duration_sec is not None else ""
+                status = "[dim]success (already done)[/]"
             else:
                 shown = f"{view.duration_sec:.2f}s" if view.duration_sec is not None else ""
                 colour = {"success": "green", "failed": "red"}.get(view.status, "dim")

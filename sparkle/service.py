@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 import dramatiq
 
 from sparkle import metrics, runlock
+from sparkle.announce import RunAnnouncer, describe_stats
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
 from sparkle.infrastructure import bookkeeping
 from sparkle.redrive import Reaper
-from sparkle.runstore import RunStatus
+from sparkle.runner import resume_command
+from sparkle.runstore import Run, RunStatus
 from sparkle.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def stop_on_signals(
         if stop.is_set() and on_second is not None:
             on_second()
             return
-        log.warning("received %s; stopping", signal.Signals(signum).name)
+        log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -58,14 +60,15 @@ def stop_on_signals(
             signal.signal(sig, old)
 
 
-def requeue_unfinished(engine: Engine) -> int:
-    """Queue the next stage of every run that is neither finished, failed nor cancelled.
+def requeue_unfinished(engine: Engine) -> list[Run]:
+    """Queue the next stage of every run that is neither finished, failed nor cancelled;
+    returns the runs queued.
 
     Embedded messages live in memory, so a restarted ``serve`` has none: the checkpoints
     on disk are the durable state, and this turns them back into messages. Runs another
     live process works (it holds their lock file, :mod:`sparkle.runlock`) are left to it.
     """
-    sent = 0
+    sent: list[Run] = []
     others = 0
     for run in engine.store.runs():
         if run.status() not in (RunStatus.queued, RunStatus.running):
@@ -73,7 +76,7 @@ def requeue_unfinished(engine: Engine) -> int:
         if runlock.other_holder(run.dir) is not None:
             others += 1
         elif engine.dispatcher.kick(run):
-            sent += 1
+            sent.append(run)
     if others:
         log.warning("serve: left %d unfinished run(s) to the other process(es) working them",
                     others)
@@ -96,11 +99,19 @@ def check_writable(folder: Path, what: str) -> None:
         os.unlink(probe)
 
 
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
 def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
           stop: threading.Event | None = None, workers: bool = True,
-          ui: UiConfig | None = None) -> None:
+          ui: UiConfig | None = None, say: Callable[[str], None] = _print) -> None:
     """Watch the inbox (and, with ``workers``, work the stages here) until stopped; with
     ``ui``, serve the dashboard from this process too.
+
+    What it does is said through ``say`` (printed by default), whatever the log level:
+    where it watches, each plan picked up, each of those runs ending, and its counts when
+    it stops.
 
     Raises:
       InfrastructureError: the inbox or the runs folder cannot be written (a read-only
@@ -118,12 +129,17 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
     if workers:
         worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
         worker.start()
+    name = "serve" if workers else "watch"
+    announcer = RunAnnouncer(lambda run_id: resume_command(run_id, engine.settings), say)
     if is_embedded():
         resumed = requeue_unfinished(engine)
         if resumed:
-            log.warning("serve: re-queued %d unfinished run(s) from %s", resumed,
-                        settings.runs_dir)
+            say(f"{name}: queued {len(resumed)} unfinished run(s) from {settings.runs_dir} "
+                "again")
+        for run in resumed:
+            announcer.watch(run)
     inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
+    inbox.on_processed = announcer.picked_up
     reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
     reaper.start()
     metrics_server = metrics.serve(engine.settings, engine.store, broker, engine.client)
@@ -141,12 +157,16 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
                 worker.stop()
             raise
     mode = "embedded" if is_embedded() else settings.redacted_redis_url()
-    log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
-                settings.inbox_dir, settings.runs_dir, mode,
-                f", {threads} worker threads" if workers else "")
+    served = (f"; metrics on http://{metrics_server.host}:{metrics_server.port}/metrics"
+              if metrics_server is not None else "")
+    say(f"{name}: watching {settings.inbox_dir} for plans; runs in {settings.runs_dir}; "
+        f"broker {mode}" + (f", {threads} worker thread(s)" if workers else "")
+        + f"{served}. Ctrl-C stops")
+    announcer.start()
     try:
         with stop_on_signals(stop):
             inbox.run_forever(stop)
+        say(f"{name}: stopping (the plan and stages in hand finish first)")
     finally:
         if dashboard is not None:
             dashboard.stop()
@@ -155,4 +175,6 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             metrics_server.stop()
         if worker is not None:
             worker.stop()
-        log.warning("stopped; inbox %s", inbox.stats())
+        announcer.stop()
+        announcer.look()  # (runs that ended while the workers stopped)
+        say(f"{name}: stopped; {describe_stats(inbox.stats())}")

@@ -90,15 +90,11 @@ class Settings(BaseSettings):
     #: stages still running then are left to the reaper, which re-drives them.
     worker_shutdown_timeout_sec: float = Field(default=600.0, gt=0)
     #: Longest wait, in milliseconds, between two polls of an idle stage queue by a worker
-    #: process (dramatiq's ``worker_timeout``, 1000 by default there). Each stage has its
-    #: own queue, so a message often arrives at a queue that was idle: this bounds the
-    #: delay of every hop, at the price of more polling while idle.
-    worker_poll_ms: int = Field(default=250, ge=10, le=60_000)
-    #: Threads of one worker process doing the engine's bookkeeping (lease, checkpoints,
-    #: history, next message) at once; the others wait, asleep. Adapters are not limited.
-    #: 2 and 3 measured alike, 4 worse, 8 (no bound) worst: more threads only take the GIL
-    #: from each other more often (docs/BENCHMARKS.md).
-    bookkeeping_threads: int = Field(default=2, ge=1, le=64)
+    #: process (dramatiq's ``worker_timeout``, the same default there). Messages sent by
+    #: Sparkle wake an idle queue's consumer at once (:mod:`sparkle.doorbell`), so this
+    #: only bounds the pick-up of messages sent otherwise (by another dramatiq client, or
+    #: put back by dramatiq's maintenance); lower polls more while idle.
+    worker_poll_ms: int = Field(default=1000, ge=10, le=60_000)
     #: Retention applied by the reaper at most once an hour: ``30d`` removes runs finished
     #: (succeeded, failed, rejected, cancelled) more than 30 days ago, ``30d:final`` only
     #: their intermediate media (see ``sparkle prune``). Unset: nothing is removed.

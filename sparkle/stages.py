@@ -54,12 +54,6 @@ class Adapter:
         return isinstance(exc, (TransientStageError, *self.transient))
 
 
-def next_stage(stage: str) -> str | None:
-    """The stage after ``stage``, None after the last."""
-    index = STAGES.index(stage)
-    return STAGES[index + 1] if index + 1 < len(STAGES) else None
-
-
 def check_stage(stage: str) -> str:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")

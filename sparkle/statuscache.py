@@ -304,8 +304,9 @@ def first_line(error: str) -> str:
     return shown
 
 
-def render_text(view: dict[str, Any]) -> str:
-    """``sparkle status``: a header line, then one line per stage."""
+def render_text(view: dict[str, Any], run_dir: str) -> str:
+    """``sparkle status``: a header line, one line per stage, the time all stages took
+    and, once there is one, the movie's path (in ``run_dir``, the run's folder)."""
     decision = view["qa_decision"]
     qa = f"  qa: {decision_label(decision)}" if decision else ""
     lines = [f"{view['run_id']}  {view['status']}{qa}"]
@@ -322,10 +323,15 @@ def render_text(view: dict[str, Any]) -> str:
     if view["takes"]:
         lines.append("  takes: " + ", ".join(f"{shot} {count}"
                                              for shot, count in sorted(view["takes"].items())))
+    total = 0.0
     for item in view["stages"]:
         seconds = item["duration_sec"]
+        total += seconds or 0.0
         duration = f"{seconds:.2f}s" if seconds is not None else "-"
         error = f"  {first_line(item['error'])}" if item["error"] else ""
         lines.append(f"  {item['stage']:<9} {item['status']:<8} attempt {item['attempt']:<3} "
                      f"{duration:>8}{error}")
+    lines.append(f"  {'total':<9} {'':<8} {'':<11} {total:>7.2f}s")
+    if view["final_movie"]:
+        lines.append(f"movie: {run_dir}/{view['final_movie']}")
     return "\n".join(lines)

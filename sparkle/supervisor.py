@@ -263,9 +263,10 @@ def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reape
         with stop_on_signals(stop, on_second=supervisor.interrupt):
             if the_reaper is not None:
                 the_reaper.start()
-            log.warning("sparkle worker: %d process(es) x %d thread(s), queues %s, reaper %s, "
-                        "broker %s", processes, threads, ", ".join(queues) or "all",
-                        "on" if the_reaper else "off", settings.redacted_redis_url())
+            # (the service's own output, on stdout at any log level: not a warning)
+            print(f"sparkle worker: {processes} process(es) x {threads} thread(s), queues "
+                  f"{', '.join(queues) or 'all'}, reaper {'on' if the_reaper else 'off'}, "
+                  f"broker {settings.redacted_redis_url()}", flush=True)
             return supervisor.run(stop)
     finally:
         if the_reaper is not None:

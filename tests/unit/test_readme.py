@@ -30,3 +30,15 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ".venv/bin/pytest -q" in README
     assert ".venv/bin/pytest -q" in ci
+
+
+def test_the_plan_shown_is_the_file_it_names():
+    """The plan format section shows tests/data/plans/lighthouse.json as it is (it once
+    showed two of its three shots)."""
+    import json
+
+    section = README.split("## The plan format", 1)[1]
+    named = re.search(r"`(tests/data/plans/[\w.-]+\.json)`", section)
+    assert named is not None
+    shown = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(shown) == json.loads((ROOT / named.group(1)).read_text())
