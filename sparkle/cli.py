@@ -58,7 +58,18 @@ def _setup_logging(level: str, fmt: str) -> None:
     configure_logging(level, fmt)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Shown under ``sparkle --help``: one exit-code convention for every command.
+EXIT_CODES_HELP = (
+    "\b\nExit codes:\n"
+    "  0  done\n"
+    "  1  a stage failed, the run was cancelled, or a decision was refused\n"
+    "  2  bad input or setting (the file, the field and what to do are named)\n"
+    "  3  the storage failed (full, read-only, I/O error; the path is named)\n"
+    "  5  the run stopped at a review gate and waits for a person"
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="sparkle")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
