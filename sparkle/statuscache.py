@@ -320,7 +320,7 @@ def render_text(view: dict[str, Any], run_dir: str) -> str:
     elif review is not None:
         note = f": {review['note']}" if review["note"] else ""
         lines.append(f"  rejected after {review['stage']} by {review['decided_by']}{note}")
-    if view["takes"]:
+    if view.get("takes"):
         lines.append("  takes: " + ", ".join(f"{shot} {count}"
                                              for shot, count in sorted(view["takes"].items())))
     total = 0.0

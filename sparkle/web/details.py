@@ -14,8 +14,8 @@ from typing import Any
 from sparkle.errors import RunNotFoundError
 from sparkle.runstore import Run, cached_entry
 from sparkle.schemas import QAReport
-from sparkle.statuscache import MANIFEST_FILE
 from sparkle.timeline import timeline
+from sparkle.web.events import read_events
 from sparkle.web.files import NotServable, open_inside
 
 #: A QA report larger than this is not shown (a real one is a few KiB).
@@ -45,7 +45,7 @@ def run_detail(run: Run) -> dict[str, Any]:
     Raises:
       RunNotFoundError: the folder holds no run.
     """
-    size = manifest_size(run)  # (first: an event appended meanwhile is sent live too)
+    seen = manifest_events(run)  # (first: an event added meanwhile is sent live too)
     entry = cached_entry(run)
     if entry is None or entry.view is None:
         raise RunNotFoundError(f"no run {run.run_id!r}")
@@ -61,7 +61,7 @@ def run_detail(run: Run) -> dict[str, Any]:
         "files": file_versions(run, _referenced(refs_data)),
         "qa_report": qa_report(run, refs.extras.get("qa_report")),
         "events": [entry.as_dict() for entry in timeline(run)],
-        "manifest_bytes": size,
+        "manifest_events": seen,
     }
 
 
@@ -114,9 +114,8 @@ def qa_report(run: Run, path: str | None) -> dict[str, Any] | None:
         return loaded if isinstance(loaded, dict) else None
 
 
-def manifest_size(run: Run) -> int:
-    """Bytes in the run's manifest: where a page rendered now starts following events."""
-    try:
-        return os.stat(f"{run.dir}/{MANIFEST_FILE}").st_size
-    except OSError:
-        return 0
+def manifest_events(run: Run) -> int:
+    """Events in the run's manifest: where a page rendered now starts following them
+    (:func:`sparkle.web.events.follow_manifest`)."""
+    events = read_events(str(run.dir))
+    return len(events) if events is not None else 0

@@ -1,12 +1,13 @@
 """Live updates as server-sent events: a run's manifest, followed; the runs on a page, watched.
 
-``GET /api/runs/{run_id}/events`` sends one ``manifest`` event per line appended to the run's
-manifest, its data the event as written (so kinds this version does not know pass through),
-its id the manifest offset after it: a reconnecting ``EventSource`` sends that back as
+``GET /api/runs/{run_id}/events`` sends one ``manifest`` event per event in the run's
+manifest (``manifest.json``, then the ``manifest.jsonl`` of a run an older Sparkle wrote),
+its data the event as written (so kinds this version does not know pass through), its id
+the number of events up to it: a reconnecting ``EventSource`` sends that back as
 ``Last-Event-ID`` and continues where it stopped. The manifest is looked at every
-:data:`POLL_SEC` (an ``fstat``; read only when it grew), which keeps an event's way to an
-open page well under a second on local and network file systems alike (inotify does not
-see writes made on another NFS client).
+:data:`POLL_SEC` (a ``stat``; read only when it changed: it is replaced whole on every
+event), which keeps an event's way to an open page well under a second on local and
+network file systems alike (inotify does not see writes made on another NFS client).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 
-from sparkle.statuscache import MANIFEST_FILE
+from sparkle import manifest
+from sparkle.statuscache import LEGACY_LOG, MANIFEST_FILE
 
 #: Seconds between looks at a followed manifest or watched runs.
 POLL_SEC = 0.2
@@ -26,8 +29,9 @@ POLL_SEC = 0.2
 #: Seconds between keep-alive comments on an idle stream (proxies close silent streams).
 KEEPALIVE_SEC = 15.0
 
-#: Longest manifest line passed on; a longer one is skipped (a real event is < 4 KiB).
-MAX_LINE_BYTES = 256 * 1024
+#: Largest manifest file followed (a real run's is well under a megabyte); a larger one is
+#: not read, and its stream stays quiet.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
 def sse(data: str, event: str | None = None, event_id: str | None = None) -> bytes:
@@ -41,49 +45,70 @@ def sse(data: str, event: str | None = None, event_id: str | None = None) -> byt
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def _read_from(path: str, offset: int) -> tuple[bytes, int]:
-    """Bytes of the file at ``path`` after ``offset``, and its size (-1: unreadable)."""
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read(path: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        return b"", -1
+        return None
     try:
-        size = os.fstat(fd).st_size
-        if size <= offset:
-            return b"", size
-        return os.pread(fd, size - offset, offset), size
+        if os.fstat(fd).st_size > MAX_MANIFEST_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
     finally:
         os.close(fd)
 
 
+def read_events(run_dir: str) -> list[Any] | None:
+    """The run's events as written (parsed JSON, any kind): ``manifest.json``'s, then those
+    of an older Sparkle's ``manifest.jsonl`` (a line cut short by a crash is skipped, as
+    the run store's readers skip it). None when the manifest cannot be read just now."""
+    found: list[Any] = []
+    data = _read(f"{run_dir}/{MANIFEST_FILE}")
+    if data is not None:
+        events = manifest.raw_events(data)
+        if events is None:
+            return None  # (replaced whole, never half written: a hand edit; look again)
+        found.extend(events)
+    legacy = _read(f"{run_dir}/{LEGACY_LOG}")
+    for line in (legacy or b"").splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
+
+
 async def follow_manifest(run_dir: str, start: int,
                           poll: float = POLL_SEC) -> AsyncIterator[bytes]:
-    """Server-sent events for each manifest line after byte ``start``, forever (the
+    """Server-sent events for each manifest event after the first ``start``, forever (the
     response ends it when the client goes away)."""
-    path = f"{run_dir}/{MANIFEST_FILE}"
-    offset = max(0, start)
-    pending = b""
+    paths = (f"{run_dir}/{MANIFEST_FILE}", f"{run_dir}/{LEGACY_LOG}")
+    sent = max(0, start)
+    seen: tuple[object, ...] | None = None
     quiet_since = time.monotonic()
     yield b"retry: 1000\n\n"
     while True:
-        data, size = _read_from(path, offset + len(pending))
-        if 0 <= size < offset + len(pending):  # rewritten by hand: start over
-            offset, pending = 0, b""
-            yield sse("{}", "reset", "0")
-            continue
-        pending += data
-        while b"\n" in pending:
-            line, _, pending = pending.partition(b"\n")
-            offset += len(line) + 1
-            text = line.decode("utf-8", "replace").strip()
-            if not text or len(line) > MAX_LINE_BYTES:
-                continue
-            try:
-                event = json.loads(text)
-            except ValueError:
-                continue  # a line cut short by a crash: the manifest's readers skip it too
-            quiet_since = time.monotonic()
-            yield sse(json.dumps(event), "manifest", str(offset))
+        now = tuple(_identity(path) for path in paths)
+        if now != seen:
+            events = await anyio.to_thread.run_sync(read_events, run_dir)
+            if events is not None:
+                seen = now
+                if len(events) < sent:  # rewritten by hand, shorter: start over
+                    sent = 0
+                    yield sse("{}", "reset", "0")
+                for number, event in enumerate(events[sent:], start=sent + 1):
+                    quiet_since = time.monotonic()
+                    yield sse(json.dumps(event), "manifest", str(number))
+                sent = len(events)
         if time.monotonic() - quiet_since > KEEPALIVE_SEC:
             quiet_since = time.monotonic()
             yield b": keep-alive\n\n"

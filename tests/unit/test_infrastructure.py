@@ -204,8 +204,8 @@ def test_status_shows_the_first_line_of_a_long_error():
     view = {"run_id": "r1", "status": "failed", "qa_decision": None, "final_movie": None,
             "stages": [{"stage": "videos", "status": "failed", "attempt": 3,
                         "duration_sec": None, "error": error}]}
-    text = render_text(view)
+    text = render_text(view, "runs/r1")
     assert text.splitlines()[1].endswith("No space left on device (whole error: --json or "
                                          "`sparkle timeline`)")
-    assert len(text.splitlines()) == 2
+    assert [line.split()[0] for line in text.splitlines()] == ["r1", "videos", "total"]
     assert json.loads(render_json(view))["stages"][0]["error"] == error

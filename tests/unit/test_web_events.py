@@ -31,35 +31,48 @@ def _fields(message: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in message.strip().splitlines())
 
 
-def test_each_whole_line_is_one_event_with_its_offset_and_unknown_kinds_pass(tmp_path):
-    # Given a manifest with a known event, one of a kind this version does not know, and a
-    # line still being written
+def _manifest(path: Path, events: list[dict[str, object]]) -> None:
+    from sparkle import manifest
+
+    data = manifest.encode("r", [manifest.record(e) for e in events])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # (replaced whole, as the run store writes it)
+
+
+def test_each_event_is_one_message_numbered_and_unknown_kinds_pass(tmp_path):
+    """Each event of manifest.json is one `manifest` message, in order, passed on as
+    written (a kind this version does not know too), its id the number of events up to it;
+    an event added while followed arrives; following from a number skips what was seen."""
+    # Given a manifest with a known event and one of a kind this version does not know
     known = {"run_id": "r", "stage": "script", "status": "begin", "attempt": 1}
     future = {"run_id": "r", "stage": "videos", "status": "review_decision", "take": 2}
-    manifest = tmp_path / "manifest.jsonl"
-    first = json.dumps(known) + "\n"
-    manifest.write_text(first + json.dumps(future) + "\n" + '{"run_id": "r", "sta')
-
-    def finish_the_line() -> None:
-        with manifest.open("a") as handle:
-            handle.write('ge": "qa", "status": "success", "attempt": 1}\n')
-
-    # When I follow it from its start
-    events = [_fields(m) for m in anyio.run(_take, tmp_path, 0, 3, finish_the_line)]
-    # Then each whole line is one event, in order, passed on as written, id = offset after it
+    added = {"run_id": "r", "stage": "qa", "status": "success", "attempt": 1}
+    manifest = tmp_path / "manifest.json"
+    _manifest(manifest, [known, future])
+    # When I follow it from its start while one more event is added
+    events = [_fields(m) for m in anyio.run(
+        _take, tmp_path, 0, 3, lambda: _manifest(manifest, [known, future, added]))]
+    # Then each event is one message, in order, passed on as written, id = its number
     assert [json.loads(e["data"])["status"] for e in events] == ["begin", "review_decision",
                                                                   "success"]
     assert json.loads(events[1]["data"])["take"] == 2
-    assert int(events[0]["id"]) == len(first)
-    assert int(events[2]["id"]) == manifest.stat().st_size
-    # and following from an offset skips what was seen
-    (later,) = anyio.run(_take, tmp_path, len(first), 1)
+    assert [int(e["id"]) for e in events] == [1, 2, 3]
+    # and following from a number skips what was seen
+    (later,) = anyio.run(_take, tmp_path, 1, 1)
     assert json.loads(_fields(later)["data"])["status"] == "review_decision"
 
 
+def test_an_older_runs_manifest_jsonl_is_followed_after_manifest_json(tmp_path):
+    """A run an older Sparkle wrote keeps its events in manifest.jsonl until its next event
+    moves them: they are sent too (a line cut short by a crash is skipped)."""
+    (tmp_path / "manifest.jsonl").write_text('{"status": "begin"}\n{"status": "succ')
+    (only,) = anyio.run(_take, tmp_path, 0, 1)
+    assert json.loads(_fields(only)["data"])["status"] == "begin"
+
+
 def test_a_manifest_rewritten_shorter_starts_over(tmp_path):
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text('{"status": "begin"}\n')
+    _manifest(tmp_path / "manifest.json", [{"status": "begin"}])
     (reset, again) = anyio.run(_take, tmp_path, 10_000, 2)
     assert _fields(reset)["event"] == "reset"
     assert json.loads(_fields(again)["data"])["status"] == "begin"

@@ -67,7 +67,7 @@
         })
         .catch(function () {});
     }, 150);
-    var start = body.getAttribute("data-manifest-bytes") || "0";
+    var start = body.getAttribute("data-manifest-events") || "0";
     var source = new EventSource("/api/runs/" + encodeURIComponent(runId) + "/events?from=" + start);
     source.addEventListener("manifest", function (message) {
       var event;
