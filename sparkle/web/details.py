@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from sparkle.errors import RunNotFoundError
+from sparkle.manifest import TAIL
 from sparkle.runstore import Run, cached_entry
 from sparkle.schemas import QAReport
 from sparkle.statuscache import MANIFEST_FILE
@@ -115,8 +116,10 @@ def qa_report(run: Run, path: str | None) -> dict[str, Any] | None:
 
 
 def manifest_size(run: Run) -> int:
-    """Bytes in the run's manifest: where a page rendered now starts following events."""
+    """Where a page rendered now starts following the run's manifest: its size without
+    its last line (``]}``, rewritten when the next event is added)."""
     try:
-        return os.stat(f"{run.dir}/{MANIFEST_FILE}").st_size
+        size = os.stat(f"{run.dir}/{MANIFEST_FILE}").st_size
     except OSError:
         return 0
+    return max(0, size - len(TAIL) + 1)

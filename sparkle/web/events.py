@@ -56,10 +56,17 @@ def _read_from(path: str, offset: int) -> tuple[bytes, int]:
         os.close(fd)
 
 
+#: The last line of ``manifest.json`` (:data:`sparkle.manifest.TAIL`): not an event, and
+#: replaced when the next event is added.
+MANIFEST_END = b"]}"
+
+
 async def follow_manifest(run_dir: str, start: int,
                           poll: float = POLL_SEC) -> AsyncIterator[bytes]:
     """Server-sent events for each manifest line after byte ``start``, forever (the
-    response ends it when the client goes away)."""
+    response ends it when the client goes away). ``manifest.json`` holds one event per line
+    (:mod:`sparkle.manifest`), each but the last followed by a comma; its first and last
+    lines are not events."""
     path = f"{run_dir}/{MANIFEST_FILE}"
     offset = max(0, start)
     pending = b""
@@ -73,11 +80,17 @@ async def follow_manifest(run_dir: str, start: int,
             continue
         pending += data
         while b"\n" in pending:
-            line, _, pending = pending.partition(b"\n")
+            line, _, rest = pending.partition(b"\n")
+            if line.strip() == MANIFEST_END:
+                # (the end of manifest.json, rewritten with the next event: read again
+                # from here; that event's line follows the comma added to the one before)
+                pending = b""
+                break
+            pending = rest
             offset += len(line) + 1
-            text = line.decode("utf-8", "replace").strip()
-            if not text or len(line) > MAX_LINE_BYTES:
-                continue
+            text = line.decode("utf-8", "replace").strip().removesuffix(",")
+            if not text or len(line) > MAX_LINE_BYTES or text.endswith("["):
+                continue  # (a blank line, or the manifest's first line: no event)
             try:
                 event = json.loads(text)
             except ValueError:

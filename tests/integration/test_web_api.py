@@ -215,7 +215,9 @@ def test_manifest_events_stream_to_a_client_as_they_are_appended(three_runs):
     site = Site.for_process(get_settings(), worker_threads=2)
     server = start_in_background(site, UiConfig(port=port))
     try:
-        size = (run.dir / "manifest.jsonl").stat().st_size
+        from sparkle.web.details import manifest_size
+
+        size = manifest_size(run)
         url = f"http://127.0.0.1:{port}/api/runs/{run.run_id}/events?from={size}"
         with httpx2.stream("GET", url, timeout=30) as answer:
             assert answer.headers["content-type"].startswith("text/event-stream")
@@ -231,7 +233,7 @@ def test_manifest_events_stream_to_a_client_as_they_are_appended(three_runs):
                 if "data" in got:
                     break
         assert got["event"] == "manifest"
-        assert int(got["id"]) == (run.dir / "manifest.jsonl").stat().st_size
+        assert int(got["id"]) == manifest_size(run)
         event = json.loads(got["data"])
         assert (event["stage"], event["status"], event["metadata"]["x"]) == (
             "script", "redrive", "new")

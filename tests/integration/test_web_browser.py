@@ -355,12 +355,17 @@ def test_a_gated_run_is_rerolled_and_approved_from_its_page(browser, pipeline, p
         assert len(frames) == 6
         assert driver.find_element(By.ID, "review-stage").text == "images"
         # When I re-roll s2 (its stage, images, chosen by default) with a note
+        # (the workers paused, so the page shows the run before the new take exists)
+        worker.pause()
         form = driver.find_element(By.CSS_SELECTOR, "#shot-s2 form.reroll")
         form.find_element(By.NAME, "note").send_keys("the lamp is too dim")
         driver.find_element(By.ID, "reroll-s2").click()
         wait_for(lambda: "re-rolling s2" in driver.find_element(By.ID, "notice").text, 30,
                  "the re-roll notice")
         mark_page(driver)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#shot-s2 .takes")
+        assert not driver.find_elements(By.ID, "approve")  # (no longer waiting)
+        worker.resume()
         # Then, without a reload, s2 shows two takes side by side, each with both keyframes
         takes = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
             driver.find_elements(By.CSS_SELECTOR,

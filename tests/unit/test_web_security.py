@@ -202,7 +202,7 @@ def test_every_response_carries_the_security_headers(site):
     ("audio/line.wav", "audio/wav"),
     ("final/movie.mp4", "video/mp4"),
     ("movie_plan.json", "application/json"),
-    ("manifest.jsonl", "text/plain"),
+    ("manifest.json", "application/json"),
 ])
 def test_run_files_are_served_with_their_content_type(site, path, kind):
     run = only_run(site)
