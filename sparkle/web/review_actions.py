@@ -5,7 +5,8 @@ page shows of a review.
 Each action returns ``(status, JSON body)`` like :mod:`sparkle.web.actions`:
 200 applied; 400 the request names something the run does not have (a shot, a stage not
 reached, a take) while the run waits; 409 the run is not waiting, another person decided
-first (the body names who), or no queue is reachable from this process; 422 a field is
+first (the body names who), the run stayed held by a worker (try again), or no queue is
+reachable from this process; 422 a field is
 missing or malformed; 503 Redis is down.
 
 A decision holds the run's lease while it applies (it may wait up to
@@ -23,7 +24,7 @@ import redis
 
 from sparkle import review
 from sparkle.dispatch import Dispatcher
-from sparkle.errors import DecisionConflictError, ReviewError
+from sparkle.errors import DecisionConflictError, ReviewError, RunBusyError
 from sparkle.runstore import Run, RunStatus, RunStore
 from sparkle.settings import Settings
 from sparkle.takes import PER_SHOT_STAGES
@@ -116,6 +117,8 @@ def decide(site: Site, run: Run, kind: str, fields: dict[str, Any],
                                        note=note, review_id=review_id)
     except DecisionConflictError as exc:
         return 409, {"error": str(exc), "conflict": True}
+    except RunBusyError as exc:
+        return 409, {"error": str(exc), "busy": True}
     except ReviewError as exc:
         # (while the run still waits, the request named something it does not have)
         waiting = run.status() is RunStatus.awaiting_review

@@ -401,3 +401,36 @@ def test_a_gated_run_is_rerolled_and_approved_from_its_page(browser, pipeline, p
     finally:
         server.stop()
         worker.stop()
+
+
+def test_serve_ui_carries_an_approved_run_on_with_its_own_workers(served, plans_dir):
+    """Embedded `sparkle serve --ui` (no Redis, media adapters): a decision posted to its
+    API continues the run on that process's own worker threads, up to the finished movie."""
+    import urllib.request
+
+    base, runs = served
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            base + path, method=method, data=json.dumps(body).encode() if body else None,
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return json.loads(answer.read())
+
+    # Given a gated plan posted to the serve process, resting at its gate
+    plan = json.loads((plans_dir / "lighthouse.json").read_text())
+    plan["metadata"]["review_after"] = ["images"]
+    request = urllib.request.Request(base + "/api/runs", method="POST",
+                                     data=json.dumps(plan).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        run_id = json.loads(answer.read())["run_id"]
+    wait_for(lambda: call("GET", f"/api/runs/{run_id}")["status"] == "awaiting_review",
+             what="the gate")
+    # When I approve it through the API
+    decision = call("POST", f"/api/runs/{run_id}/approve", {"note": "frames ok"})
+    # Then its next stage was queued in that process, and its workers make the movie
+    assert decision["queued"] == "videos"
+    wait_for(lambda: call("GET", f"/api/runs/{run_id}")["status"] == "succeeded",
+             what="the movie")
+    assert (runs / run_id / "final" / "movie.mp4").stat().st_size > 0

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 from sparkle.adapters.testing import read_trace
@@ -180,3 +181,57 @@ def test_two_people_approving_at_once_through_the_api_one_wins(pipeline, plans_d
     assert f"by {winner} via dashboard" in loser.json()["error"]
     decisions = [e for e in run.events() if e.status in ("approved", "redo", "rejected")]
     assert len(decisions) == 1
+
+
+def test_a_decision_on_a_run_held_by_a_worker_is_refused_to_try_again(pipeline, plans_dir):
+    """While a worker still holds the run's lease (past SPARKLE_DECISION_WAIT_SEC), the
+    decision is refused with 409 and nothing is applied."""
+    from sparkle.lease import Lease
+
+    run = gated_run(pipeline, plans_dir)
+    site = Site.for_process(get_settings(), worker_threads=2)
+    site.settings = site.settings.model_copy(update={"decision_wait_sec": 0.2})
+    web = TestClient(create_app(site, UiConfig()), base_url=BASE)
+    settings = pipeline.engine.settings
+    worker = Lease(pipeline.engine.client, settings.namespace, run.run_id, 60)
+    assert worker.acquire()
+    try:
+        answer = web.post(f"/api/runs/{run.run_id}/approve", json={})
+    finally:
+        worker.release()
+    assert answer.status_code == 409 and answer.json()["busy"] is True
+    assert "held by a worker" in answer.json()["error"]
+    assert run.status() is RunStatus.awaiting_review
+    assert web.post(f"/api/runs/{run.run_id}/approve", json={}).status_code == 200
+
+
+@pytest.mark.redis
+def test_with_redis_a_decision_queues_the_run_for_the_workers(redis_server, tmp_path,
+                                                             monkeypatch, plans_dir):
+    """`sparkle ui` with Redis (no workers of its own): approve and redo queue the run's
+    next stage on Redis, and workers finish it."""
+    import redis
+    from conftest import _teardown_pipeline, make_pipeline
+
+    from sparkle.broker import build_broker
+    from sparkle.settings import Settings
+
+    client = redis.Redis.from_url(redis_server.url)
+    broker = build_broker(Settings(redis_url=redis_server.url), client=client)
+    pipeline = make_pipeline(tmp_path, monkeypatch, broker=broker, client=client,
+                             SPARKLE_REDIS_URL=redis_server.url)
+    try:
+        run = gated_run(pipeline, plans_dir)
+        web = dashboard(worker_threads=None)
+        assert web.get("/api/health").json()["mode"] == "redis"
+        # When s3 is re-rolled, then the run approved, from the dashboard
+        redo = web.post(f"/api/runs/{run.run_id}/redo", json={"shots": "s3"})
+        assert redo.status_code == 200 and redo.json()["queued"] == "images"
+        assert pipeline.work(run).status is RunStatus.awaiting_review
+        assert image_calls(run) == Counter({"s1": 1, "s2": 1, "s3": 2})
+        approved = web.post(f"/api/runs/{run.run_id}/approve", json={"note": "go"})
+        # Then each was queued on Redis and the workers made the movie
+        assert approved.status_code == 200 and approved.json()["queued"] == "videos"
+        assert pipeline.work(run).status is RunStatus.succeeded
+    finally:
+        _teardown_pipeline()
