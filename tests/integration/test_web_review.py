@@ -151,6 +151,15 @@ def test_decisions_follow_the_csrf_read_only_and_standalone_rules(pipeline, plan
     assert answer.status_code == 303 and "notice=approved" in answer.headers["location"]
     event = [e for e in run.events() if e.status == "approved"][-1]
     assert event.metadata["by"].startswith("erin via dashboard")
+    # and a form the run can no longer answer comes back to the page with the reason
+    late = web.post(f"/runs/{run.run_id}/review/redo", headers=BROWSER,
+                    data={"csrf_token": csrf, "review_id": waiting.review_id, "shots": "s1"},
+                    follow_redirects=False)
+    assert late.status_code == 303 and "error=" in late.headers["location"]
+    shown = web.get(late.headers["location"]).text
+    assert "was already answered: approved by erin via dashboard" in shown
+    assert web.post(f"/runs/{run.run_id}/review/nope", headers=BROWSER,
+                    data={"csrf_token": csrf}).status_code == 404
 
 
 def test_two_people_approving_at_once_through_the_api_one_wins(pipeline, plans_dir):
