@@ -69,3 +69,8 @@ class ReviewError(SparkleError):
 
 class DecisionConflictError(ReviewError):
     """Another decision on the same review won; this one was not applied."""
+
+
+class RunBusyError(ReviewError):
+    """A decision could not take the run: a worker or another decision held it for longer
+    than ``SPARKLE_DECISION_WAIT_SEC``. Nothing was applied; trying again may work."""

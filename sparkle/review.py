@@ -45,7 +45,7 @@ import redis
 
 from sparkle import notifications, unique
 from sparkle.dispatch import Dispatcher
-from sparkle.errors import DecisionConflictError, ReviewError
+from sparkle.errors import DecisionConflictError, ReviewError, RunBusyError
 from sparkle.lease import Lease
 from sparkle.review_state import (
     ReviewReason,
@@ -428,7 +428,7 @@ def _deciding(services: Services, run: Run, review_id: str | None) -> Iterator[R
     # decision made at the same time (which then wins).
     while not lease.acquire():
         if time.monotonic() > deadline:
-            raise ReviewError(f"run {run.run_id} is held by a worker or another decision; "
+            raise RunBusyError(f"run {run.run_id} is held by a worker or another decision; "
                               "try again in a moment")
         time.sleep(LEASE_POLL_SEC)
     try:

@@ -2,7 +2,8 @@
 
 Routes read through :mod:`sparkle.web.listing`, :mod:`sparkle.web.details` and
 :mod:`sparkle.web.operations`, and act only through the service functions the CLI calls
-(:mod:`sparkle.lifecycle`, :class:`sparkle.dlq.DeadLetterQueue`). Every POST parses its
+(:mod:`sparkle.lifecycle`, :class:`sparkle.dlq.DeadLetterQueue`, :mod:`sparkle.review`
+through :mod:`sparkle.web.review_actions`). Every POST parses its
 fields with :func:`_fields`, which applies the size limit and the CSRF check.
 """
 
@@ -19,6 +20,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 import redis
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -35,7 +37,7 @@ from sparkle.errors import (
 )
 from sparkle.names import STAGES, is_safe_id
 from sparkle.runstore import Run
-from sparkle.web import actions, details, events, files, listing, operations
+from sparkle.web import actions, details, events, files, listing, operations, review_actions
 from sparkle.web.config import UiConfig
 from sparkle.web.security import (
     CSRF_FIELD,
@@ -52,7 +54,8 @@ HERE = Path(__file__).parent
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 #: Run statuses offered by the filter (others, from newer versions, still show).
-FILTER_STATUSES = ("queued", "running", "failed", "succeeded", "cancelled")
+FILTER_STATUSES = ("queued", "running", "awaiting_review", "failed", "succeeded", "cancelled",
+                   "rejected")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -197,6 +200,43 @@ async def api_cancel(request: Request) -> Response:
     return JSONResponse(body, status)
 
 
+async def _decide(request: Request, kind: str) -> tuple[Run, int, dict[str, Any]]:
+    """Apply the review decision ``kind`` posted to the run in the path (in a thread: a
+    decision may wait a moment for the run's lease)."""
+    run = _run(request)
+    fields = await _fields(request)
+    status, body = await run_in_threadpool(review_actions.decide, _site(request), run, kind,
+                                           fields, review_actions.who(_by(request),
+                                                                      fields.get("who")))
+    return run, status, body
+
+
+async def api_approve(request: Request) -> Response:
+    _, status, body = await _decide(request, "approve")
+    return JSONResponse(body, status)
+
+
+async def api_redo(request: Request) -> Response:
+    _, status, body = await _decide(request, "redo")
+    return JSONResponse(body, status)
+
+
+async def api_reject(request: Request) -> Response:
+    _, status, body = await _decide(request, "reject")
+    return JSONResponse(body, status)
+
+
+async def api_use_take(request: Request) -> Response:
+    _, status, body = await _decide(request, "take")
+    return JSONResponse(body, status)
+
+
+def api_takes(request: Request) -> Response:
+    status, body = review_actions.takes(_site(request), _run(request),
+                                        request.query_params.get("shot") or None)
+    return JSONResponse(body, status)
+
+
 def api_events(request: Request) -> Response:
     run = _run(request)
     start = request.headers.get("last-event-id") or request.query_params.get("from") or "0"
@@ -333,7 +373,7 @@ def page_runs_table(request: Request) -> Response:
     return _render(request, "_runs_table.html", _runs_context(request))
 
 
-def _blocks(request: Request, detail: dict[str, Any]) -> dict[str, dict[str, str]]:
+def _blocks(request: Request, run: Run, detail: dict[str, Any]) -> dict[str, dict[str, str]]:
     """The run page's parts, rendered, each with a version (a hash of its HTML)."""
     templates: Jinja2Templates = request.app.state.templates
     site = _site(request)
@@ -345,20 +385,24 @@ def _blocks(request: Request, detail: dict[str, Any]) -> dict[str, dict[str, str
         "final": str(module.final(detail)),
         "qa": str(module.qa(detail)),
     }
+    shown = {**detail, "review_panel": review_actions.panel(site, run)}
+    parts["review"] = str(module.review(shown))
     for shot in detail["plan"]["shots"]:
-        parts[f"shot-{shot['id']}"] = str(module.shot(detail, shot))
+        parts[f"shot-{shot['id']}"] = str(module.shot(shown, shot))
     return {name: {"version": hashlib.sha1(html.encode()).hexdigest()[:16], "html": html}
             for name, html in parts.items()}
 
 
 def page_run(request: Request) -> Response:
-    detail = _detail_or_404(_run(request))
-    return _render(request, "run.html", {"run": detail, "blocks": _blocks(request, detail)})
+    run = _run(request)
+    detail = _detail_or_404(run)
+    return _render(request, "run.html", {"run": detail, "blocks": _blocks(request, run, detail)})
 
 
 def page_run_live(request: Request) -> Response:
-    detail = _detail_or_404(_run(request))
-    return JSONResponse({"status": detail["status"], "blocks": _blocks(request, detail)})
+    run = _run(request)
+    detail = _detail_or_404(run)
+    return JSONResponse({"status": detail["status"], "blocks": _blocks(request, run, detail)})
 
 
 def _back(request: Request, target: str, message: str, error: bool = False) -> Response:
@@ -384,6 +428,26 @@ async def action_cancel(request: Request) -> Response:
     await _fields(request)
     _, body = actions.cancel(_site(request), run, _by(request))
     return _back(request, f"/runs/{run.run_id}", body["result"].replace("_", " "))
+
+
+#: What the run page says after each review decision.
+DECIDED = {"approve": "approved: the run continues", "redo": "re-roll queued",
+           "reject": "rejected", "take": "take put back in place"}
+
+
+async def action_decide(request: Request) -> Response:
+    """The run page's review forms: ``/runs/{run_id}/review/{kind}``."""
+    kind = request.path_params["kind"]
+    if kind not in DECIDED:
+        raise HTTPException(404, f"no review action {kind!r}")
+    run, status, body = await _decide(request, kind)
+    target = f"/runs/{run.run_id}"
+    if status != 200:
+        return _back(request, target, body["error"], error=True)
+    message = DECIDED[kind]
+    if kind == "redo":
+        message = f"re-rolling {', '.join(body['shots'])}: {', '.join(body['stages_reset'])}"
+    return _back(request, target, message)
 
 
 def page_new(request: Request) -> Response:
@@ -531,6 +595,7 @@ def create_app(site: Site, config: UiConfig | None = None) -> Starlette:
         Route("/runs/{run_id}/live", page_run_live),
         Route("/runs/{run_id}/resume", action_resume, methods=["POST"]),
         Route("/runs/{run_id}/cancel", action_cancel, methods=["POST"]),
+        Route("/runs/{run_id}/review/{kind}", action_decide, methods=["POST"]),
         Route("/runs/{run_id}/files/{path:path}", run_file, methods=["GET", "HEAD"]),
         Route("/inbox", page_inbox),
         Route("/operations", page_operations),
@@ -545,6 +610,11 @@ def create_app(site: Site, config: UiConfig | None = None) -> Starlette:
         Route("/api/runs/{run_id}", api_run),
         Route("/api/runs/{run_id}/resume", api_resume, methods=["POST"]),
         Route("/api/runs/{run_id}/cancel", api_cancel, methods=["POST"]),
+        Route("/api/runs/{run_id}/approve", api_approve, methods=["POST"]),
+        Route("/api/runs/{run_id}/redo", api_redo, methods=["POST"]),
+        Route("/api/runs/{run_id}/reject", api_reject, methods=["POST"]),
+        Route("/api/runs/{run_id}/takes", api_takes),
+        Route("/api/runs/{run_id}/takes/use", api_use_take, methods=["POST"]),
         Route("/api/runs/{run_id}/events", api_events),
         Route("/api/dlq", api_dlq),
         Route("/api/dlq/replay", api_replay, methods=["POST"]),

@@ -326,3 +326,111 @@ def test_a_dead_letter_is_replayed_from_the_operations_page(
     finally:
         _teardown_pipeline()
 
+
+
+def test_a_gated_run_is_rerolled_and_approved_from_its_page(browser, pipeline, plans_dir):
+    """Issue 21 in the browser: a run gated after images shows its keyframes and the review
+    panel; "Re-roll s2" draws s2 again and the new take appears beside the old without a
+    reload; "Approve all and continue" finishes the run."""
+    from selenium.webdriver.common.by import By
+
+    from sparkle.lifecycle import create_run
+    from sparkle.plans import load_plan_file
+
+    base, server, worker = _dashboard(pipeline, worker_threads=2)
+    try:
+        # Given a lighthouse run (shots s1, s2, s3) gated after images
+        plan = load_plan_file(plans_dir / "lighthouse.json", 1 << 20)
+        plan.metadata["review_after"] = "images"
+        engine = pipeline.engine
+        run = create_run(engine.store, engine.dispatcher, plan).run
+        driver = browser
+        driver.get(f"{base}/runs/{run.run_id}")
+        # Then its page comes to wait for review, showing six loaded keyframes
+        wait_for(lambda: run_status(driver) == "awaiting_review", what="awaiting_review")
+        frames = wait_for(lambda: (lambda imgs: imgs if len(imgs) == 6 and all(
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                  i) for i in imgs) else None)(
+            driver.find_elements(By.CSS_SELECTOR, "img.keyframe")), 60, "six keyframes")
+        assert len(frames) == 6
+        assert driver.find_element(By.ID, "review-stage").text == "images"
+        # When I re-roll s2 (its stage, images, chosen by default) with a note
+        # (the workers paused, so the page shows the run before the new take exists)
+        worker.pause()
+        form = driver.find_element(By.CSS_SELECTOR, "#shot-s2 form.reroll")
+        form.find_element(By.NAME, "note").send_keys("the lamp is too dim")
+        driver.find_element(By.ID, "reroll-s2").click()
+        wait_for(lambda: "re-rolling s2" in driver.find_element(By.ID, "notice").text, 30,
+                 "the re-roll notice")
+        mark_page(driver)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#shot-s2 .takes")
+        assert not driver.find_elements(By.ID, "approve")  # (no longer waiting)
+        worker.resume()
+        # Then, without a reload, s2 shows two takes side by side, each with both keyframes
+        takes = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+            driver.find_elements(By.CSS_SELECTOR,
+                                 "#shot-s2 .takes[data-stage=images] .take")), 60,
+            "two takes of s2")
+        wait_for(lambda: run_status(driver) == "awaiting_review", what="the gate again")
+        images = driver.find_elements(By.CSS_SELECTOR, "#shot-s2 img.take-image")
+        wait_for(lambda: all(driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", i) for i in images),
+            30, "the takes' images")
+        assert len(images) == 4 and same_page(driver), "the page was reloaded"
+        assert "in use" in takes[1].text and takes[0].find_elements(By.CSS_SELECTOR,
+                                                                    "button.use-take")
+        # and no other shot has a second take
+        assert not driver.find_elements(By.CSS_SELECTOR, "#shot-s1 .takes, #shot-s3 .takes")
+        history = driver.find_element(By.ID, "review-history").text
+        assert "the lamp is too dim" in history and "re-roll images" in history
+        driver.execute_script("window.scrollTo(0, 0)")
+        screenshot(driver, "run-review")
+        driver.execute_script("arguments[0].scrollIntoView()",
+                              driver.find_element(By.ID, "shot-s2"))
+        screenshot(driver, "run-review-takes")
+        # When I approve with a note
+        driver.find_element(By.CSS_SELECTOR, "form.decide input[name=note]").send_keys(
+            "s2 fixed")
+        driver.find_element(By.ID, "approve").click()
+        # Then the run completes and the history tells who approved, with the note
+        wait_for(lambda: run_status(driver) == "succeeded", what="status succeeded")
+        assert run.status().value == "succeeded"
+        approved = [e for e in run.events() if e.status == "approved"]
+        assert approved[-1].metadata["note"] == "s2 fixed"
+        assert approved[-1].metadata["by"].startswith("dashboard")
+    finally:
+        server.stop()
+        worker.stop()
+
+
+def test_serve_ui_carries_an_approved_run_on_with_its_own_workers(served, plans_dir):
+    """Embedded `sparkle serve --ui` (no Redis, media adapters): a decision posted to its
+    API continues the run on that process's own worker threads, up to the finished movie."""
+    import urllib.request
+
+    base, runs = served
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            base + path, method=method, data=json.dumps(body).encode() if body else None,
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return json.loads(answer.read())
+
+    # Given a gated plan posted to the serve process, resting at its gate
+    plan = json.loads((plans_dir / "lighthouse.json").read_text())
+    plan["metadata"]["review_after"] = ["images"]
+    request = urllib.request.Request(base + "/api/runs", method="POST",
+                                     data=json.dumps(plan).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        run_id = json.loads(answer.read())["run_id"]
+    wait_for(lambda: call("GET", f"/api/runs/{run_id}")["status"] == "awaiting_review",
+             what="the gate")
+    # When I approve it through the API
+    decision = call("POST", f"/api/runs/{run_id}/approve", {"note": "frames ok"})
+    # Then its next stage was queued in that process, and its workers make the movie
+    assert decision["queued"] == "videos"
+    wait_for(lambda: call("GET", f"/api/runs/{run_id}")["status"] == "succeeded",
+             what="the movie")
+    assert (runs / run_id / "final" / "movie.mp4").stat().st_size > 0
