@@ -74,7 +74,7 @@ def test_a_waiting_run_shows_its_gate_and_how_long_it_has_waited(tmp_path: Path)
     entry = cached_entry(run)
     assert entry is not None and entry.view is not None
     assert entry.status is RunStatus.awaiting_review
-    text = statuscache.render_text(entry.view)
+    text = statuscache.render_text(entry.view, str(run.dir))
     assert "waiting for review after images (review_after) for 2m0" in text
     assert json.loads(statuscache.render_json(entry.view))["waiting_sec"] >= 125
     runs = CliRunner().invoke(cli, ["runs", "--runs-dir", str(tmp_path / "runs"),
@@ -90,7 +90,8 @@ def test_a_rejected_run_says_who_rejected_it_and_why(tmp_path: Path):
     entry = cached_entry(run)
     assert entry is not None and entry.view is not None
     assert entry.status is RunStatus.rejected
-    assert "rejected after images by carol: wrong story" in statuscache.render_text(entry.view)
+    text = statuscache.render_text(entry.view, str(run.dir))
+    assert "rejected after images by carol: wrong story" in text
 
 
 def test_the_timeline_tells_a_decision_with_who_what_and_the_note(tmp_path: Path):
