@@ -19,8 +19,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import dramatiq
-
 from sparkle import metrics, runlock
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
@@ -29,6 +27,7 @@ from sparkle.infrastructure import bookkeeping
 from sparkle.redrive import Reaper
 from sparkle.runstore import RunStatus
 from sparkle.settings import Settings
+from sparkle.workqueue import build_worker
 
 if TYPE_CHECKING:
     from sparkle.web.config import UiConfig
@@ -116,7 +115,7 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
     engine = get_engine()
     worker = None
     if workers:
-        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        worker = build_worker(broker, threads, 100)
         worker.start()
     if is_embedded():
         resumed = requeue_unfinished(engine)
