@@ -24,6 +24,8 @@ from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
 from sparkle.infrastructure import bookkeeping
+from sparkle.profiles import discover as discover_profiles
+from sparkle.profiles import inbox_for as profile_inbox
 from sparkle.redrive import Reaper
 from sparkle.runstore import RunStatus
 from sparkle.settings import Settings
@@ -105,12 +107,15 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
       InfrastructureError: the inbox or the runs folder cannot be written (a read-only
         file system, no permission, a failing disk); nothing was started. (A full disk is
         no reason not to start: runs wait for room, see :mod:`sparkle.infrastructure`.)
+      ConfigError: an inbox profile's ``profile.toml`` is wrong (:mod:`sparkle.profiles`);
+        nothing was started.
     """
     stop = stop or threading.Event()
     if inbox_dir is not None:
         settings = settings.model_copy(update={"inbox_dir": inbox_dir})
     check_writable(settings.inbox_dir, "the inbox")
     check_writable(settings.runs_dir, "the runs folder")
+    profiles = discover_profiles(settings.inbox_dir)
     broker = load_actors()
     engine = get_engine()
     worker = None
@@ -123,6 +128,8 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             log.warning("serve: re-queued %d unfinished run(s) from %s", resumed,
                         settings.runs_dir)
     inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
+    profile_inboxes = [profile_inbox(profile, engine.dispatcher.kick, settings, poll)
+                       for profile in profiles]
     reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
     reaper.start()
     metrics_server = metrics.serve(engine.settings, engine.store, broker, engine.client)
@@ -143,10 +150,17 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
     log.warning("%s: inbox %s, runs %s, broker %s%s", "serve" if workers else "watch",
                 settings.inbox_dir, settings.runs_dir, mode,
                 f", {threads} worker threads" if workers else "")
+    for name in [profile.name for profile in profiles]:
+        log.warning("%s: profile %s: %s", "serve" if workers else "watch", name,
+                    settings.inbox_dir / name)
     try:
         with stop_on_signals(stop):
+            for extra in profile_inboxes:
+                extra.start()
             inbox.run_forever(stop)
     finally:
+        for extra in profile_inboxes:
+            extra.stop()
         if dashboard is not None:
             dashboard.stop()
         reaper.stop()

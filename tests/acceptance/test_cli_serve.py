@@ -143,3 +143,23 @@ def test_serve_exposes_metrics_on_loopback_when_asked(tmp_path):
         assert wait_for(lambda: 'outcome="rejected"} 1.0' in scrape(), 30), scrape()
     finally:
         stop(serve)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["watch"]])
+def test_a_wrong_inbox_profile_stops_serve_and_watch_at_start(tmp_path, command):
+    """An unknown key in an inbox profile's profile.toml is one line naming the file and
+    the key, and exit 2, before anything starts; never silence."""
+    # Given
+    (tmp_path / "inbox" / "rush").mkdir(parents=True)
+    (tmp_path / "inbox" / "rush" / "profile.toml").write_text('priorty = "high"\n')
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
+    env = {**clean, "SPARKLE_REDIS_URL": "redis://127.0.0.1:1/0"} if command == ["watch"] \
+        else clean
+    # When
+    done = subprocess.run([str(BIN), *command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    # Then
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "inbox/rush/profile.toml" in lines[0] and "'priorty'" in lines[0]
