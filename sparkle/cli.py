@@ -567,7 +567,7 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
     Ctrl-C drains: running stages finish, prefetched messages go back to Redis; a second
     signal stops at once. Metrics of all processes on SPARKLE_METRICS_PORT when set.
     """
-    from sparkle.keys import queue_name, stage_queue_names
+    from sparkle.keys import worker_queues
     from sparkle.supervisor import run_supervisor
 
     settings = get_settings()
@@ -576,18 +576,11 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
              "without a server use `sparkle serve` or `sparkle run PLAN`")
     if processes < 1 or threads < 1:
         fail("--processes and --threads must be at least 1")
-    names = [queue_name(q) if q in STAGES else q for q in queues]
-    known = {name for s in STAGES for name in stage_queue_names(s)}
-    unknown = [q for q in names if q not in known]
-    if unknown:
-        fail(f"unknown queue(s) {', '.join(unknown)}; the stage queues are "
-             f"{', '.join(queue_name(s) for s in STAGES)} (each with its .high and .low "
-             "priority levels)")
-    # A stage's queue means every priority level of it (sparkle.priority).
-    names = list(dict.fromkeys(
-        level for name in names
-        for level in (stage_queue_names(name.removeprefix("sparkle."))
-                      if name in {queue_name(s) for s in STAGES} else [name])))
+    try:
+        # (a stage's queue means every priority level of it: sparkle.priority)
+        names = worker_queues(queues)
+    except ValueError as exc:
+        fail(str(exc))
     root = ctx.find_root().params
     try:
         code = run_supervisor(processes, threads, names, reaper=reaper,

@@ -6,6 +6,9 @@ dramatiq's own keys live under the broker namespace (``<namespace>:sparkle.<stag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sparkle.names import STAGES
 from sparkle.priority import NORMAL, PRIORITIES, queue_suffix
 
 
@@ -19,6 +22,29 @@ def queue_name(stage: str, priority: str = NORMAL) -> str:
 def stage_queue_names(stage: str) -> list[str]:
     """The queues of every priority level of ``stage``, highest first."""
     return [queue_name(stage, level) for level in PRIORITIES]
+
+
+def worker_queues(names: Sequence[str]) -> list[str]:
+    """The queues a worker given ``names`` (``sparkle worker -Q``) consumes: a stage's name
+    or queue (``videos``, ``sparkle.videos``) means every priority level of it; one level's
+    queue (``sparkle.videos.high``) means that level only.
+
+    Raises:
+      ValueError: a name is none of those (the message lists the stage queues).
+    """
+    chosen: list[str] = []
+    for name in names:
+        stage = name.removeprefix("sparkle.")
+        if stage in STAGES:
+            chosen += stage_queue_names(stage)
+        elif any(name in stage_queue_names(s) for s in STAGES):
+            chosen.append(name)
+        else:
+            raise ValueError(
+                f"unknown queue(s) {name}; the stage queues are "
+                f"{', '.join(queue_name(s) for s in STAGES)} (each also with a .high and a "
+                ".low priority level)")
+    return list(dict.fromkeys(chosen))
 
 
 def actor_name(stage: str) -> str:

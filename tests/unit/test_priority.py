@@ -179,3 +179,14 @@ def test_a_plan_webhook_must_be_an_http_url(plans_dir):
     # When / Then
     with pytest.raises(PlanError, match=r"metadata\.webhook"):
         parse_plan_bytes(json.dumps(document).encode(), "plan.json")
+
+
+def test_a_worker_given_a_stage_queue_consumes_every_level_of_it():
+    # Given / When / Then: `sparkle worker -Q sparkle.videos` (or -Q videos) keeps meaning
+    # the whole stage; one level can still be named alone
+    assert keys.worker_queues(["sparkle.videos", "tts"]) == [
+        "sparkle.videos.high", "sparkle.videos", "sparkle.videos.low",
+        "sparkle.tts.high", "sparkle.tts", "sparkle.tts.low"]
+    assert keys.worker_queues(["sparkle.videos.high"]) == ["sparkle.videos.high"]
+    with pytest.raises(ValueError, match="unknown queue"):
+        keys.worker_queues(["sparkle.vidoes"])
