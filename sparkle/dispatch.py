@@ -25,6 +25,7 @@ from dramatiq.middleware import CurrentMessage
 
 from sparkle import keys, lease, priority, runlock
 from sparkle.roundtrip import Command
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runstore import Run
 from sparkle.statuscache import PLAN_FILE, REVIEW_FILE
 
@@ -136,6 +137,10 @@ class Dispatcher:
                 log.info("run %s: process %s works it; leaving it to that process",
                          run.run_id, other.describe())
                 return None
+        if self.embedded:
+            # (the embedded unfinished-run index lives in the runs folder: added before the
+            # message, so a reader dropping the run as finished just then keeps it)
+            FolderRunIndex(run.dir.parent).add(run.run_id)
         self.send(run.run_id, stage, level=run_level(run))
         return stage
 

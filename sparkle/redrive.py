@@ -47,6 +47,7 @@ from sparkle import keys, lease, metrics, notifications, runlock
 from sparkle.dispatch import Dispatcher, run_level
 from sparkle.priority import PRIORITIES
 from sparkle.runindex import RunIndex
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, StageEvent
 from sparkle.settings import Settings
@@ -141,7 +142,9 @@ class Reaper:
             found: list[Redrive] = []
             # Only the runs the unfinished-run index names (all of them when it is
             # rebuilt); _inspect looks again, fresh, at the few that may be stuck.
-            for summary in RunIndex(self.client, self.namespace).unfinished(self.store):
+            index = (FolderRunIndex(self.store.root) if self.dispatcher.embedded
+                     else RunIndex(self.client, self.namespace))
+            for summary in index.unfinished(self.store):
                 if summary.status not in (RunStatus.queued, RunStatus.running):
                     continue
                 run = Run(self.store.root, summary.run_id)

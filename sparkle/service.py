@@ -27,7 +27,8 @@ from sparkle.infrastructure import bookkeeping
 from sparkle.profiles import discover as discover_profiles
 from sparkle.profiles import inbox_for as profile_inbox
 from sparkle.redrive import Reaper
-from sparkle.runstore import RunStatus
+from sparkle.runindex_folder import FolderRunIndex
+from sparkle.runstore import Run, RunStatus
 from sparkle.settings import Settings
 from sparkle.workqueue import build_worker
 
@@ -68,7 +69,10 @@ def requeue_unfinished(engine: Engine) -> int:
     """
     sent = 0
     others = 0
-    for run in engine.store.runs():
+    # (the runs the runs folder's unfinished-run index names: every folder when it is due
+    # a rebuild, sparkle.runindex_folder)
+    for summary in FolderRunIndex(engine.store.root).unfinished(engine.store):
+        run = Run(engine.store.root, summary.run_id)
         if run.status() not in (RunStatus.queued, RunStatus.running):
             continue
         if runlock.other_holder(run.dir) is not None:
