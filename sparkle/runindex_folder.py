@@ -9,7 +9,8 @@ unfinished, named by the run id (a dotfolder, never listed as a run). So the rea
 runs in flight, across restarts and processes. The same rules as :mod:`sparkle.runindex`:
 
 - a run joins when a stage message is sent for it other than as the next hop of a chain
-  (:meth:`sparkle.dispatch.Dispatcher.kick`: a new run, a resume, a review decision);
+  (:meth:`sparkle.dispatch.Dispatcher.kick`: a new run, a resume, a review decision), once
+  the index exists (its first reader builds it: a lone ``sparkle run`` makes none);
 - whoever reads the index drops a run it finds finished or gone, unless its file was
   touched since it looked (a resume just then);
 - the whole index is rebuilt from the run folders when the folder is missing and every
@@ -50,9 +51,12 @@ class FolderRunIndex:
 
     def add(self, run_id: str) -> None:
         """Put ``run_id`` in the index (its file's time says when, for :meth:`unfinished`).
-        Never raises: the periodic rebuild catches a run that could not be added."""
+        Nothing to do while there is no index: its first reader builds it from the run
+        folders (so a lone ``sparkle run`` never makes one). Never raises: the periodic
+        rebuild catches a run that could not be added."""
+        if not self.dir.is_dir():
+            return
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
             path = self.dir / run_id
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             os.close(fd)
@@ -84,10 +88,11 @@ class FolderRunIndex:
         """Add every unfinished run of ``store`` to the index, from the run folders, and
         note the time. Returns them."""
         found = [s for s in store.summaries() if s.status in UNFINISHED]
+        with contextlib.suppress(OSError):
+            self.dir.mkdir(parents=True, exist_ok=True)
         for summary in found:
             self.add(summary.run_id)
         with contextlib.suppress(OSError):
-            self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / REBUILT_FILE).touch()
         log.debug("run index rebuilt in %s: %d unfinished run(s)", self.dir, len(found))
         return found

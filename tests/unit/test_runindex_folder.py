@@ -13,12 +13,14 @@ from sparkle.settings import get_settings
 
 
 def test_a_queued_run_is_in_the_index_and_leaves_it_once_found_finished(pipeline, plans_dir):
-    # Given: a run queued through the dispatcher (embedded)
+    # Given: an index built while there was no run, then a run queued through the
+    # dispatcher (embedded)
+    FolderRunIndex(pipeline.runs_dir).rebuild(pipeline.engine.store)
     run = pipeline.create(plans_dir / "lighthouse.json")
     assert pipeline.engine.dispatcher.kick(run) == "script"
     # Then: a new index object on the folder (another process) names it as queued
     index = FolderRunIndex(pipeline.runs_dir)
-    FolderRunIndex(pipeline.runs_dir).rebuild(pipeline.engine.store)  # (then fresh)
+    assert index.members() == {run.run_id}
     assert [s.run_id for s in index.unfinished(pipeline.engine.store)] == [run.run_id]
     # When: it finishes, and the index is read again
     assert pipeline.work(run).status.value == "succeeded"
