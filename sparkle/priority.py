@@ -95,8 +95,9 @@ def of_run_dir(run_dir: str | os.PathLike[str], plan_file: str) -> str:
 
 
 def set_run_priority(run_dir: str | os.PathLike[str], level: str) -> None:
-    """Give the run in ``run_dir`` the priority ``level`` (``--priority``): from its next
-    stage message on; a message already waiting stays where it is."""
+    """Give the run in ``run_dir`` the priority ``level`` (``--priority``), for every
+    message sent for it from outside its chain from now on (the first stage, a resume, a
+    re-drive, a replay); a chain already in flight keeps the level it was sent with."""
     from sparkle import atomic
 
     atomic.write_bytes(Path(run_dir) / RUN_FILE, (check_priority(level) + "\n").encode())
