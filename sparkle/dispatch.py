@@ -154,5 +154,7 @@ def current_level() -> str:
 
 
 def run_level(run: Run) -> str:
-    """The priority level of ``run``: its plan's ``metadata.priority`` (one small read)."""
+    """The priority level of ``run``: its ``priority.txt``, else its plan's
+    ``metadata.priority`` (read once per message sent from outside a chain: new run,
+    resume, re-drive, replay; never per hop)."""
     return priority.of_run_dir(run.dir, PLAN_FILE)
