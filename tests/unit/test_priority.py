@@ -118,9 +118,7 @@ def test_a_high_message_overtakes_a_backlog_the_worker_already_fetched():
         # When: a high message is sent, and is waiting in the worker beside the backlog
         broker.enqueue(dramatiq.Message(queue_name="t.high", actor_name="record",
                                         args=("high",), kwargs={}, options={}))
-        work = worker.work_queue
-        assert isinstance(work, PriorityWorkQueue)
-        while not work.levels[0]:
+        while broker.queues["t.high"].qsize():  # (until the worker has fetched it)
             threading.Event().wait(0.01)
         release.set()
         broker.join("t")
