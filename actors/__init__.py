@@ -14,7 +14,7 @@ import dramatiq
 
 from sparkle.broker import MESSAGE_MAX_RETRIES, setup_broker
 from sparkle.engine import StageFailed, get_engine
-from sparkle.keys import actor_name, queue_name
+from sparkle.keys import actor_name, queue_name, stage_queue_names
 from sparkle.schemas import STAGES
 from sparkle.settings import get_settings
 
@@ -30,6 +30,10 @@ def _declare(stage: str) -> Any:
 
     run_stage.__name__ = run_stage.__qualname__ = actor_name(stage)
     run_stage.__doc__ = f"Execute the {stage} stage of a run."
+    broker = dramatiq.get_broker()
+    for name in stage_queue_names(stage):
+        if name != queue_name(stage):
+            broker.declare_queue(name)
     return dramatiq.actor(
         actor_name=actor_name(stage),
         queue_name=queue_name(stage),

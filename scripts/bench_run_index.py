@@ -14,7 +14,8 @@ reaper pass (``Reaper.run_once(dry_run=True, older_than=0)``, median of ``--repe
    ``REBUILD_INTERVAL_SEC`` (by one reaper of all) still costs;
 
 and, as child processes, ``sparkle runs --status queued`` (from the index), ``sparkle
-runs`` (every folder) and ``sparkle --version`` (the CLI's start-up alone).
+runs`` (every folder) and ``sparkle --version`` (the CLI's start-up alone); and embedded
+(no Redis), ``sparkle runs --status queued`` from the runs folder's own index.
 
 Usage::
 
@@ -43,6 +44,7 @@ from redis_server import RedisServer  # noqa: E402
 
 from sparkle import keys  # noqa: E402
 from sparkle.runindex import REBUILD_INTERVAL_SEC  # noqa: E402
+from sparkle.runindex_folder import FolderRunIndex  # noqa: E402
 from sparkle.runstore import CHECKPOINTS_DIR, MANIFEST_FILE, RunStore  # noqa: E402
 
 #: The ``sparkle`` command of this virtualenv.
@@ -120,6 +122,11 @@ def main() -> None:
             startup = timed(cli("--version"), args.repeat)
             running = timed(cli("runs", "--status", "queued"), args.repeat)
             everything = timed(cli("runs"), args.repeat)
+            # Embedded (no SPARKLE_REDIS_URL): the runs folder's own index
+            # (sparkle.runindex_folder), built once as a serve's reaper would
+            FolderRunIndex(runs_dir).rebuild(engine.store)
+            del env["SPARKLE_REDIS_URL"]
+            embedded_running = timed(cli("runs", "--status", "queued"), args.repeat)
         finally:
             server.stop()
     passes = REBUILD_INTERVAL_SEC / engine.settings.reaper_interval_sec
@@ -134,6 +141,8 @@ def main() -> None:
     print(f"`sparkle runs --status queued` (child process): {running * 1000:.0f} ms; "
           f"`sparkle runs` (all {args.active + args.finished}): {everything * 1000:.0f} ms; "
           f"`sparkle --version` (start-up alone): {startup * 1000:.0f} ms")
+    print(f"embedded `sparkle runs --status queued` (the runs folder's index): "
+          f"{embedded_running * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

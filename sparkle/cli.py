@@ -30,6 +30,7 @@ from sparkle.errors import (
     SparkleError,
     UnsafePathError,
 )
+from sparkle.priority import PRIORITIES, set_run_priority
 from sparkle.schemas import EXPORTED_MODELS, STAGES
 from sparkle.settings import configure, get_settings
 
@@ -164,6 +165,7 @@ def schema(out: Path) -> None:
 # -- running -----------------------------------------------------------------------------
 
 stage_choice = click.Choice(list(STAGES))
+priority_choice = click.Choice(list(PRIORITIES))
 
 
 @main.command()
@@ -176,8 +178,10 @@ stage_choice = click.Choice(list(STAGES))
 @click.option("--adapters", help="Adapter set (default: SPARKLE_ADAPTERS or 'media').")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Runs folder (default ./runs).")
 @click.option("--threads", default=2, show_default=True, help="In-process worker threads.")
+@click.option("--priority", "level", type=priority_choice,
+              help="The run's priority (default: the plan's metadata.priority, else normal).")
 def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None,
-        adapters: str | None, runs_dir: Path | None, threads: int) -> None:
+        adapters: str | None, runs_dir: Path | None, threads: int, level: str | None) -> None:
     """Render PLAN in this process, showing progress, and print where the movie is.
 
     Uses the same actors and engine as the distributed mode, with an in-process worker
@@ -200,6 +204,8 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
         movie_plan = load_plan_file(plan, settings.max_plan_bytes)
         engine, _ = _engine()
         the_run, created = engine.store.create(movie_plan, run_id)
+        if level is not None:
+            set_run_priority(the_run.dir, level)
         click.echo(f"run {the_run.run_id} ({'created' if created else 'existing'}) "
                    f"in {the_run.dir}", err=True)
         return _work(the_run, from_stage, only, threads)
@@ -285,11 +291,15 @@ def _decision_label(decision: str) -> str:
 
 @main.command()
 @click.argument("plans", nargs=-1, required=True, type=click.Path(path_type=Path))
-def submit(plans: tuple[Path, ...]) -> None:
+@click.option("--priority", "level", type=priority_choice,
+              help="The runs' priority, ahead of (high) or behind (low) the normal backlog "
+                   "(default: each plan's metadata.priority, else normal).")
+def submit(plans: tuple[Path, ...], level: str | None) -> None:
     """Create runs for PLANS and queue them on Redis; print each run id.
 
     Without SPARKLE_REDIS_URL there is no queue to submit to: the plans are copied into
-    the inbox, where a running `sparkle serve` picks them up.
+    the inbox, where a running `sparkle serve` picks them up (with --priority, the copy's
+    metadata.priority says it).
     """
 
     def body() -> int:
@@ -307,7 +317,7 @@ def submit(plans: tuple[Path, ...]) -> None:
                     click.echo(str(exc), err=True)
                     bad += 1
                     continue
-                target = _copy_into_inbox(path, settings.inbox_dir)
+                target = _copy_into_inbox(path, settings.inbox_dir, level)
                 click.echo(f"copied into {target} (no SPARKLE_REDIS_URL: a running "
                            f"`sparkle serve` takes it; or render it now with `sparkle run {path}`)")
             return EXIT_USAGE if bad else 0
@@ -320,6 +330,8 @@ def submit(plans: tuple[Path, ...]) -> None:
                 click.echo(str(exc), err=True)
                 bad += 1
                 continue
+            if level is not None:
+                set_run_priority(the_run.dir, level)
             try:
                 stage = engine.dispatcher.kick(the_run)
             except redis.RedisError:
@@ -335,8 +347,9 @@ def submit(plans: tuple[Path, ...]) -> None:
     _guard(body)
 
 
-def _copy_into_inbox(path: Path, inbox: Path) -> Path:
-    """Copy a plan into the inbox under a temporary name, then rename it into view."""
+def _copy_into_inbox(path: Path, inbox: Path, level: str | None = None) -> Path:
+    """Copy a plan into the inbox under a temporary name, then rename it into view (with
+    ``level``, its ``metadata.priority`` set to it)."""
     inbox.mkdir(parents=True, exist_ok=True)
     target = inbox / path.name
     counter = 1
@@ -344,7 +357,12 @@ def _copy_into_inbox(path: Path, inbox: Path) -> Path:
         target = inbox / f"{path.stem}-{counter}{path.suffix}"
         counter += 1
     partial = target.with_name(target.name + ".part")
-    shutil.copyfile(path, partial)
+    if level is None:
+        shutil.copyfile(path, partial)
+    else:
+        document = json.loads(path.read_bytes())
+        document.setdefault("metadata", {})["priority"] = level
+        partial.write_text(json.dumps(document, indent=2), encoding="utf-8")
     os.replace(partial, target)
     return target
 
@@ -540,7 +558,8 @@ def ui(host: str | None, port: int | None, read_only: bool, runs_dir: Path | Non
 @click.option("--processes", "-p", default=1, show_default=True, help="Worker processes.")
 @click.option("--threads", "-t", default=4, show_default=True, help="Threads per process.")
 @click.option("--queues", "-Q", multiple=True,
-              help="Only these queues (e.g. -Q sparkle.videos or -Q videos); default all.")
+              help="Only these queues (e.g. -Q sparkle.videos or -Q videos: every priority "
+                   "level of it; -Q sparkle.videos.high: that level only); default all.")
 @click.option("--reaper/--no-reaper", default=True, show_default=True,
               help="Also re-drive stuck runs from this process (every "
                    "SPARKLE_REAPER_INTERVAL_SEC).")
@@ -553,7 +572,7 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
     Ctrl-C drains: running stages finish, prefetched messages go back to Redis; a second
     signal stops at once. Metrics of all processes on SPARKLE_METRICS_PORT when set.
     """
-    from sparkle.keys import queue_name
+    from sparkle.keys import worker_queues
     from sparkle.supervisor import run_supervisor
 
     settings = get_settings()
@@ -562,11 +581,11 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
              "without a server use `sparkle serve` or `sparkle run PLAN`")
     if processes < 1 or threads < 1:
         fail("--processes and --threads must be at least 1")
-    names = [queue_name(q) if q in STAGES else q for q in queues]
-    unknown = [q for q in names if q not in {queue_name(s) for s in STAGES}]
-    if unknown:
-        fail(f"unknown queue(s) {', '.join(unknown)}; the stage queues are "
-             f"{', '.join(queue_name(s) for s in STAGES)}")
+    try:
+        # (a stage's queue means every priority level of it: sparkle.priority)
+        names = worker_queues(queues)
+    except ValueError as exc:
+        fail(str(exc))
     root = ctx.find_root().params
     try:
         code = run_supervisor(processes, threads, names, reaper=reaper,

@@ -5,6 +5,10 @@ The engine clears it when the message is taken. So "is the next stage already qu
 one GET instead of a scan of the queue, and a replayed or duplicate message that finds its
 stage done does not start a second chain: it re-sends the next stage only when nothing is
 pending for it. A pending record whose message was lost is the reaper's business.
+
+Each message goes to the queue of its run's priority level (:mod:`sparkle.priority`): given
+by the caller, else the level of the message being handled in this thread (so the engine's
+next stage keeps the run's level without reading anything), else normal.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
 
-from sparkle import keys, lease, runlock
+from sparkle import keys, lease, priority, runlock
 from sparkle.roundtrip import Command
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runstore import Run
-from sparkle.statuscache import REVIEW_FILE
+from sparkle.statuscache import PLAN_FILE, REVIEW_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ class Dispatcher:
 
     def send(
         self, run_id: str, stage: str, delay_ms: int | None = None,
-        options: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, level: str | None = None,
     ) -> dramatiq.Message[Any]:
         """Enqueue ``stage`` of ``run_id`` and mark it pending.
 
@@ -52,7 +58,7 @@ class Dispatcher:
         always finds a mark to clear. Raises the broker's connection errors.
         """
         self.mark(run_id, stage)
-        return self.enqueue(run_id, stage, delay_ms, options)
+        return self.enqueue(run_id, stage, delay_ms, options, level)
 
     def mark(self, run_id: str, stage: str) -> None:
         """Record that ``stage`` of ``run_id`` has a message on its way (before sending it),
@@ -70,13 +76,13 @@ class Dispatcher:
 
     def enqueue(
         self, run_id: str, stage: str, delay_ms: int | None = None,
-        options: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, level: str | None = None,
     ) -> dramatiq.Message[Any]:
         """Enqueue ``stage`` of ``run_id`` without marking it: :meth:`mark` it first.
         ``options`` travel with the message (the engine's count of infrastructure failures
-        in a row)."""
+        in a row). ``level``: the run's priority (default: see the module)."""
         message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=keys.queue_name(stage),
+            queue_name=keys.queue_name(stage, level or current_level()),
             actor_name=keys.actor_name(stage),
             args=(run_id,),
             kwargs={},
@@ -131,5 +137,24 @@ class Dispatcher:
                 log.info("run %s: process %s works it; leaving it to that process",
                          run.run_id, other.describe())
                 return None
-        self.send(run.run_id, stage)
+        if self.embedded:
+            # (the embedded unfinished-run index lives in the runs folder: added before the
+            # message, so a reader dropping the run as finished just then keeps it)
+            FolderRunIndex(run.dir.parent).add(run.run_id)
+        self.send(run.run_id, stage, level=run_level(run))
         return stage
+
+
+def current_level() -> str:
+    """The priority level of the message this thread is handling; normal outside one."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        return priority.NORMAL
+    return priority.priority_of_queue(message.queue_name)
+
+
+def run_level(run: Run) -> str:
+    """The priority level of ``run``: its ``priority.txt``, else its plan's
+    ``metadata.priority`` (read once per message sent from outside a chain: new run,
+    resume, re-drive, replay; never per hop)."""
+    return priority.of_run_dir(run.dir, PLAN_FILE)

@@ -19,6 +19,7 @@ continued with ``sparkle resume``.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import logging
 import time
@@ -29,7 +30,8 @@ from typing import Any
 import redis
 
 from sparkle import keys, lease, metrics
-from sparkle.dispatch import Dispatcher
+from sparkle.dispatch import Dispatcher, run_level
+from sparkle.priority import NORMAL, PRIORITIES
 from sparkle.redrive import message_run_id
 from sparkle.runstore import Run, RunStore
 from sparkle.schemas import ID_RE, STAGES
@@ -58,6 +60,8 @@ class DeadLetter:
     failed_at: float
     #: The error of the stage's ``failed`` checkpoint (or last ``fail`` event), if any.
     error: str | None
+    #: The priority level of the queue it died on (:mod:`sparkle.priority`).
+    level: str = NORMAL
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +72,7 @@ class DeadLetter:
             "error": self.error,
             "message_id": self.message_id,
             "entry_id": self.entry_id,
+            "priority": self.level,
         }
 
 
@@ -105,15 +110,16 @@ class DeadLetterQueue:
     def letters(self, run_id: str | None = None, stage: str | None = None) -> list[DeadLetter]:
         """Dead letters, oldest first, optionally only those of one run and/or stage."""
         letters: list[DeadLetter] = []
-        for name in ([stage] if stage else STAGES):
+        for name, level in itertools.product([stage] if stage else STAGES, PRIORITIES):
             entries: list[tuple[bytes | str, float]] = self.client.zrange(  # type: ignore[assignment]
-                keys.dead_letters(self.namespace, name), 0, -1, withscores=True)
+                keys.dead_letters(self.namespace, name, level), 0, -1, withscores=True)
             if not entries:
                 continue
             ids = [_text(entry_id) for entry_id, _ in entries]
-            bodies = self.client.hmget(keys.dead_letter_messages(self.namespace, name), ids)
+            bodies = self.client.hmget(keys.dead_letter_messages(self.namespace, name, level),
+                                       ids)
             for (entry_id, score), body in zip(entries, bodies, strict=True):
-                letter = self._letter(name, _text(entry_id), float(score) / 1000, body)
+                letter = self._letter(name, _text(entry_id), float(score) / 1000, body, level)
                 if run_id is None or letter.run_id == run_id:
                     letters.append(letter)
         return sorted(letters, key=lambda letter: letter.failed_at)
@@ -144,18 +150,18 @@ class DeadLetterQueue:
         """Remove dead letters older than ``older_than_sec``. Returns how many."""
         cutoff_ms = (time.time() - older_than_sec) * 1000
         removed = 0
-        for stage in STAGES:
-            xq = keys.dead_letters(self.namespace, stage)
+        for stage, level in itertools.product(STAGES, PRIORITIES):
+            xq = keys.dead_letters(self.namespace, stage, level)
             ids = [_text(i) for i in self.client.zrangebyscore(xq, "-inf", cutoff_ms)]
             if ids:
-                self._remove(stage, ids)
+                self._remove(stage, ids, level)
                 removed += len(ids)
         return removed
 
     # -- helpers -------------------------------------------------------------------------
 
     def _letter(self, stage: str, entry_id: str, failed_at: float,
-                body: bytes | str | None) -> DeadLetter:
+                body: bytes | str | None, level: str = NORMAL) -> DeadLetter:
         run_id = message_run_id(body) if body is not None else None
         message_id = None
         if body is not None:
@@ -164,7 +170,7 @@ class DeadLetterQueue:
             except (ValueError, AttributeError):
                 message_id = None
         return DeadLetter(stage, entry_id, message_id, run_id, failed_at,
-                          self._error(run_id, stage))
+                          self._error(run_id, stage), level)
 
     def _error(self, run_id: str | None, stage: str) -> str | None:
         run = self._run(run_id)
@@ -195,7 +201,7 @@ class DeadLetterQueue:
         if run.cancelled:
             return ReplayResult.cancelled
         if run.stage_done(letter.stage):
-            self._remove(letter.stage, [letter.entry_id])
+            self._remove(letter.stage, [letter.entry_id], letter.level)
             return ReplayResult.already_done
         # (holding the run's lease, as every write to a run's files is)
         with lease.for_a_write(self.client, self.namespace, run.run_id) as ours:
@@ -206,17 +212,18 @@ class DeadLetterQueue:
             run.append_event(letter.stage, "redrive", max(1, run.attempts(letter.stage)),
                              metadata={"reason": "dlq_replay", "dead_letter": letter.entry_id,
                                        "message_id": letter.message_id})
-        self.dispatcher.send(run.run_id, letter.stage)
-        self._remove(letter.stage, [letter.entry_id])
+        # (on the run's level: the same as the queue it died on, unless the plan says else)
+        self.dispatcher.send(run.run_id, letter.stage, level=run_level(run))
+        self._remove(letter.stage, [letter.entry_id], letter.level)
         metrics.redriven(letter.stage, "dlq_replay")
         log.info("run %s stage %s: replayed from the dead-letter queue", run.run_id,
                  letter.stage)
         return ReplayResult.replayed
 
-    def _remove(self, stage: str, entry_ids: list[str]) -> None:
+    def _remove(self, stage: str, entry_ids: list[str], level: str = NORMAL) -> None:
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(keys.dead_letters(self.namespace, stage), *entry_ids)
-        pipe.hdel(keys.dead_letter_messages(self.namespace, stage), *entry_ids)
+        pipe.zrem(keys.dead_letters(self.namespace, stage, level), *entry_ids)
+        pipe.hdel(keys.dead_letter_messages(self.namespace, stage, level), *entry_ids)
         pipe.execute()
 
 

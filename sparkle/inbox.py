@@ -46,7 +46,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
@@ -90,6 +90,9 @@ CLAIMED_DIR: Final = ".claimed"
 PROCESSED_DIR: Final = "processed"
 #: Sub-folder receiving invalid plans and their error records.
 REJECTED_DIR: Final = "rejected"
+#: A profile's settings file (:mod:`sparkle.profiles`): never a plan, and a sub-folder
+#: holding one is a hot folder of its own, never taken as a file of this one.
+PROFILE_FILE: Final = "profile.toml"
 #: Appended to a rejected file's name to name its error record.
 ERROR_SUFFIX: Final = ".error.json"
 
@@ -190,7 +193,7 @@ def is_plan_name(name: str, glob: str = "*.json") -> bool:
     if not name or name.startswith(".") or name.startswith(TEMP_PREFIXES):
         return False
     lower = name.lower()
-    if lower.endswith(TEMP_SUFFIXES) or name in (PROCESSED_DIR, REJECTED_DIR):
+    if lower.endswith(TEMP_SUFFIXES) or name in (PROCESSED_DIR, REJECTED_DIR, PROFILE_FILE):
         return False
     return fnmatch.fnmatchcase(lower, glob.lower())
 
@@ -371,6 +374,8 @@ class Inbox:
       max_plan_bytes: larger files are rejected unread (default ``SPARKLE_MAX_PLAN_BYTES``).
       poll_interval, rescan_interval, retry_initial, retry_max: seconds; see the constants
         ``POLL_INTERVAL_SEC``, ``RESCAN_INTERVAL_SEC``, ``RETRY_INITIAL_SEC``, ``RETRY_MAX_SEC``.
+      metadata_defaults: metadata each plan gets where it sets none of its own (the folder
+        is an inbox profile's, :mod:`sparkle.profiles`).
 
     Run it with :meth:`start` and :meth:`stop` (or :meth:`run_forever`), or process the
     folder once in the calling thread with :meth:`scan` then :meth:`process_pending`.
@@ -394,6 +399,7 @@ class Inbox:
         rescan_interval: float = RESCAN_INTERVAL_SEC,
         retry_initial: float = RETRY_INITIAL_SEC,
         retry_max: float = RETRY_MAX_SEC,
+        metadata_defaults: Mapping[str, str] | None = None,
     ) -> None:
         if stable_seconds is None or glob is None or max_plan_bytes is None:
             settings = get_settings()
@@ -416,6 +422,8 @@ class Inbox:
         self.rescan_interval = rescan_interval
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        #: Metadata given to each plan where it sets none (an inbox profile's settings).
+        self.metadata_defaults = dict(metadata_defaults or {})
 
         # One condition guards all the state below and wakes every thread on a change.
         self._cond = threading.Condition()
@@ -714,8 +722,9 @@ class Inbox:
             for name, candidate, info in seen:
                 if self._watching.get(name) is not candidate:
                     continue  # taken or replaced while we looked
-                if info is None:
-                    del self._watching[name]
+                if info is None or (stat.S_ISDIR(info.st_mode)
+                                    and os.path.isfile(self.dir / name / PROFILE_FILE)):
+                    del self._watching[name]  # (gone, or an inbox profile's folder)
                     continue
                 signature = (info.st_size, info.st_mtime_ns)
                 if not stat.S_ISREG(info.st_mode):
@@ -937,7 +946,7 @@ class Inbox:
         name = parse_claim_name(claimed.name)[1]
         received_at = _received_at(claimed)
         try:
-            plan = load_plan_file(claimed, self.max_plan_bytes)
+            plan = load_plan_file(claimed, self.max_plan_bytes, self.metadata_defaults)
         except PlanError as exc:
             self._reject(claimed, name, exc.problems, received_at)
             return

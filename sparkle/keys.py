@@ -6,10 +6,45 @@ dramatiq's own keys live under the broker namespace (``<namespace>:sparkle.<stag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def queue_name(stage: str) -> str:
-    """The dramatiq queue of a stage: each stage has its own, so it can have its own pool."""
-    return f"sparkle.{stage}"
+from sparkle.names import STAGES
+from sparkle.priority import NORMAL, PRIORITIES, queue_suffix
+
+
+def queue_name(stage: str, priority: str = NORMAL) -> str:
+    """The dramatiq queue of a stage at a priority level: each stage has its own, so it can
+    have its own pool, and one per level (``sparkle.videos``, ``sparkle.videos.high``,
+    ``sparkle.videos.low``: :mod:`sparkle.priority`)."""
+    return f"sparkle.{stage}{queue_suffix(priority)}"
+
+
+def stage_queue_names(stage: str) -> list[str]:
+    """The queues of every priority level of ``stage``, highest first."""
+    return [queue_name(stage, level) for level in PRIORITIES]
+
+
+def worker_queues(names: Sequence[str]) -> list[str]:
+    """The queues a worker given ``names`` (``sparkle worker -Q``) consumes: a stage's name
+    or queue (``videos``, ``sparkle.videos``) means every priority level of it; one level's
+    queue (``sparkle.videos.high``) means that level only.
+
+    Raises:
+      ValueError: a name is none of those (the message lists the stage queues).
+    """
+    chosen: list[str] = []
+    for name in names:
+        stage = name.removeprefix("sparkle.")
+        if stage in STAGES:
+            chosen += stage_queue_names(stage)
+        elif any(name in stage_queue_names(s) for s in STAGES):
+            chosen.append(name)
+        else:
+            raise ValueError(
+                f"unknown queue(s) {name}; the stage queues are "
+                f"{', '.join(queue_name(s) for s in STAGES)} (each also with a .high and a "
+                ".low priority level)")
+    return list(dict.fromkeys(chosen))
 
 
 def actor_name(stage: str) -> str:
@@ -27,24 +62,24 @@ def pending(namespace: str, run_id: str) -> str:
     return f"{namespace}:pending:{run_id}"
 
 
-def dramatiq_queue(namespace: str, stage: str) -> str:
+def dramatiq_queue(namespace: str, stage: str, priority: str = NORMAL) -> str:
     """dramatiq's LIST of ready message ids of a stage's queue."""
-    return f"{namespace}:{queue_name(stage)}"
+    return f"{namespace}:{queue_name(stage, priority)}"
 
 
-def dramatiq_messages(namespace: str, stage: str) -> str:
+def dramatiq_messages(namespace: str, stage: str, priority: str = NORMAL) -> str:
     """dramatiq's HASH message id → encoded message (until acked) of a stage's queue."""
-    return f"{namespace}:{queue_name(stage)}.msgs"
+    return f"{namespace}:{queue_name(stage, priority)}.msgs"
 
 
-def dead_letters(namespace: str, stage: str) -> str:
+def dead_letters(namespace: str, stage: str, priority: str = NORMAL) -> str:
     """dramatiq's ZSET (score = time of death, ms) of a stage's dead-lettered message ids."""
-    return f"{namespace}:{queue_name(stage)}.XQ"
+    return f"{namespace}:{queue_name(stage, priority)}.XQ"
 
 
-def dead_letter_messages(namespace: str, stage: str) -> str:
+def dead_letter_messages(namespace: str, stage: str, priority: str = NORMAL) -> str:
     """dramatiq's HASH id → encoded message of a stage's dead letters."""
-    return f"{namespace}:{queue_name(stage)}.XQ.msgs"
+    return f"{namespace}:{queue_name(stage, priority)}.XQ.msgs"
 
 
 def redrive_guard(namespace: str, run_id: str) -> str:
@@ -77,14 +112,14 @@ def unfinished_runs_fresh(namespace: str) -> str:
     return f"{namespace}:unfinished:fresh"
 
 
-def delayed_queue_name(stage: str) -> str:
+def delayed_queue_name(stage: str, priority: str = NORMAL) -> str:
     """dramatiq's delay queue of a stage (messages waiting for their ``eta``: retries)."""
-    return f"{queue_name(stage)}.DQ"
+    return f"{queue_name(stage, priority)}.DQ"
 
 
-def delayed_messages(namespace: str, stage: str) -> str:
+def delayed_messages(namespace: str, stage: str, priority: str = NORMAL) -> str:
     """dramatiq's HASH id → encoded message of a stage's delayed messages."""
-    return f"{namespace}:{delayed_queue_name(stage)}.msgs"
+    return f"{namespace}:{delayed_queue_name(stage, priority)}.msgs"
 
 
 def heartbeats(namespace: str) -> str:

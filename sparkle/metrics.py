@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from sparkle import keys
+from sparkle.priority import PRIORITIES
 from sparkle.schemas import STAGES
 
 if TYPE_CHECKING:
@@ -219,22 +220,29 @@ class StateCollector:
     def _depths(self, stage: str) -> dict[str, int]:
         from dramatiq.brokers.stub import StubBroker
 
-        name = keys.queue_name(stage)
+        # (the stage's queues of every priority level together: sparkle.priority)
         if isinstance(self.broker, StubBroker):
             queues = self.broker.queues
+
+            def size(name: str) -> int:
+                return queues[name].qsize() if name in queues else 0
+
             return {
-                "ready": queues[name].qsize() if name in queues else 0,
-                "delayed": queues[keys.delayed_queue_name(stage)].qsize()
-                if keys.delayed_queue_name(stage) in queues else 0,
-                "dead": len(self.broker.dead_letters_by_queue.get(name, [])),
+                "ready": sum(size(keys.queue_name(stage, level)) for level in PRIORITIES),
+                "delayed": sum(size(keys.delayed_queue_name(stage, level))
+                               for level in PRIORITIES),
+                "dead": sum(len(self.broker.dead_letters_by_queue.get(
+                    keys.queue_name(stage, level), [])) for level in PRIORITIES),
             }
         assert self.client is not None
         pipe = self.client.pipeline(transaction=False)
-        pipe.llen(keys.dramatiq_queue(self.namespace, stage))
-        pipe.hlen(keys.dramatiq_messages(self.namespace, stage))
-        pipe.hlen(keys.delayed_messages(self.namespace, stage))
-        pipe.zcard(keys.dead_letters(self.namespace, stage))
-        ready, stored, delayed, dead = (int(v) for v in pipe.execute())
+        for level in PRIORITIES:
+            pipe.llen(keys.dramatiq_queue(self.namespace, stage, level))
+            pipe.hlen(keys.dramatiq_messages(self.namespace, stage, level))
+            pipe.hlen(keys.delayed_messages(self.namespace, stage, level))
+            pipe.zcard(keys.dead_letters(self.namespace, stage, level))
+        values = [int(v) for v in pipe.execute()]
+        ready, stored, delayed, dead = (sum(values[i::4]) for i in range(4))
         return {"ready": ready, "unacked": max(0, stored - ready), "delayed": delayed,
                 "dead": dead}
 

@@ -3,8 +3,9 @@
 When a run succeeds, fails, is cancelled, awaits review or is rejected, :func:`run_ended`
 builds a :class:`Notification` and writes it, once per target, into the **outbox**
 (``<runs>/.outbox/``, one small JSON file each, written atomically and durably). Targets are
-the webhook URLs of ``SPARKLE_WEBHOOK_URL`` (comma-separated) and the in-process notifiers
-that installed packages register in the entry point group ``sparkle.notifiers``.
+the webhook URLs of ``SPARKLE_WEBHOOK_URL`` (comma-separated), the run's own
+``metadata.webhook`` (a plan's, or its inbox profile's) and the in-process notifiers that
+installed packages register in the entry point group ``sparkle.notifiers``.
 
 Delivery is separate: a daemon thread of the process that wrote the notification tries it
 at once, and every reaper pass (in ``sparkle worker``, ``watch`` and ``serve``) delivers what
@@ -42,7 +43,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sparkle import atomic, webhooks
-from sparkle.runstore import Run
+from sparkle.runstore import PLAN_FILE, Run
 from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,17 @@ def webhook_urls(value: str | None) -> list[str]:
     return [webhooks.check_url(part.strip()) for part in (value or "").split(",") if part.strip()]
 
 
+def run_targets(run: Run) -> list[str]:
+    """The run's own webhook: its plan's ``metadata.webhook`` (set in the plan or by the
+    inbox profile it was dropped into), notified besides ``SPARKLE_WEBHOOK_URL``."""
+    try:
+        document = json.loads(run.path(PLAN_FILE).read_bytes())
+        url = document.get("metadata", {}).get("webhook")
+        return [webhooks.check_url(url)] if isinstance(url, str) else []
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 @functools.cache
 def _notifiers() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
@@ -185,7 +197,7 @@ def run_ended(run: Run, settings: Settings, status: str, error: str | None = Non
     False and calls :func:`flush`). Never raises; does nothing when no target is
     configured."""
     try:
-        wanted = targets(settings)
+        wanted = list(dict.fromkeys([*targets(settings), *run_targets(run)]))
         if not wanted or status not in NOTIFIED_STATUSES:
             return
         outbox = Outbox(settings.runs_dir / OUTBOX_DIR, settings)

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +24,28 @@ from sparkle.schemas import MoviePlan, reference_problems
 MAX_SHOWN_VALUE = 60
 
 
-def load_plan_file(path: Path, max_bytes: int) -> MoviePlan:
+def load_plan_file(path: Path, max_bytes: int,
+                   metadata_defaults: Mapping[str, str] | None = None) -> MoviePlan:
     """Read, parse and validate the plan at ``path``.
 
     Parameters:
       path: the plan file; a symlink is refused, never followed.
       max_bytes: files larger than this are refused before they are read.
+      metadata_defaults: metadata given to the plan where it sets none of its own (an
+        inbox profile's, :mod:`sparkle.profiles`); part of the plan from then on.
 
     Raises:
       PlanError: listing every problem found, each with a JSON path where one applies.
     """
     source = str(path)
     data = _read_regular_file(path, max_bytes)
-    return parse_plan_bytes(data, source)
+    return parse_plan_bytes(data, source, metadata_defaults)
 
 
-def parse_plan_bytes(data: bytes, source: str) -> MoviePlan:
-    """Decode, parse and validate plan bytes; ``source`` names them in errors."""
+def parse_plan_bytes(data: bytes, source: str,
+                     metadata_defaults: Mapping[str, str] | None = None) -> MoviePlan:
+    """Decode, parse and validate plan bytes; ``source`` names them in errors.
+    ``metadata_defaults``: see :func:`load_plan_file`."""
     if not data.strip():
         raise PlanError(source, [Problem("", "the file is empty; expected a JSON object")])
     try:
@@ -69,7 +75,21 @@ def parse_plan_bytes(data: bytes, source: str) -> MoviePlan:
             [Problem("", f"key {key!r} appears twice in one object; keep one")
              for key in duplicates],
         )
+    if metadata_defaults:
+        document = with_metadata_defaults(document, metadata_defaults)
     return validate_plan(document, source)
+
+
+def with_metadata_defaults(document: Any, defaults: Mapping[str, str]) -> Any:
+    """``document`` with ``defaults`` in its ``metadata`` where it has no such key (a plan
+    in either format keeps ``metadata`` at the top). Anything else is left for validation
+    to report."""
+    if not isinstance(document, dict):
+        return document
+    metadata = document.get("metadata", {})
+    if not isinstance(metadata, dict):
+        return document
+    return {**document, "metadata": {**defaults, **metadata}}
 
 
 def _no_duplicate_keys(found: list[str]) -> Any:

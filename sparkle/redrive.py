@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import json
 import logging
 import os
@@ -43,8 +44,10 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 
 from sparkle import keys, lease, metrics, notifications, runlock
-from sparkle.dispatch import Dispatcher
+from sparkle.dispatch import Dispatcher, run_level
+from sparkle.priority import PRIORITIES
 from sparkle.runindex import RunIndex
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, StageEvent
 from sparkle.settings import Settings
@@ -139,7 +142,9 @@ class Reaper:
             found: list[Redrive] = []
             # Only the runs the unfinished-run index names (all of them when it is
             # rebuilt); _inspect looks again, fresh, at the few that may be stuck.
-            for summary in RunIndex(self.client, self.namespace).unfinished(self.store):
+            index = (FolderRunIndex(self.store.root) if self.dispatcher.embedded
+                     else RunIndex(self.client, self.namespace))
+            for summary in index.unfinished(self.store):
                 if summary.status not in (RunStatus.queued, RunStatus.running):
                     continue
                 run = Run(self.store.root, summary.run_id)
@@ -224,7 +229,7 @@ class Reaper:
                              metadata={"reason": stuck.reason.value,
                                        "idle_sec": stuck.idle_sec, "by": self.name})
         try:
-            self.dispatcher.send(run.run_id, stuck.stage)
+            self.dispatcher.send(run.run_id, stuck.stage, level=run_level(run))
         except redis.RedisError as exc:
             log.error("run %s stage %s: re-drive not sent (%s); the next pass tries again",
                       run.run_id, stuck.stage, exc)
@@ -361,8 +366,8 @@ def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
     """
     found: Presence = defaultdict(dict)
     if isinstance(broker, StubBroker):
-        for stage in STAGES:
-            for name in (keys.queue_name(stage), keys.delayed_queue_name(stage)):
+        for stage, level in itertools.product(STAGES, PRIORITIES):
+            for name in (keys.queue_name(stage, level), keys.delayed_queue_name(stage, level)):
                 queue = broker.queues.get(name)
                 if queue is None:
                     continue
@@ -378,10 +383,11 @@ def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
     dead = [_text(b) for b in client.zrangebyscore(beats, 0, now_ms - heartbeat_timeout_ms)]
     live = [_text(b) for b in client.zrangebyscore(beats, now_ms - heartbeat_timeout_ms + 1,
                                                    "+inf")]
-    for stage in STAGES:
-        for name, stored in ((keys.queue_name(stage), keys.dramatiq_messages(namespace, stage)),
-                             (keys.delayed_queue_name(stage),
-                              keys.delayed_messages(namespace, stage))):
+    for stage, level in itertools.product(STAGES, PRIORITIES):
+        for name, stored in ((keys.queue_name(stage, level),
+                              keys.dramatiq_messages(namespace, stage, level)),
+                             (keys.delayed_queue_name(stage, level),
+                              keys.delayed_messages(namespace, stage, level))):
             orphaned = _members(client, namespace, dead, name)
             held = _members(client, namespace, live, name)
             for message_id, body in client.hscan_iter(stored, count=500):

@@ -94,11 +94,16 @@ class RunIndex:
 
 def listing(store: RunStore, status: str | None, settings: Settings) -> list[RunSummary]:
     """What ``sparkle runs [--status S]`` lists (the caller filters by status): for
-    ``queued`` or ``running`` with Redis, only the runs the index names; else every run.
+    ``queued`` or ``running``, only the runs the index names (embedded, the runs folder's
+    own index, :mod:`sparkle.runindex_folder`); else every run.
     A Redis that cannot be reached means every run, read from the folders."""
     url = settings.redis_url_value()
-    if url is None or status not in [s.value for s in UNFINISHED]:
+    if status not in [s.value for s in UNFINISHED]:
         return store.summaries()
+    if url is None:
+        from sparkle.runindex_folder import FolderRunIndex
+
+        return FolderRunIndex(store.root).unfinished(store)
     try:
         client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         return RunIndex(client, settings.namespace).unfinished(store)

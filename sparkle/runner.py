@@ -43,6 +43,7 @@ from sparkle.runstore import Run, RunStatus
 from sparkle.schemas import STAGES
 from sparkle.settings import Settings
 from sparkle.stages import check_stage
+from sparkle.workqueue import build_worker
 
 #: Seconds between looks at the run folder while a run is worked.
 POLL_SEC = 0.1
@@ -171,7 +172,7 @@ def work_in_foreground(
                 and run.status() in RESTING:
             return RunResult(run.status(), time.monotonic() - started, followed)
         force_rerun(run, from_stage, only)
-        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        worker = build_worker(broker, threads, 100)
         worker.start()
         try:
             if run.cancelled:

@@ -29,6 +29,8 @@ from pydantic_core import PydanticCustomError
 # from here.
 from sparkle.names import ID_RE as ID_RE
 from sparkle.names import STAGES as STAGES
+from sparkle.priority import PRIORITIES
+from sparkle.webhooks import check_url
 
 StageName = Literal["script", "images", "videos", "tts", "lipsync", "assemble", "qa"]
 
@@ -178,6 +180,15 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
         if unknown:
             bad("review_after", f"names no stage: {', '.join(map(repr, unknown))}; stages are "
                 f"{', '.join(STAGES)} (e.g. [\"images\", \"qa\"] or 'images,qa')")
+    if "priority" in metadata and metadata["priority"] not in PRIORITIES:
+        bad("priority", f"must be one of {', '.join(PRIORITIES)} (the run's queue priority; "
+            "normal when absent)")
+    if "webhook" in metadata:
+        try:
+            check_url(metadata["webhook"])
+        except ValueError:
+            bad("webhook", "must be an http:// or https:// URL to POST the run's "
+                "notifications to")
     if problems:
         raise PydanticCustomError(
             "bad_metadata",
@@ -299,7 +310,8 @@ class MoviePlan(_Model):
     characters: list[CharacterSpec] = Field(default_factory=list)
     shots: list[ShotSpec] = Field(min_length=1)
     #: Free-form string settings; known keys: ``seed``, ``fps``, ``resolution``, ``run_id``,
-    #: ``review_after`` (stages to stop after for a person: a list or ``"images,qa"``).
+    #: ``review_after`` (stages to stop after for a person: a list or ``"images,qa"``),
+    #: ``priority`` (``high``, ``normal``, ``low``) and ``webhook`` (a URL also notified).
     metadata: Annotated[
         dict[str, str],
         BeforeValidator(_review_after_as_text),

@@ -19,18 +19,20 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import dramatiq
-
 from sparkle import metrics, runlock
 from sparkle.announce import RunAnnouncer, describe_stats
 from sparkle.broker import is_embedded, load_actors
 from sparkle.engine import Engine, get_engine
 from sparkle.inbox import Inbox
 from sparkle.infrastructure import bookkeeping
+from sparkle.profiles import discover as discover_profiles
+from sparkle.profiles import inbox_for as profile_inbox
 from sparkle.redrive import Reaper
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runner import resume_command
 from sparkle.runstore import Run, RunStatus
 from sparkle.settings import Settings
+from sparkle.workqueue import build_worker
 
 if TYPE_CHECKING:
     from sparkle.web.config import UiConfig
@@ -70,7 +72,10 @@ def requeue_unfinished(engine: Engine) -> list[Run]:
     """
     sent: list[Run] = []
     others = 0
-    for run in engine.store.runs():
+    # (the runs the runs folder's unfinished-run index names: every folder when it is due
+    # a rebuild, sparkle.runindex_folder)
+    for summary in FolderRunIndex(engine.store.root).unfinished(engine.store):
+        run = Run(engine.store.root, summary.run_id)
         if run.status() not in (RunStatus.queued, RunStatus.running):
             continue
         if runlock.other_holder(run.dir) is not None:
@@ -117,17 +122,20 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
       InfrastructureError: the inbox or the runs folder cannot be written (a read-only
         file system, no permission, a failing disk); nothing was started. (A full disk is
         no reason not to start: runs wait for room, see :mod:`sparkle.infrastructure`.)
+      ConfigError: an inbox profile's ``profile.toml`` is wrong (:mod:`sparkle.profiles`);
+        nothing was started.
     """
     stop = stop or threading.Event()
     if inbox_dir is not None:
         settings = settings.model_copy(update={"inbox_dir": inbox_dir})
     check_writable(settings.inbox_dir, "the inbox")
     check_writable(settings.runs_dir, "the runs folder")
+    profiles = discover_profiles(settings.inbox_dir)
     broker = load_actors()
     engine = get_engine()
     worker = None
     if workers:
-        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        worker = build_worker(broker, threads, 100)
         worker.start()
     name = "serve" if workers else "watch"
     announcer = RunAnnouncer(lambda run_id: resume_command(run_id, engine.settings), say)
@@ -140,6 +148,10 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             announcer.watch(run)
     inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
     inbox.on_processed = announcer.picked_up
+    profile_inboxes = [profile_inbox(profile, engine.dispatcher.kick, settings, poll)
+                       for profile in profiles]
+    for extra in profile_inboxes:
+        extra.on_processed = announcer.picked_up
     reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
     reaper.start()
     metrics_server = metrics.serve(engine.settings, engine.store, broker, engine.client)
@@ -162,12 +174,18 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
     say(f"{name}: watching {settings.inbox_dir} for plans; runs in {settings.runs_dir}; "
         f"broker {mode}" + (f", {threads} worker thread(s)" if workers else "")
         + f"{served}. Ctrl-C stops")
+    for profile in profiles:
+        say(f"{name}: profile {profile.name}: {settings.inbox_dir / profile.name}")
     announcer.start()
     try:
         with stop_on_signals(stop):
+            for extra in profile_inboxes:
+                extra.start()
             inbox.run_forever(stop)
         say(f"{name}: stopping (the plan and stages in hand finish first)")
     finally:
+        for extra in profile_inboxes:
+            extra.stop()
         if dashboard is not None:
             dashboard.stop()
         reaper.stop()

@@ -282,11 +282,11 @@ def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reape
 
 def build_worker(broker: dramatiq.Broker, settings: Settings, threads: int,
                  queues: Sequence[str]) -> dramatiq.Worker:
-    """The dramatiq Worker of one worker process (not started)."""
-    import dramatiq
+    """The dramatiq Worker of one worker process (not started), taking its messages
+    highest priority first (:mod:`sparkle.workqueue`)."""
+    from sparkle.workqueue import build_worker as build_priority_worker
 
-    return dramatiq.Worker(broker, queues=set(queues) or None, worker_threads=threads,
-                           worker_timeout=settings.worker_poll_ms)
+    return build_priority_worker(broker, threads, settings.worker_poll_ms, queues)
 
 
 def worker_process_main(argv: Sequence[str] | None = None) -> int:

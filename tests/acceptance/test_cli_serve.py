@@ -143,3 +143,48 @@ def test_serve_exposes_metrics_on_loopback_when_asked(tmp_path):
         assert wait_for(lambda: 'outcome="rejected"} 1.0' in scrape(), 30), scrape()
     finally:
         stop(serve)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["watch"]])
+def test_a_wrong_inbox_profile_stops_serve_and_watch_at_start(tmp_path, command):
+    """An unknown key in an inbox profile's profile.toml is one line naming the file and
+    the key, and exit 2, before anything starts; never silence."""
+    # Given
+    (tmp_path / "inbox" / "rush").mkdir(parents=True)
+    (tmp_path / "inbox" / "rush" / "profile.toml").write_text('priorty = "high"\n')
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLE_")}
+    env = {**clean, "SPARKLE_REDIS_URL": "redis://127.0.0.1:1/0"} if command == ["watch"] \
+        else clean
+    # When
+    done = subprocess.run([str(BIN), *command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    # Then
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "inbox/rush/profile.toml" in lines[0] and "'priorty'" in lines[0]
+
+
+def test_a_plan_dropped_into_a_profile_folder_runs_with_the_profile(tmp_path, plans_dir):
+    """`sparkle serve` watches inbox/rush/ (it has a profile.toml): a plan dropped there
+    becomes a run whose plan carries the profile's settings where it set none."""
+    # Given
+    (tmp_path / "inbox" / "rush").mkdir(parents=True)
+    (tmp_path / "inbox" / "rush" / "profile.toml").write_text(
+        'priority = "high"\nwebhook = "http://127.0.0.1:9/hook"\n')
+    serve = start(["serve", "--adapters", "test"], cwd=tmp_path)
+    try:
+        assert wait_for(lambda: (tmp_path / "inbox" / "rush" / "processed").is_dir(), 30)
+        # When
+        shutil.copy(plans_dir / "lighthouse.json", tmp_path / "inbox" / "rush" / "plan.json")
+        assert wait_for(lambda: succeeded(tmp_path / "runs") != [], 120)
+    finally:
+        output = stop(serve)
+    # Then
+    assert serve.returncode == 0, output
+    [run_id] = succeeded(tmp_path / "runs")
+    metadata = json.loads((tmp_path / "runs" / run_id / "movie_plan.json").read_text())["metadata"]
+    assert metadata["priority"] == "high" and metadata["webhook"] == "http://127.0.0.1:9/hook"
+    assert metadata["seed"] == json.loads((plans_dir / "lighthouse.json").read_text())[
+        "metadata"]["seed"]
+    assert (tmp_path / "inbox" / "rush" / "processed" / "plan.json").is_file()

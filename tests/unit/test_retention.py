@@ -24,6 +24,7 @@ from sparkle.retention import (
     prune,
     sweep_trash,
 )
+from sparkle.runindex_folder import INDEX_DIR
 from sparkle.runstore import Run, RunStore
 from sparkle.settings import Settings
 
@@ -36,7 +37,8 @@ def folder_bytes(path: Path) -> int:
 
 
 def names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir())
+    # (not the embedded unfinished-run index beside the runs, sparkle.runindex_folder)
+    return sorted(p.name for p in root.iterdir() if p.name != INDEX_DIR)
 
 
 @pytest.fixture
