@@ -41,7 +41,7 @@ def test_readers_look_only_at_the_runs_the_index_names(pipeline, plans_dir):
     requeued = requeue_unfinished(pipeline.engine)
     # Then: only the named run was read and re-queued; every status still reads all folders
     assert listed == [named.run_id]
-    assert requeued == 1
+    assert [run.run_id for run in requeued] == [named.run_id]
     assert {s.run_id for s in listing(store, None, get_settings())} == {
         named.run_id, unnamed.run_id}
 
