@@ -48,12 +48,21 @@ def test_a_message_sent_wakes_a_consumer_waiting_on_its_idle_queue(redis_server:
     assert isinstance(consumer, DoorbellConsumer)
     consumer.misses = 30  # its backoff grown to the longest
     woken: list[bool] = []
+    asleep = threading.Event()
     wait = consumer.wait
-    consumer.wait = lambda seconds: woken.append(wait(seconds)) or woken[-1]  # type: ignore[method-assign]
+
+    def waits(seconds: float) -> bool:
+        asleep.set()
+        woken.append(wait(seconds))
+        return woken[-1]
+
+    consumer.wait = waits  # type: ignore[method-assign]
     received: list[Any] = []
     waiting = threading.Thread(target=lambda: received.extend([next(consumer), next(consumer)]))
     try:
         waiting.start()
+        # (sent once it waits: sent before, the message is simply fetched, no doorbell needed)
+        assert asleep.wait(GRACE_SEC), "the consumer never went to wait on its empty queue"
         # When a message is sent to that queue
         sent = broker.enqueue(_message())
         # Then the consumer wakes up at the doorbell (not at the end of its wait) and
