@@ -46,7 +46,7 @@ from sparkle import atomic, base_image_plan, contract, refmerge, statuscache, un
 from sparkle import manifest as manifest_file
 from sparkle.contract import ATTEMPT_EVENTS
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
-from sparkle.infrastructure import bookkeeping, naming
+from sparkle.infrastructure import bookkeeping
 from sparkle.names import RunStatus as RunStatus
 from sparkle.review_state import ReviewState, read_review
 from sparkle.schemas import (
@@ -473,8 +473,7 @@ class Run:
             elif logged or data is None or manifest_file.as_lines(data, self.run_id) is None:
                 data = self._rewrite_manifest(data)
             new = manifest_file.append(data, record)
-            with naming(path):  # (an error of os.write or os.fsync names no file)
-                _replace_locked(path, new, durable)
+            atomic.write_bytes(path, new, durable)
             self.appended.append((before, len(new)))
         return event
 
@@ -507,7 +506,7 @@ class Run:
             if records[len(records) - len(lines):] != lines:  # (not moved already)
                 records += lines
         new = manifest_file.encode(self.run_id, records)
-        _replace_locked(path, new, durable=True)
+        atomic.write_bytes(path, new, durable=True)
         if logged is not None:
             os.unlink(log_path)
         return new
@@ -771,32 +770,6 @@ class RunState:
 
 def _refs_from(data: bytes) -> AssetRefs:
     return AssetRefs.model_validate_json(data) if data else AssetRefs()
-
-
-def _replace_locked(path: str, data: bytes, durable: bool) -> None:
-    """:func:`sparkle.atomic.write_bytes` for a file written under the run's lock: the
-    thread keeps its bookkeeping slot while it waits on the disk (giving it up there would
-    have it wait for a slot while holding the lock that another slot holder may need)."""
-    folder, name = os.path.split(path)
-    tmp, fd = atomic.create_temp(folder, name)
-    try:
-        try:
-            atomic.write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _read(path: str) -> bytes:
