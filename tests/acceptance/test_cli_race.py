@@ -76,7 +76,7 @@ def plan_with(plans_dir: Path, tmp_path: Path, name: str = "plan.json", **metada
 
 
 def the_run(runs: Path) -> Path:
-    [run_dir] = [p for p in runs.iterdir() if p.is_dir()]
+    [run_dir] = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return run_dir
 
 
@@ -195,7 +195,7 @@ def test_two_serves_on_one_runs_folder_work_each_run_once(tmp_path, plans_dir):
     finally:
         outputs = [stop(serve) for serve in serves]
     # Then each run's stages were worked once
-    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 3
     for run_dir in runs:
         assert adapter_calls(run_dir) == Counter(dict.fromkeys(STAGES, 1)), outputs
@@ -223,6 +223,7 @@ def test_second_serve_started_mid_run_does_not_work_the_runs_again(tmp_path, pla
     # Then it re-queued neither run, and each stage was worked once
     assert "re-queued" not in out_second, out_second
     assert "left 2 unfinished run(s) to the other process(es)" in out_second, out_second
-    for run_dir in (p for p in (tmp_path / "runs").iterdir() if p.is_dir()):
+    for run_dir in (p for p in (tmp_path / "runs").iterdir()
+                    if p.is_dir() and not p.name.startswith(".")):
         assert adapter_calls(run_dir) == Counter(dict.fromkeys(STAGES, 1)), out_first
         assert_worked_once(run_dir)
