@@ -199,6 +199,43 @@ def test_a_plan_uploaded_on_the_new_run_page_renders_live_and_its_movie_plays(
              30, "the thumbnail")
 
 
+def test_a_plan_dropped_into_the_inbox_completes_live_on_its_page(browser, served, plans_dir):
+    """The must-show of `sparkle serve --ui`: a plan dropped into the inbox gets a run whose
+    page, opened while it renders, shows its stages completing without a reload, then its
+    keyframes, and a movie that plays and seeks."""
+    from selenium.webdriver.common.by import By
+
+    base, runs = served
+    driver = browser
+    inbox = runs.parent / "inbox"
+    # Given a plan dropped into the inbox (written aside, renamed into place)
+    part = inbox / "rooftop.json.part"
+    part.write_bytes((plans_dir / "rooftop.json").read_bytes())
+    part.rename(inbox / "rooftop.json")
+    # When its run appears and I open its page while it renders
+    run_dir = wait_for(lambda: next((p for p in runs.glob("night-rooftop-confession-*")
+                                     if (p / "movie_plan.json").exists()), None),
+                       30, "the run of the dropped plan")
+    driver.get(f"{base}/runs/{run_dir.name}")
+    mark_page(driver)
+    # Then its stages complete on the page by themselves
+    wait_for(lambda: run_status(driver) == "succeeded", what="status succeeded")
+    assert same_page(driver), "the page was reloaded"
+    # and its keyframes load, and its movie plays and seeks
+    wait_for(lambda: (lambda imgs: imgs and all(
+        driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)
+        for i in imgs))(driver.find_elements(By.CSS_SELECTOR, "img.keyframe")),
+        60, "loaded keyframes")
+    movie = driver.find_element(By.ID, "movie")
+    wait_for(lambda: driver.execute_script("return arguments[0].readyState", movie) >= 2,
+             60, "the movie to be playable")
+    shown = driver.execute_script("return arguments[0].duration", movie)
+    driver.execute_script("arguments[0].currentTime = arguments[1];", movie, shown / 2)
+    wait_for(lambda: driver.execute_script(
+        "return !arguments[0].seeking && arguments[0].readyState >= 2", movie), 30, "the seek")
+    screenshot(driver, "run-dropped-in-inbox")
+
+
 # -- in-process services: embedded with the test adapters, and Redis ------------------
 
 
