@@ -143,7 +143,8 @@ def test_runs_and_status_show_age_duration_and_the_movie(tmp_path, plans_dir):
     # Given a finished run and a failed one
     sparkle("run", str(plans_dir / "rooftop.json"), "--adapters", "test", cwd=tmp_path)
     sparkle("run", str(plans_dir / "fails-at-videos.json"), "--adapters", "test", cwd=tmp_path)
-    done = next(d.name for d in (tmp_path / "runs").iterdir() if "fails" not in d.name)
+    done = next(d.name for d in (tmp_path / "runs").iterdir()
+                if "fails" not in d.name and not d.name.startswith("."))
     movie = f"runs/{done}/final/movie.gif"
     # When I list the runs
     listed = sparkle("runs", cwd=tmp_path).stdout.splitlines()
@@ -176,7 +177,7 @@ def test_serve_says_what_it_picks_up_and_how_each_run_ends(tmp_path, plans_dir):
         serve.send_signal(signal.SIGINT)
         output, _ = serve.communicate(timeout=WAIT_SEC)
     assert serve.returncode == 0, output
-    runs = {d.name for d in (tmp_path / "runs").iterdir()}
+    runs = {d.name for d in (tmp_path / "runs").iterdir() if not d.name.startswith(".")}
     good = next(r for r in runs if "fails" not in r)
     bad = next(r for r in runs if "fails" in r)
     # Then it said where it watches, not as a warning
