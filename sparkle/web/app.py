@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -211,24 +212,15 @@ async def _decide(request: Request, kind: str) -> tuple[Run, int, dict[str, Any]
     return run, status, body
 
 
-async def api_approve(request: Request) -> Response:
-    _, status, body = await _decide(request, "approve")
-    return JSONResponse(body, status)
+def _api_decision(kind: str) -> Callable[[Request], Awaitable[Response]]:
+    """The JSON route of one review decision (``approve``, ``redo``, ``reject``, ``take``)."""
 
+    async def route(request: Request) -> Response:
+        _, status, body = await _decide(request, kind)
+        return JSONResponse(body, status)
 
-async def api_redo(request: Request) -> Response:
-    _, status, body = await _decide(request, "redo")
-    return JSONResponse(body, status)
-
-
-async def api_reject(request: Request) -> Response:
-    _, status, body = await _decide(request, "reject")
-    return JSONResponse(body, status)
-
-
-async def api_use_take(request: Request) -> Response:
-    _, status, body = await _decide(request, "take")
-    return JSONResponse(body, status)
+    route.__name__ = f"api_{kind}"
+    return route
 
 
 def api_takes(request: Request) -> Response:
@@ -610,11 +602,11 @@ def create_app(site: Site, config: UiConfig | None = None) -> Starlette:
         Route("/api/runs/{run_id}", api_run),
         Route("/api/runs/{run_id}/resume", api_resume, methods=["POST"]),
         Route("/api/runs/{run_id}/cancel", api_cancel, methods=["POST"]),
-        Route("/api/runs/{run_id}/approve", api_approve, methods=["POST"]),
-        Route("/api/runs/{run_id}/redo", api_redo, methods=["POST"]),
-        Route("/api/runs/{run_id}/reject", api_reject, methods=["POST"]),
+        Route("/api/runs/{run_id}/approve", _api_decision("approve"), methods=["POST"]),
+        Route("/api/runs/{run_id}/redo", _api_decision("redo"), methods=["POST"]),
+        Route("/api/runs/{run_id}/reject", _api_decision("reject"), methods=["POST"]),
         Route("/api/runs/{run_id}/takes", api_takes),
-        Route("/api/runs/{run_id}/takes/use", api_use_take, methods=["POST"]),
+        Route("/api/runs/{run_id}/takes/use", _api_decision("take"), methods=["POST"]),
         Route("/api/runs/{run_id}/events", api_events),
         Route("/api/dlq", api_dlq),
         Route("/api/dlq/replay", api_replay, methods=["POST"]),
