@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import getpass
+import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -129,3 +131,25 @@ def hand_to_inbox(inbox: Path, data: bytes) -> str:
         out.write(data)
     os.replace(temp, inbox / name)
     return name
+
+
+def copy_into_inbox(path: Path, inbox: Path, level: str | None = None) -> Path:
+    """Copy the plan file ``path`` into the inbox (``level``: with its ``metadata.priority``
+    set to it), keeping its name or adding ``-1``, ``-2``... when taken; written under a
+    ``.part`` name first, which the watcher skips. How ``sparkle submit`` without Redis
+    hands plans to a running ``sparkle serve``. Returns the file's path in the inbox."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    target = inbox / path.name
+    counter = 1
+    while target.exists():
+        target = inbox / f"{path.stem}-{counter}{path.suffix}"
+        counter += 1
+    partial = target.with_name(target.name + ".part")
+    if level is None:
+        shutil.copyfile(path, partial)
+    else:
+        document = json.loads(path.read_bytes())
+        document.setdefault("metadata", {})["priority"] = level
+        partial.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    os.replace(partial, target)
+    return target
