@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sparkle.cli_ops import parse_duration
+from sparkle.durations import parse_duration
 from sparkle.timeline import render, timeline
 
 

@@ -1,6 +1,10 @@
-"""Operator commands of the ``sparkle`` CLI: re-drive, dead letters, cancel, timeline.
+"""Operator commands: redrive, dlq (list, replay, purge), cancel, timeline, prune, outbox.
 
-Registered on the main group by :mod:`sparkle.cli` from :data:`COMMANDS`.
+Each parses its options, calls the service below (:mod:`sparkle.redrive`,
+:mod:`sparkle.dlq`, :mod:`sparkle.lifecycle`, :mod:`sparkle.timeline`,
+:mod:`sparkle.retention`, :mod:`sparkle.notifications`) and prints what it did. Those
+services import redis, dramatiq or pydantic models, so each command imports its service
+when it runs, keeping ``sparkle --help`` fast.
 """
 
 from __future__ import annotations
@@ -8,88 +12,31 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from sparkle.durations import DURATION_UNITS as DURATION_UNITS
-from sparkle.durations import parse_duration as parse_duration
-from sparkle.schemas import STAGES
+from sparkle.cli import wiring
+from sparkle.cli.exits import fail, guard
+from sparkle.cli.options import DURATION, json_option, runs_dir_option, stage_option
+from sparkle.names import STAGES
 
-
-class Duration(click.ParamType[float]):
-    """A click parameter holding a duration, converted to seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
-
-runs_dir_option = click.option("--runs-dir", type=click.Path(path_type=Path),
-                               help="Runs folder (default ./runs).")
-stage_option = click.option("--stage", type=click.Choice(list(STAGES)), help="Only this stage.")
-
-
-def _configure(runs_dir: Path | None) -> None:
-    from sparkle.cli import _settings
-
-    _settings(runs_dir=runs_dir)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    from sparkle.cli import fail
-
-    fail(message, code)
-
-
-def _redis_parts() -> tuple[Any, Any, Any, Any]:
-    """(settings, broker, client, dispatcher) of the configured Redis."""
-    from sparkle.broker import get_client, setup_broker
-    from sparkle.dispatch import Dispatcher
-    from sparkle.settings import get_settings
-
-    settings = get_settings()
-    broker = setup_broker(settings)
-    client = get_client()
-    return settings, broker, client, Dispatcher(broker, client, settings.namespace)
+if TYPE_CHECKING:
+    from sparkle.dlq import DeadLetterQueue
 
 
 def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
-def _redis_errors(fn: Any) -> None:
-    """Run ``fn``; a Redis that cannot be reached, or a runs folder that cannot be written
-    (exit 3, see :mod:`sparkle.infrastructure`), is a message, not a traceback."""
-    import redis
-
-    from sparkle.errors import SparkleError
-    from sparkle.infrastructure import InfrastructureError, from_os_error, is_infrastructure
-
-    try:
-        fn()
-    except redis.RedisError as exc:
-        from sparkle.cli import redis_unreachable
-
-        _fail(redis_unreachable(exc), 1)
-    except InfrastructureError as exc:
-        _fail(f"{exc}; {exc.advice}", 3)
-    except OSError as exc:
-        if not is_infrastructure(exc):
-            raise
-        failure = from_os_error(exc)
-        _fail(f"{failure}; {failure.advice}", 3)
-    except SparkleError as exc:
-        _fail(str(exc))
+def _size(count: int) -> str:
+    """``count`` bytes for people: 512 B, 3.4 MB, 1.2 GB."""
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 # -- redrive -----------------------------------------------------------------------------
@@ -100,7 +47,7 @@ def _redis_errors(fn: Any) -> None:
 @click.option("--older-than", type=DURATION, default=None,
               help="Only runs still for at least this long, e.g. 30s or 5m "
                    "(default: the lease TTL, SPARKLE_LEASE_TTL_SEC).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@json_option("Print a JSON array.")
 @runs_dir_option
 def redrive(dry_run: bool, older_than: float | None, as_json: bool,
             runs_dir: Path | None) -> None:
@@ -110,20 +57,17 @@ def redrive(dry_run: bool, older_than: float | None, as_json: bool,
     serve`. Finished, failed and cancelled runs are left alone (use `sparkle resume` or
     `sparkle dlq replay`). Re-driving a run that was not stuck is harmless.
     """
-    _configure(runs_dir)
-    from sparkle.broker import is_embedded
-
-    if is_embedded():
-        _fail("embedded mode (no SPARKLE_REDIS_URL): messages live in the memory of the "
-              "`sparkle serve` process, which re-drives its own runs; a separate "
-              "`sparkle redrive` cannot see them")
+    wiring.configure(runs_dir=runs_dir)
+    if wiring.embedded():
+        fail("embedded mode (no SPARKLE_REDIS_URL): messages live in the memory of the "
+             "`sparkle serve` process, which re-drives its own runs; a separate "
+             "`sparkle redrive` cannot see them")
 
     def body() -> None:
-        from sparkle.redrive import Reaper
-        from sparkle.runstore import RunStore
+        from sparkle.redrive import Reaper  # (dramatiq: see module doc)
 
-        settings, broker, client, dispatcher = _redis_parts()
-        reaper = Reaper(RunStore(settings.runs_dir), dispatcher, client, broker, settings)
+        settings, broker, client, dispatcher = wiring.redis_parts()
+        reaper = Reaper(wiring.store(), dispatcher, client, broker, settings)
         found = reaper.run_once(dry_run=dry_run, older_than=older_than)
         if as_json:
             click.echo(json.dumps([r.as_dict() for r in found], indent=2))
@@ -135,7 +79,7 @@ def redrive(dry_run: bool, older_than: float | None, as_json: bool,
             click.echo(f"{verb} {r.run_id} {r.stage} ({r.reason.value}, still for "
                        f"{r.idle_sec:.0f}s)")
 
-    _redis_errors(body)
+    guard(body)
 
 
 # -- dead letters ------------------------------------------------------------------------
@@ -146,22 +90,20 @@ def dlq() -> None:
     """Dead-lettered stage messages: list, replay, purge (needs SPARKLE_REDIS_URL)."""
 
 
-def _dead_letter_queue(runs_dir: Path | None) -> Any:
-    _configure(runs_dir)
-    from sparkle.broker import is_embedded
-    from sparkle.dlq import EMBEDDED_NOTICE, DeadLetterQueue
-    from sparkle.runstore import RunStore
+def _dead_letter_queue(runs_dir: Path | None) -> DeadLetterQueue:
+    wiring.configure(runs_dir=runs_dir)
+    from sparkle.dlq import EMBEDDED_NOTICE, DeadLetterQueue  # (redis: see module doc)
 
-    if is_embedded():
-        _fail(EMBEDDED_NOTICE)
-    settings, _, client, dispatcher = _redis_parts()
-    return DeadLetterQueue(client, RunStore(settings.runs_dir), settings.namespace, dispatcher)
+    if wiring.embedded():
+        fail(EMBEDDED_NOTICE)
+    settings, _, client, dispatcher = wiring.redis_parts()
+    return DeadLetterQueue(client, wiring.store(), settings.namespace, dispatcher)
 
 
 @dlq.command("list")
 @click.option("--run", "run_id", help="Only this run.")
 @stage_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@json_option("Print a JSON array.")
 @runs_dir_option
 def dlq_list(run_id: str | None, stage: str | None, as_json: bool,
              runs_dir: Path | None) -> None:
@@ -182,7 +124,7 @@ def dlq_list(run_id: str | None, stage: str | None, as_json: bool,
                        f"{letter.run_id or '?':<40} {error}")
         click.echo(f"{len(letters)} dead letter(s); `sparkle dlq replay --all` sends them again")
 
-    _redis_errors(body)
+    guard(body)
 
 
 @dlq.command()
@@ -200,7 +142,7 @@ def replay(run_id: str | None, stage: str | None, replay_all: bool, rate: float 
     skipped until `sparkle resume`. Give --all, or --run and/or --stage.
     """
     if not (replay_all or run_id or stage):
-        _fail("say what to replay: --all, or --run RUN and/or --stage STAGE")
+        fail("say what to replay: --all, or --run RUN and/or --stage STAGE")
 
     def body() -> None:
         queue = _dead_letter_queue(runs_dir)
@@ -219,7 +161,7 @@ def replay(run_id: str | None, stage: str | None, replay_all: bool, rate: float 
         click.echo(f"replayed {replayed} of {len(done)} dead letter(s)" if done
                    else "nothing to replay")
 
-    _redis_errors(body)
+    guard(body)
 
 
 @dlq.command()
@@ -233,7 +175,7 @@ def purge(older_than: float, runs_dir: Path | None) -> None:
         removed = _dead_letter_queue(runs_dir).purge(older_than)
         click.echo(f"removed {removed} dead letter(s)")
 
-    _redis_errors(body)
+    guard(body)
 
 
 # -- cancel ------------------------------------------------------------------------------
@@ -247,39 +189,36 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
 
     The status becomes `cancelled`; only `sparkle resume RUN_ID` continues the run.
     """
-    _configure(runs_dir)
+    wiring.configure(runs_dir=runs_dir)
 
     def body() -> None:
+        # (pydantic models: see module doc)
         from sparkle.lifecycle import CancelResult, cancel_run
         from sparkle.notifications import flush
-        from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
 
-        run = RunStore(get_settings().runs_dir).run(run_id)
-        done = cancel_run(run, settings=get_settings(), notify_in_background=False)
+        run = wiring.store().run(run_id)
+        done = cancel_run(run, settings=wiring.settings(), notify_in_background=False)
         if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return
         if done.result is CancelResult.already_succeeded:
             click.echo(f"{run_id} already succeeded; nothing to cancel")
             return
-        flush(get_settings())
+        flush(wiring.settings())
         running = _running_stage(run_id, done.stage or STAGES[-1])
         click.echo(f"cancelled {run_id}: {running}no further stage starts. "
                    f"Continue it with `sparkle resume {run_id}`")
 
-    _redis_errors(body)
+    guard(body)
 
 
 def _running_stage(run_id: str, stage: str) -> str:
     """"<stage> is running and finishes; " when a worker holds the run (Redis only)."""
-    from sparkle.broker import get_client, is_embedded
-    from sparkle.lease import holder
-    from sparkle.settings import get_settings
+    from sparkle.lease import holder  # (redis: see module doc)
 
-    if is_embedded():
+    if wiring.embedded():
         return "a stage running in `sparkle run` or `sparkle serve` finishes; "
-    if holder(get_client(), get_settings().namespace, run_id) is not None:
+    if holder(wiring.client(), wiring.settings().namespace, run_id) is not None:
         return f"{stage} is running and finishes; "
     return ""
 
@@ -289,19 +228,18 @@ def _running_stage(run_id: str, stage: str) -> str:
 
 @click.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @runs_dir_option
 def timeline(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
     """Every event of RUN_ID in order: stage, attempt, status, duration, error, re-drives."""
-    _configure(runs_dir)
+    wiring.configure(runs_dir=runs_dir)
 
     def body() -> None:
-        from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
+        # (pydantic models: see module doc)
         from sparkle.timeline import render
         from sparkle.timeline import timeline as build
 
-        run = RunStore(get_settings().runs_dir).run(run_id)
+        run = wiring.store().run(run_id)
         entries = build(run)
         status = run.status().value
         if as_json:
@@ -310,7 +248,7 @@ def timeline(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
             return
         click.echo(render(run, entries, status))
 
-    _redis_errors(body)
+    guard(body)
 
 
 # -- prune -------------------------------------------------------------------------------
@@ -325,7 +263,7 @@ def timeline(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
               help="`final`: remove only intermediate media, keeping plan, history, "
                    "checkpoints, QA report and final/.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 @runs_dir_option
 def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_json: bool,
           runs_dir: Path | None) -> None:
@@ -336,24 +274,21 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
     longer has the media its stages handed on: to render it again, `sparkle resume RUN
     --from script`.
     """
-    _configure(runs_dir)
+    wiring.configure(runs_dir=runs_dir)
+    # (redis and pydantic models: see module doc)
     from sparkle.retention import RetentionError, RetentionPolicy, parse_keep, parse_statuses
+    from sparkle.retention import prune as prune_runs
 
     try:
         policy = RetentionPolicy(older_than_sec=older_than, statuses=parse_statuses(statuses),
                                  keep_final=parse_keep(keep))
     except RetentionError as exc:
-        _fail(f"--status/--keep: {exc}")
+        fail(f"--status/--keep: {exc}")
 
     def body() -> None:
-        from sparkle.broker import get_client, is_embedded
-        from sparkle.retention import prune as prune_runs
-        from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
-
-        settings = get_settings()
-        client = None if is_embedded() else get_client()
-        report = prune_runs(RunStore(settings.runs_dir), policy, client=client,
+        settings = wiring.settings()
+        client = None if wiring.embedded() else wiring.client()
+        report = prune_runs(wiring.store(), policy, client=client,
                             namespace=settings.namespace, dry_run=dry_run)
         if as_json:
             click.echo(json.dumps(report.as_dict(), indent=2))
@@ -366,7 +301,7 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
         verb = "would free" if dry_run else "freed"
         click.echo(f"{verb} {_size(report.freed_bytes)} in {report.runs} run(s)")
 
-    _redis_errors(body)
+    guard(body)
 
 
 # -- outbox ------------------------------------------------------------------------------
@@ -374,7 +309,7 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
 
 @click.command()
 @click.option("--deliver", is_flag=True, help="Try every notification that is due, now.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@json_option("Print a JSON array.")
 @runs_dir_option
 def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
     """Notifications not yet delivered (SPARKLE_WEBHOOK_URL, sparkle.notifiers plugins).
@@ -382,11 +317,10 @@ def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
     Workers and the reaper deliver them by themselves, with backoff; --deliver tries the
     due ones at once (delivered ones show in `sparkle timeline RUN`).
     """
-    _configure(runs_dir)
-    from sparkle.notifications import flush, pending_views
-    from sparkle.settings import get_settings
+    wiring.configure(runs_dir=runs_dir)
+    from sparkle.notifications import flush, pending_views  # (pydantic: see module doc)
 
-    settings = get_settings()
+    settings = wiring.settings()
     if deliver:
         for item in flush(settings):
             note = f": {item.error}" if item.error else ""
@@ -406,15 +340,5 @@ def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
     click.echo(f"{len(views)} pending")
 
 
-def _size(count: int) -> str:
-    """``count`` bytes for people: 512 B, 3.4 MB, 1.2 GB."""
-    size = float(count)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
-#: Commands added to the ``sparkle`` group.
+#: The commands of this module, as the ``sparkle`` group adds them.
 COMMANDS: list[click.Command] = [redrive, dlq, cancel, timeline, prune, outbox]

@@ -1,0 +1,5 @@
+"""``python -m sparkle.cli``: the ``sparkle`` command line."""
+
+from sparkle.cli import main
+
+main()
