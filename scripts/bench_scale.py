@@ -218,7 +218,7 @@ def in_process(*args: str) -> str:
     return result.output
 
 
-#: ``sparkle runs`` on RunStore.summaries() (the change proposed for sparkle/cli.py), run in
+#: ``sparkle runs`` on RunStore.summaries() (the change proposed for sparkle/cli/runs.py), run in
 #: a child process that imports the CLI first so its start-up cost is the same.
 SUMMARIES_LISTING = """
 import sys
