@@ -35,13 +35,14 @@ def main() -> None:
             sys.stdout.write(shown + "\n")
             sys.exit(0)
     from sparkle.cli import main as cli_main
+    from sparkle.cli.exits import EXIT_USAGE
     from sparkle.errors import ConfigError
 
     try:
         cli_main()
     except ConfigError as exc:  # an invalid SPARKLE_* setting, wherever it was first read
         sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
 
 
 def fast_status(args: Sequence[str], environ: Mapping[str, str], cwd: str) -> str | None:

@@ -12,7 +12,7 @@ from sparkle.durations import parse_duration
 from sparkle.names import STAGES, RunStatus
 from sparkle.priority import PRIORITIES
 
-#: A click decorator that adds one option to a command.
+#: The command function an option decorator is applied to (and returns).
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Any stage, by name (``--from``, ``--only``, ``--stage``).
