@@ -26,8 +26,8 @@ from dramatiq.middleware import CurrentMessage
 from sparkle import keys, lease, priority, runlock
 from sparkle.roundtrip import Command
 from sparkle.runindex_folder import FolderRunIndex
+from sparkle.runlayout import PLAN_FILE, REVIEW_FILE
 from sparkle.runstore import Run
-from sparkle.statuscache import PLAN_FILE, REVIEW_FILE
 
 log = logging.getLogger(__name__)
 
