@@ -51,6 +51,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from sparkle.plans import validate_plan  # noqa: E402
+from sparkle.runlayout import checkpoint_file  # noqa: E402
 from sparkle.runstore import (  # noqa: E402
     CHECKPOINTS_DIR,
     MANIFEST_FILE,
@@ -344,7 +345,7 @@ def main() -> None:
     rows.append(
         Row(
             "baseline: scandir + read one file per run",
-            timed(lambda: scandir_read_one(root, "checkpoints/qa.json"), args.repeat),
+            timed(lambda: scandir_read_one(root, checkpoint_file("qa")), args.repeat),
         )
     )
     output = in_process("runs", "--runs-dir", str(root))
