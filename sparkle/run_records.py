@@ -1,8 +1,9 @@
 """The run records: what a run writes as it goes (asset references, checkpoints, the
 history of events) and the QA stage's report.
 
-Records are read leniently (a JSON number where a float is due is fine) but refuse unknown
-keys like every wire-format model (:mod:`sparkle.schema_base`).
+Records are not strict, unlike plans: a status given as a string (``Checkpoint(status=
+"success", ...)``, as the seed contract's adapters build them) becomes its enum member.
+Unknown keys are refused, as by every wire-format model (:mod:`sparkle.schema_base`).
 """
 
 from __future__ import annotations
