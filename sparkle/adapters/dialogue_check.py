@@ -20,7 +20,7 @@ import wave
 from array import array
 from pathlib import Path
 
-from sparkle.adapters.media import ENVELOPE_WINDOW_SEC
+from sparkle.adapters.analysis import ENVELOPE_WINDOW_SEC
 
 #: A window of a line's own audio louder than this (dBFS) counts as speech.
 SPEECH_DB = -40.0

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
-from sparkle.adapters.media import os_error, relative_to_run
+from sparkle.adapters.run_files import os_error, relative_to_run
 from sparkle.adapters.scene import SceneLayout, compose
 from sparkle.atomic import temp_path_for, write_json
 from sparkle.errors import PermanentStageError

@@ -24,7 +24,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparkle.adapters.media import os_error
+from sparkle.adapters.run_files import os_error
 from sparkle.atomic import write_json
 from sparkle.errors import PermanentStageError
 
