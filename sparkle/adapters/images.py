@@ -23,7 +23,8 @@ from typing import Any, Literal
 from PIL import Image, ImageDraw, ImageFont
 
 from sparkle.adapters.run_files import os_error, relative_to_run
-from sparkle.adapters.scene import SceneLayout, compose
+from sparkle.adapters.scene import compose
+from sparkle.adapters.scene_layout import SceneLayout
 from sparkle.atomic import temp_path_for, write_json
 from sparkle.errors import PermanentStageError
 from sparkle.schemas import NARROWED_FROM, AssetRefs, MoviePlan, ShotSpec

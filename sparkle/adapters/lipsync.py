@@ -48,7 +48,7 @@ from sparkle.adapters.media import (
 from sparkle.adapters.mouths import FramePainter, pipe_frames
 from sparkle.adapters.probe import MediaInfo, audio_duration, probe
 from sparkle.adapters.run_files import os_error, relative_to_run, require_file
-from sparkle.adapters.scene import speaking_faces
+from sparkle.adapters.scene_layout import speaking_faces
 from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.adapters.videos import camera_move, still_caption_rows
 from sparkle.adapters.visemes import Viseme, load_visemes

@@ -34,7 +34,7 @@ from sparkle.adapters.ffmpeg import (
     ffmpeg_exe,
 )
 from sparkle.adapters.run_files import os_error
-from sparkle.adapters.scene import (
+from sparkle.adapters.scene_layout import (
     MOUTH_INSIDE,
     RGB,
     TEETH_COLOUR,

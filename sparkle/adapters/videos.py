@@ -29,7 +29,7 @@ from sparkle.adapters.media import (
     frame_count,
 )
 from sparkle.adapters.run_files import relative_to_run, require_file
-from sparkle.adapters.scene import speaking_faces
+from sparkle.adapters.scene_layout import speaking_faces
 from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.base_image_plan import MODEL_ID_KEY
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec
