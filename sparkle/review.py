@@ -61,7 +61,8 @@ MAX_NOTE_CHARS = 2000
 
 
 class Services(Protocol):
-    """What a decision needs: the engine has it all (and so will the app)."""
+    """What a decision needs: a run store, a dispatcher, the Redis client holding leases,
+    and the settings (the engine has them all, and so has the dashboard's site)."""
 
     store: RunStore
     dispatcher: Dispatcher

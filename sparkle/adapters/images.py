@@ -107,15 +107,6 @@ def captions_enabled() -> bool:
     return os.environ.get("SPARKLE_CAPTIONS", "on").strip().lower() not in CAPTIONS_OFF
 
 
-def render_keyframe(
-    plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int],
-    total: int | None = None,
-) -> Image.Image:
-    """Draw one storyboard keyframe of ``shot`` (``index`` counts from 1, of ``total``
-    shots: by default the plan's)."""
-    return render_keyframe_with_layout(plan, shot, which, index, size, total)[0]
-
-
 def render_keyframe_with_layout(
     plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int],
     total: int | None = None,
