@@ -115,7 +115,7 @@ def test_worker_backs_off_on_a_full_disk_and_finishes_once_space_is_back(
 def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
     """The real ffmpeg writing onto a full disk exits 228; the error says "No space left on
     device" and names the disk (the unit tests cover the same with an ffmpeg double)."""
-    from sparkle.adapters import media
+    from sparkle.adapters import ffmpeg, media
 
     disk = tmp_path / "disk"
     with tmpfs(disk, "256k") as mounted:
@@ -124,10 +124,10 @@ def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
         # Given a disk with 16 KB left
         fill(disk, leave_bytes=16 * 1024)
         # When ffmpeg encodes a clip larger than that onto it
-        with pytest.raises(media.FFmpegResourceError) as caught:
-            media.ffmpeg_to_file(["-f", "lavfi", "-i", "testsrc=duration=10:size=640x360",
-                                  *media.VIDEO_CODEC_ARGS], disk / "clip.mp4",
-                                 doing="encoding a test clip")
+        with pytest.raises(ffmpeg.FFmpegResourceError) as caught:
+            ffmpeg.ffmpeg_to_file(["-f", "lavfi", "-i", "testsrc=duration=10:size=640x360",
+                                   *media.VIDEO_CODEC_ARGS], disk / "clip.mp4",
+                                  doing="encoding a test clip")
         # Then the first line says why and where
         first = str(caught.value).splitlines()[0]
         assert "No space left on device (ENOSPC, exit 228)" in first

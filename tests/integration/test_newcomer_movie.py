@@ -18,10 +18,11 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from sparkle.adapters.assemble import assemble_stage
+from sparkle.adapters.ffmpeg import run_ffmpeg
 from sparkle.adapters.images import images_stage
 from sparkle.adapters.lipsync import lipsync_stage
-from sparkle.adapters.media import probe, run_ffmpeg
 from sparkle.adapters.media_set import ADAPTERS
+from sparkle.adapters.probe import probe
 from sparkle.adapters.subtitles import parse_cues
 from sparkle.adapters.tts import tts_stage
 from sparkle.adapters.videos import videos_stage

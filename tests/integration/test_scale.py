@@ -173,7 +173,7 @@ def _manifest_only_success(run: Run) -> None:
 
 
 def _open_review(run: Run) -> None:
-    from sparkle.review import open_review
+    from sparkle.review_gates import open_review
 
     open_review(run, "qa", "qa_escalate")
 

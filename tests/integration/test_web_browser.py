@@ -151,7 +151,7 @@ def test_a_plan_uploaded_on_the_new_run_page_renders_live_and_its_movie_plays(
     a reload, every keyframe loads, the movie can play and is as long as the file says."""
     from selenium.webdriver.common.by import By
 
-    from sparkle.adapters.media import probe
+    from sparkle.adapters.probe import probe
 
     base, runs = served
     driver = browser
