@@ -30,18 +30,13 @@ PLAN = Path(__file__).parents[1] / "tests" / "data" / "plans" / "lighthouse.json
 
 
 def build_engine(runs_dir: Path) -> Any:
-    from sparkle import broker as broker_module
-    from sparkle import engine as engine_module
-    from sparkle.settings import configure
+    from sparkle.app import App
     from sparkle.stages import Adapter
 
     os.environ.pop("SPARKLE_REDIS_URL", None)
-    configure(runs_dir=runs_dir, adapters="test")
-    broker_module.reset()
-    engine_module.set_engine(None)
-    broker_module.setup_broker()
-    broker_module.load_actors()
-    engine = engine_module.get_engine()
+    app = App.from_environment(runs_dir=runs_dir, adapters="test")
+    app.declare_actors()
+    engine = app.engine
     for stage in STAGES:
         engine.adapters[stage] = Adapter(stage, "noop", lambda plan, refs, run_dir: refs, ())
     return engine

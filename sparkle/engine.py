@@ -34,7 +34,6 @@ from typing import Any
 
 import redis
 import tenacity
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
 from sparkle import atomic, contract, metrics, notifications, retrying, review, takes
@@ -212,10 +211,10 @@ class Engine:
             log.error("run %s stage %s: no such run folder in %s; dropping the message",
                       run_id, stage, self.store.root)
             return Outcome.missing
-        # Embedded, the lease also takes the run's lock file: other processes cannot see
-        # the in-process one (sparkle.runlock).
+        # (embedded, the lease also takes the run's lock file: other processes cannot see
+        # the in-process one, sparkle.runlock)
         lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec,
-                      lock_dir=run.dir if isinstance(self.dispatcher.broker, StubBroker) else None)
+                      lock_dir=self.dispatcher.backend.lock_dir(run.dir))
         if not lease.acquire(also=(self.dispatcher.taken_command(run_id, stage),)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
@@ -422,7 +421,7 @@ class Engine:
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             # (the stage is made current for sparkle.retry, which records in its manifest)
-            with retrying.stage_context(run, stage, attempt, lease.lost):
+            with retrying.stage_context(run, stage, attempt, lease.lost, self.settings):
                 # (an absolute run folder: a path the adapter builds from it and stores,
                 # as the seed contract's example does, is then one the engine can place)
                 if shots is None:
@@ -602,37 +601,3 @@ def _sent_before_failure(state: RunState, stage: str) -> bool:
         return False
     message = CurrentMessage.get_current_message()
     return message is not None and message.message_timestamp / 1000 < checkpoint.timestamp
-
-
-_engine: Engine | None = None
-_engine_lock = threading.Lock()
-
-
-def get_engine() -> Engine:
-    """The process's engine, built from settings on first use."""
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            from sparkle.broker import get_client, setup_broker
-            from sparkle.settings import get_settings
-            from sparkle.stages import load_adapters
-
-            settings = get_settings()
-            broker = setup_broker(settings)
-            client = get_client()
-            _engine = Engine(
-                store=RunStore(settings.runs_dir),
-                dispatcher=Dispatcher(broker, client, settings.namespace),
-                client=client,
-                adapters=load_adapters(settings.adapters),
-                settings=settings,
-            )
-        return _engine
-
-
-def set_engine(engine: Engine | None) -> None:
-    """Install (or with None, forget) the process's engine: for the CLI and tests."""
-    global _engine
-    with _engine_lock:
-        _engine = engine
-
