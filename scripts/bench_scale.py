@@ -303,16 +303,12 @@ def real_reaper(root: Path, store: RunStore) -> Callable[[], object] | None:
         from sparkle.redrive import Reaper
     except ImportError:
         return None
-    import fakeredis
-    from dramatiq.brokers.stub import StubBroker
-
+    from sparkle.backends.embedded import EmbeddedBackend
     from sparkle.dispatch import Dispatcher
     from sparkle.settings import Settings
 
     settings = Settings(runs_dir=root)
-    broker = StubBroker()
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    reaper = Reaper(store, Dispatcher(broker, client, settings.namespace), client, broker, settings)
+    reaper = Reaper(store, Dispatcher(EmbeddedBackend(), settings.namespace), settings)
     return lambda: reaper.run_once(dry_run=True)
 
 

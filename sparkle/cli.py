@@ -17,11 +17,12 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from sparkle import __version__
+from sparkle.app import App
 from sparkle.errors import (
     ConfigError,
     PlanError,
@@ -32,7 +33,9 @@ from sparkle.errors import (
 )
 from sparkle.priority import PRIORITIES, set_run_priority
 from sparkle.schemas import EXPORTED_MODELS, STAGES
-from sparkle.settings import configure, get_settings
+
+if TYPE_CHECKING:
+    from sparkle.engine import Engine
 
 log = logging.getLogger("sparkle")
 
@@ -85,11 +88,23 @@ def main(log_level: str, log_format: str) -> None:
     _setup_logging(log_level, log_format)
 
 
-def _settings(**overrides: Any) -> None:
+def _settings(**overrides: Any) -> App:
+    """Build this command's App from the environment and ``overrides`` (its options)."""
     try:
-        configure(**overrides)
+        app = App.from_environment(**overrides)
     except ConfigError as exc:
         fail(str(exc))
+    click.get_current_context().find_root().obj = app
+    return app
+
+
+def _app() -> App:
+    """This command's App (built by :func:`_settings`, else from the environment)."""
+    root = click.get_current_context().find_root()
+    if not isinstance(root.obj, App):
+        _settings()
+    app: App = root.obj
+    return app
 
 
 def redis_unreachable(exc: Exception) -> str:
@@ -134,7 +149,7 @@ def validate(plans: tuple[Path, ...]) -> None:
     """Check plan files; print OK or every problem per file (exit 2 if any is invalid)."""
     from sparkle.plans import load_plan_file
 
-    max_bytes = get_settings().max_plan_bytes
+    max_bytes = _app().settings.max_plan_bytes
     bad = 0
     for path in plans:
         try:
@@ -200,9 +215,9 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
     def body() -> int:
         from sparkle.plans import load_plan_file
 
-        settings = get_settings()
+        settings = _app().settings
         movie_plan = load_plan_file(plan, settings.max_plan_bytes)
-        engine, _ = _engine()
+        engine = _engine()
         the_run, created = engine.store.create(movie_plan, run_id)
         if level is not None:
             set_run_priority(the_run.dir, level)
@@ -213,27 +228,23 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
     _guard(body)
 
 
-def _engine() -> tuple[Any, Any]:
-    from sparkle.broker import load_actors
-    from sparkle.engine import get_engine
-
-    broker = load_actors()
-    return get_engine(), broker
+def _engine() -> Engine:
+    """This command's engine, with the stage actors declared on its broker."""
+    app = _app()
+    app.declare_actors()
+    return app.engine
 
 
 def _work(the_run: Any, from_stage: str | None, only: str | None, threads: int) -> int:
     from sparkle.runner import work_in_foreground
 
-    engine, broker = _engine()
+    app = _app()
     # (the stages are reset once this process holds the run: embedded, another process
     # working it is followed to its end first)
-    result = work_in_foreground(the_run, broker, engine.dispatcher,
-                                engine.settings.namespace, threads,
-                                from_stage=from_stage, only=only,
-                                failures=engine.infrastructure_failures)
+    result = work_in_foreground(the_run, app, threads, from_stage=from_stage, only=only)
     from sparkle.notifications import flush
 
-    flush(engine.settings)  # (the process ends next: deliver the run's notification now)
+    flush(app.settings)  # (the process ends next: deliver the run's notification now)
     if result.infrastructure is not None:
         failure = result.infrastructure
         click.echo(f"error: {failure}", err=True)
@@ -280,7 +291,7 @@ def _resume_command(run_id: str) -> str:
     """The command that resumes ``run_id`` as it ran (:func:`sparkle.runner.resume_command`)."""
     from sparkle.runner import resume_command
 
-    return resume_command(run_id, get_settings())
+    return resume_command(run_id, _app().settings)
 
 
 def _decision_label(decision: str) -> str:
@@ -307,9 +318,9 @@ def submit(plans: tuple[Path, ...], level: str | None) -> None:
 
         from sparkle.plans import load_plan_file
 
-        settings = get_settings()
+        settings = _app().settings
         bad = 0
-        if settings.redis_url is None:
+        if _app().works_in_process:  # (no queue other processes read: the inbox is)
             for path in plans:
                 try:
                     load_plan_file(path, settings.max_plan_bytes)
@@ -321,7 +332,7 @@ def submit(plans: tuple[Path, ...], level: str | None) -> None:
                 click.echo(f"copied into {target} (no SPARKLE_REDIS_URL: a running "
                            f"`sparkle serve` takes it; or render it now with `sparkle run {path}`)")
             return EXIT_USAGE if bad else 0
-        engine, _ = _engine()
+        engine = _engine()
         for path in plans:
             try:
                 movie_plan = load_plan_file(path, settings.max_plan_bytes)
@@ -388,10 +399,9 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
     _settings(runs_dir=runs_dir, adapters=adapters)
 
     def body() -> int:
-        from sparkle.broker import is_embedded
         from sparkle.lifecycle import resume_run
 
-        engine, _ = _engine()
+        engine = _engine()
         the_run = engine.store.run(run_id)
         if the_run.status().value in ("awaiting_review", "rejected"):
             from sparkle.errors import ReviewError
@@ -399,7 +409,7 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
             raise ReviewError(
                 f"run {run_id} is {the_run.status().value}: resume does not decide for a "
                 f"person; see `sparkle status {run_id}` (approve, redo or reject it)")
-        if is_embedded():
+        if _app().works_in_process:
             return _work(the_run, from_stage, only, threads)
         resumed = resume_run(the_run, engine.dispatcher, from_stage, only)
         reset, stage = resumed.reset, resumed.queued
@@ -429,10 +439,10 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 
         # Through the run's summary cache, so this prints exactly what the fast path of
         # sparkle.entry prints from it, and leaves the cache fresh for that path.
-        the_run = RunStore(get_settings().runs_dir).run(run_id)
+        the_run = RunStore(_app().settings.runs_dir).run(run_id)
         entry = cached_entry(the_run)
         if entry is None or entry.view is None:
-            raise RunNotFoundError(f"no run {run_id!r} in {get_settings().runs_dir}")
+            raise RunNotFoundError(f"no run {run_id!r} in {_app().settings.runs_dir}")
         click.echo(statuscache.render_json(entry.view) if as_json
                    else statuscache.render_text(entry.view, str(the_run.dir)))
         return 0
@@ -454,11 +464,11 @@ def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
     from sparkle.runindex import listing
     from sparkle.runstore import RunStore
 
-    store = RunStore(get_settings().runs_dir)
+    store = RunStore(_app().settings.runs_dir)
     # listing() answers from each run's stat-validated summary cache (10,000 runs in about
     # 0.5 s instead of 2.3 s, docs/BENCHMARKS.md); queued or running runs on Redis come
     # from the unfinished-run index, without reading the finished ones.
-    summaries = [summary for summary in listing(store, only_status, get_settings())
+    summaries = [summary for summary in listing(store, only_status, _app().settings)
                  if not only_status or summary.status.value == only_status]
     if not as_json:
         for row in run_rows(store, summaries):
@@ -490,11 +500,10 @@ def watch(inbox: Path | None, poll: bool) -> None:
     """
     from sparkle.service import serve as run_service
 
-    settings = get_settings()
-    if settings.redis_url is None:
+    if _app().works_in_process:
         fail("`sparkle watch` feeds workers through Redis and needs SPARKLE_REDIS_URL; "
              "without a server use `sparkle serve`, which also does the work")
-    _guard(lambda: run_service(settings, inbox, poll, threads=0, workers=False))
+    _guard(lambda: run_service(_app(), inbox, poll, threads=0, workers=False))
 
 
 @main.command()
@@ -521,7 +530,7 @@ def serve(inbox: Path | None, poll: bool, threads: int, adapters: str | None,
         from sparkle.web.config import UiConfig
 
         dashboard = UiConfig.from_environment() if ui else None
-        run_service(get_settings(), inbox, poll, threads, workers=True, ui=dashboard)
+        run_service(_app(), inbox, poll, threads, workers=True, ui=dashboard)
 
     _guard(body)
 
@@ -546,7 +555,7 @@ def ui(host: str | None, port: int | None, read_only: bool, runs_dir: Path | Non
         from sparkle.web.site import Site
 
         config = UiConfig.from_environment(host, port, read_only)
-        run_foreground(Site.for_process(get_settings(), read_only), config)
+        run_foreground(Site.for_app(_app(), read_only), config)
 
     _guard(body)
 
@@ -575,8 +584,7 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
     from sparkle.keys import worker_queues
     from sparkle.supervisor import run_supervisor
 
-    settings = get_settings()
-    if settings.redis_url is None:
+    if _app().works_in_process:
         fail("`sparkle worker` needs SPARKLE_REDIS_URL (workers share runs through Redis); "
              "without a server use `sparkle serve` or `sparkle run PLAN`")
     if processes < 1 or threads < 1:
@@ -588,7 +596,7 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
         fail(str(exc))
     root = ctx.find_root().params
     try:
-        code = run_supervisor(processes, threads, names, reaper=reaper,
+        code = run_supervisor(_app(), processes, threads, names, reaper=reaper,
                               log_level=root.get("log_level") or "warning",
                               log_format=root.get("log_format") or "text")
     except OSError as exc:  # e.g. the metrics port is taken

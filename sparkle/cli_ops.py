@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from sparkle.durations import DURATION_UNITS as DURATION_UNITS
 from sparkle.durations import parse_duration as parse_duration
 from sparkle.schemas import STAGES
+
+if TYPE_CHECKING:
+    from sparkle.app import App
 
 
 class Duration(click.ParamType[float]):
@@ -39,28 +42,22 @@ runs_dir_option = click.option("--runs-dir", type=click.Path(path_type=Path),
 stage_option = click.option("--stage", type=click.Choice(list(STAGES)), help="Only this stage.")
 
 
-def _configure(runs_dir: Path | None) -> None:
+def _configure(runs_dir: Path | None) -> App:
     from sparkle.cli import _settings
 
-    _settings(runs_dir=runs_dir)
+    return _settings(runs_dir=runs_dir)
+
+
+def _app() -> App:
+    from sparkle.cli import _app as command_app
+
+    return command_app()
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     from sparkle.cli import fail
 
     fail(message, code)
-
-
-def _redis_parts() -> tuple[Any, Any, Any, Any]:
-    """(settings, broker, client, dispatcher) of the configured Redis."""
-    from sparkle.broker import get_client, setup_broker
-    from sparkle.dispatch import Dispatcher
-    from sparkle.settings import get_settings
-
-    settings = get_settings()
-    broker = setup_broker(settings)
-    client = get_client()
-    return settings, broker, client, Dispatcher(broker, client, settings.namespace)
 
 
 def _when(timestamp: float) -> str:
@@ -110,21 +107,14 @@ def redrive(dry_run: bool, older_than: float | None, as_json: bool,
     serve`. Finished, failed and cancelled runs are left alone (use `sparkle resume` or
     `sparkle dlq replay`). Re-driving a run that was not stuck is harmless.
     """
-    _configure(runs_dir)
-    from sparkle.broker import is_embedded
-
-    if is_embedded():
+    app = _configure(runs_dir)
+    if app.works_in_process:
         _fail("embedded mode (no SPARKLE_REDIS_URL): messages live in the memory of the "
               "`sparkle serve` process, which re-drives its own runs; a separate "
               "`sparkle redrive` cannot see them")
 
     def body() -> None:
-        from sparkle.redrive import Reaper
-        from sparkle.runstore import RunStore
-
-        settings, broker, client, dispatcher = _redis_parts()
-        reaper = Reaper(RunStore(settings.runs_dir), dispatcher, client, broker, settings)
-        found = reaper.run_once(dry_run=dry_run, older_than=older_than)
+        found = app.reaper.run_once(dry_run=dry_run, older_than=older_than)
         if as_json:
             click.echo(json.dumps([r.as_dict() for r in found], indent=2))
             return
@@ -147,15 +137,13 @@ def dlq() -> None:
 
 
 def _dead_letter_queue(runs_dir: Path | None) -> Any:
-    _configure(runs_dir)
-    from sparkle.broker import is_embedded
-    from sparkle.dlq import EMBEDDED_NOTICE, DeadLetterQueue
-    from sparkle.runstore import RunStore
+    from sparkle.backends import DeadLettersUnavailable
 
-    if is_embedded():
-        _fail(EMBEDDED_NOTICE)
-    settings, _, client, dispatcher = _redis_parts()
-    return DeadLetterQueue(client, RunStore(settings.runs_dir), settings.namespace, dispatcher)
+    app = _configure(runs_dir)
+    try:
+        return app.dead_letters()
+    except DeadLettersUnavailable as exc:
+        _fail(str(exc))
 
 
 @dlq.command("list")
@@ -253,17 +241,16 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
         from sparkle.lifecycle import CancelResult, cancel_run
         from sparkle.notifications import flush
         from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
 
-        run = RunStore(get_settings().runs_dir).run(run_id)
-        done = cancel_run(run, settings=get_settings(), notify_in_background=False)
+        run = RunStore(_app().settings.runs_dir).run(run_id)
+        done = cancel_run(run, settings=_app().settings, notify_in_background=False)
         if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return
         if done.result is CancelResult.already_succeeded:
             click.echo(f"{run_id} already succeeded; nothing to cancel")
             return
-        flush(get_settings())
+        flush(_app().settings)
         running = _running_stage(run_id, done.stage or STAGES[-1])
         click.echo(f"cancelled {run_id}: {running}no further stage starts. "
                    f"Continue it with `sparkle resume {run_id}`")
@@ -272,14 +259,13 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
 
 
 def _running_stage(run_id: str, stage: str) -> str:
-    """"<stage> is running and finishes; " when a worker holds the run (Redis only)."""
-    from sparkle.broker import get_client, is_embedded
+    """"<stage> is running and finishes; " when a worker holds the run."""
     from sparkle.lease import holder
-    from sparkle.settings import get_settings
 
-    if is_embedded():
+    app = _app()
+    if app.works_in_process:
         return "a stage running in `sparkle run` or `sparkle serve` finishes; "
-    if holder(get_client(), get_settings().namespace, run_id) is not None:
+    if holder(app.backend.client, app.settings.namespace, run_id) is not None:
         return f"{stage} is running and finishes; "
     return ""
 
@@ -297,11 +283,10 @@ def timeline(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 
     def body() -> None:
         from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
         from sparkle.timeline import render
         from sparkle.timeline import timeline as build
 
-        run = RunStore(get_settings().runs_dir).run(run_id)
+        run = RunStore(_app().settings.runs_dir).run(run_id)
         entries = build(run)
         status = run.status().value
         if as_json:
@@ -346,13 +331,12 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
         _fail(f"--status/--keep: {exc}")
 
     def body() -> None:
-        from sparkle.broker import get_client, is_embedded
         from sparkle.retention import prune as prune_runs
         from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
 
-        settings = get_settings()
-        client = None if is_embedded() else get_client()
+        app = _app()
+        settings = app.settings
+        client = app.backend.shared_client
         report = prune_runs(RunStore(settings.runs_dir), policy, client=client,
                             namespace=settings.namespace, dry_run=dry_run)
         if as_json:
@@ -384,9 +368,8 @@ def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
     """
     _configure(runs_dir)
     from sparkle.notifications import flush, pending_views
-    from sparkle.settings import get_settings
 
-    settings = get_settings()
+    settings = _app().settings
     if deliver:
         for item in flush(settings):
             note = f": {item.error}" if item.error else ""

@@ -35,9 +35,10 @@ review_option = click.option("--review", "review_id",
 def command_for(verb: str, run_id: str, *extra: str) -> str:
     """A ``sparkle`` command on ``run_id`` as this one ran: the same runs folder and adapter
     set, quoted for the shell."""
-    from sparkle.settings import Settings, get_settings
+    from sparkle.cli import _app
+    from sparkle.settings import Settings
 
-    settings = get_settings()
+    settings = _app().settings
     parts = ["sparkle", verb, run_id, *extra]
     if settings.runs_dir != Path("runs"):
         parts += ["--runs-dir", str(settings.runs_dir)]
@@ -79,13 +80,11 @@ def _decide(run_id: str, runs_dir: Path | None, adapters: str | None, threads: i
     foreground when embedded, else by the queued message."""
     from sparkle.cli import _engine, _guard, _settings, _work
 
-    _settings(runs_dir=runs_dir, adapters=adapters)
+    app = _settings(runs_dir=runs_dir, adapters=adapters)
 
     def body() -> int:
-        from sparkle.broker import is_embedded
-
-        engine, _ = _engine()
-        embedded = is_embedded()
+        engine = _engine()
+        embedded = app.works_in_process
         decision = act(engine, not embedded)
         click.echo(_describe(decision))
         if not decision.closed:
@@ -171,7 +170,7 @@ def reject(run_id: str, note: str, who: str | None, review_id: str | None,
     def body() -> int:
         from sparkle import review
 
-        engine, _ = _engine()
+        engine = _engine()
         click.echo(_describe(review.reject(engine, run_id, note=note, who=who,
                                            review_id=review_id)))
         return 0
@@ -214,10 +213,10 @@ def takes(run_id: str, shot: str | None, stage: str | None, use: int | None, as_
     _settings(runs_dir=runs_dir)
 
     def body() -> int:
+        from sparkle.cli import _app
         from sparkle.runstore import RunStore
-        from sparkle.settings import get_settings
 
-        found = review.takes_of(RunStore(get_settings().runs_dir), run_id, shot)
+        found = review.takes_of(RunStore(_app().settings.runs_dir), run_id, shot)
         if as_json:
             click.echo(json.dumps(found, indent=2))
             return 0

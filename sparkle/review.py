@@ -39,11 +39,6 @@ from sparkle.dispatch import Dispatcher
 from sparkle.errors import DecisionConflictError, ReviewError, RunBusyError
 from sparkle.lease import Lease
 from sparkle.resets import apply_redo, reset_after
-
-# The engine asks the gates before and after each stage as ``review.holds`` and
-# ``review.after_success``; they live in review_gates.
-from sparkle.review_gates import after_success as after_success
-from sparkle.review_gates import holds as holds
 from sparkle.review_state import ReviewState, clear_review, read_review, write_review
 from sparkle.runstore import Run, RunStore
 from sparkle.schemas import REVIEW_EVENTS, AssetRefs

@@ -35,8 +35,9 @@ from sparkle.adapters.subtitles import Cue, cues_from_timing, parse_cues
 from sparkle.atomic import write_json
 from sparkle.errors import ConfigError, PermanentStageError
 from sparkle.qa_policy import INFORMATIONAL_FINDINGS, QAPolicy, Thresholds, load_policy
+from sparkle.retrying import current_stage
 from sparkle.schemas import AssetRefs, MoviePlan, QAReport, QAShotReport, ShotSpec
-from sparkle.settings import get_settings
+from sparkle.settings import load_settings
 
 #: The report, relative to the run folder.
 REPORT_PATH = "qa_report.json"
@@ -259,7 +260,11 @@ def check_subtitles(
 def qa_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRefs, dict[str, Any]]:
     """Measure the clips and the movie, write ``qa_report.json`` and report the decision."""
     refs = refs.model_copy(deep=True)
-    policy_path = get_settings().qa_policy
+    # (SPARKLE_QA_POLICY: from the settings of the App running the stage; called outside
+    # one, as a function, from the environment)
+    where = current_stage()
+    settings = where.settings if where is not None and where.settings else load_settings()
+    policy_path = settings.qa_policy
     try:
         policy: QAPolicy = load_policy(policy_path)
     except ConfigError as exc:

@@ -169,8 +169,8 @@ def test_an_adapter_meeting_a_full_run_folder_is_held_back_not_failed(
                                                  ())
     run = pipeline.create(plans_dir / "lighthouse.json")
     # When the run is worked to its end, as serve works it (not stopping on the failure)
-    result = work_in_foreground(run, pipeline.broker, pipeline.engine.dispatcher, "sparkle", 2,
-                                Console(file=io.StringIO()))
+    result = work_in_foreground(run, pipeline.app, 2, Console(file=io.StringIO()),
+                                stop_on_infrastructure=False)
     # Then it succeeded; images ran twice, and its first attempt is a fail marked as the disk's
     assert result.status.value == "succeeded"
     assert len(calls) == 2

@@ -29,7 +29,6 @@ from sparkle.adapters.videos import CameraMove, camera_move, videos_stage
 from sparkle.errors import PermanentStageError
 from sparkle.qa_policy import load_policy
 from sparkle.schemas import STAGES, AssetRefs, MoviePlan, QAReport
-from sparkle.settings import configure
 
 PLANS = Path(__file__).resolve().parent.parent / "data" / "plans"
 
@@ -80,9 +79,7 @@ def default_settings() -> Iterator[None]:
     """Every test here uses the packaged QA policy unless it says otherwise."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SPARKLE_QA_POLICY", raising=False)
-        configure()
         yield
-    configure()
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +125,8 @@ def qa_policy_file(tmp_path: Path) -> Iterator[Callable[[str], None]]:
             path = tmp_path / "policy.yaml"
             path.write_text(text, encoding="utf-8")
             patch.setenv("SPARKLE_QA_POLICY", str(path))
-            configure()
 
         yield use
-    configure()
 
 
 # --- end to end ----------------------------------------------------------------------
