@@ -1,8 +1,9 @@
 """The seven stage actors. Declarations only: each hands its message to the engine.
 
-Importing this module installs the broker first (``setup_broker``), so ``dramatiq actors``,
-``sparkle worker`` and the CLI's in-process workers all declare the actors on the broker the
-settings choose. Each stage has its own queue, ``sparkle.<stage>``, so heavy stages can get
+The actors are declared on the broker of the installed App (:func:`sparkle.app.installed`:
+the one ``App.declare_actors`` installed, or for ``dramatiq actors`` one built from the
+environment), and each hands its message to that App's engine. Each stage has its own
+queue, ``sparkle.<stage>``, so heavy stages can get
 their own worker pool (``sparkle worker --queues sparkle.videos``).
 """
 
@@ -12,29 +13,30 @@ from typing import Any
 
 import dramatiq
 
-from sparkle.broker import MESSAGE_MAX_RETRIES, setup_broker
-from sparkle.engine import StageFailed, get_engine
+from sparkle.app import installed
+from sparkle.broker import MESSAGE_MAX_RETRIES
+from sparkle.engine import StageFailed
 from sparkle.keys import actor_name, queue_name, stage_queue_names
 from sparkle.schemas import STAGES
-from sparkle.settings import get_settings
 
-setup_broker()
+#: The broker the actors below are declared on.
+BROKER = installed().backend.broker
 
 
 def _declare(stage: str) -> Any:
-    settings = get_settings()
+    settings = installed().settings
     limit_sec = settings.stage_time_limits.get(stage, settings.stage_time_limit_sec)
 
     def run_stage(run_id: str) -> None:
-        get_engine().execute(stage, run_id)
+        installed().engine.execute(stage, run_id)
 
     run_stage.__name__ = run_stage.__qualname__ = actor_name(stage)
     run_stage.__doc__ = f"Execute the {stage} stage of a run."
-    broker = dramatiq.get_broker()
     for name in stage_queue_names(stage):
         if name != queue_name(stage):
-            broker.declare_queue(name)
+            BROKER.declare_queue(name)
     return dramatiq.actor(
+        broker=BROKER,
         actor_name=actor_name(stage),
         queue_name=queue_name(stage),
         max_retries=MESSAGE_MAX_RETRIES,

@@ -108,15 +108,14 @@ def engine_with_runs(server: RedisServer, folder: Path, runs: int, title: str,
     (SPARKLE_* settings, ...) put in this process's environment."""
     os.environ.update({"SPARKLE_REDIS_URL": server.url, "SPARKLE_RUNS_DIR": str(folder),
                        "SPARKLE_LOG_LEVEL": "warning", **env})
-    from sparkle import broker as broker_module
-    from sparkle import engine as engine_module
-    from sparkle.settings import configure
+    from sparkle.app import App, uninstall
 
-    configure()
-    broker_module.reset()
-    engine_module.set_engine(None)
-    broker_module.load_actors()
-    engine = engine_module.get_engine()
+    previous = uninstall()
+    if previous is not None:
+        previous.close()
+    app = App.from_environment()
+    app.declare_actors()
+    engine = app.engine
     plan = json.loads((ROOT / "tests/data/plans/rooftop.json").read_text())
     created = []
     for index in range(runs):
@@ -127,8 +126,6 @@ def engine_with_runs(server: RedisServer, folder: Path, runs: int, title: str,
 
 def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
     """Hops per second through Sparkle's seven stage actors."""
-    from sparkle import broker as broker_module
-
     engine, created, worker = _worker_with_noop_adapters(server, folder, runs, "hop", THREADS)
     try:
         started = time.perf_counter()
@@ -146,7 +143,7 @@ def bench_sparkle(server: RedisServer, runs: int, folder: Path) -> float:
         elapsed = time.perf_counter() - started
     finally:
         _stop(worker)
-    broker_module.reset()
+    engine.dispatcher.broker.close()
     return runs * len(STAGES) / elapsed
 
 
@@ -192,8 +189,6 @@ def bench_latency(server: RedisServer, runs: int, folder: Path,
     """Hop latencies in seconds (a stage's ``success`` event to the next stage's ``begin``
     event) of ``runs`` runs submitted one at a time to ``sparkle worker -p 1 -t 4``; and
     the Redis commands per second that worker sends while idle (:func:`idle_commands`)."""
-    from sparkle import broker as broker_module
-
     engine, created, worker = _worker_with_noop_adapters(server, folder, runs, "latency", 4)
     latencies: list[float] = []
     try:
@@ -216,7 +211,7 @@ def bench_latency(server: RedisServer, runs: int, folder: Path,
         idle_rate = idle_commands(server, idle_sec)
     finally:
         _stop(worker)
-    broker_module.reset()
+    engine.dispatcher.broker.close()
     return latencies, idle_rate
 
 

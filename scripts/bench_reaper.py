@@ -47,8 +47,7 @@ def main() -> None:
             engine, runs = engine_with_runs(server, Path(tmp) / "runs", args.runs, "backlog")
             for run in runs:
                 engine.dispatcher.kick(run)
-            reaper = Reaper(engine.store, engine.dispatcher, engine.client,
-                            engine.dispatcher.broker, engine.settings)
+            reaper = Reaper(engine.store, engine.dispatcher, engine.settings)
             listing: list[float] = []
             passes: list[float] = []
             for _ in range(args.repeat):

@@ -23,14 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparkle.adapters.media import (
-    VIDEO_CODEC_ARGS,
-    X264_PRESET,
-    ffmpeg_exe,
-    fps_fraction,
-    frame_count,
-    run_ffmpeg,
-)
+from sparkle.adapters.ffmpeg import ffmpeg_exe, run_ffmpeg
+from sparkle.adapters.media import VIDEO_CODEC_ARGS, X264_PRESET, fps_fraction, frame_count
 from sparkle.adapters.media_set import ADAPTERS
 from sparkle.schemas import STAGES, AssetRefs, MoviePlan
 

@@ -23,25 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sparkle import review, takes
+from sparkle import review_gates, takes
 from sparkle.schemas import STAGES, MoviePlan
 
 PLAN = Path(__file__).parents[1] / "tests" / "data" / "plans" / "lighthouse.json"
 
 
 def build_engine(runs_dir: Path) -> Any:
-    from sparkle import broker as broker_module
-    from sparkle import engine as engine_module
-    from sparkle.settings import configure
+    from sparkle.app import App
     from sparkle.stages import Adapter
 
     os.environ.pop("SPARKLE_REDIS_URL", None)
-    configure(runs_dir=runs_dir, adapters="test")
-    broker_module.reset()
-    engine_module.set_engine(None)
-    broker_module.setup_broker()
-    broker_module.load_actors()
-    engine = engine_module.get_engine()
+    app = App.from_environment(runs_dir=runs_dir, adapters="test")
+    app.declare_actors()
+    engine = app.engine
     for stage in STAGES:
         engine.adapters[stage] = Adapter(stage, "noop", lambda plan, refs, run_dir: refs, ())
     return engine
@@ -76,9 +71,9 @@ def hooks_alone(engine: Any, calls: int) -> float:
     for index in range(calls):
         stage = STAGES[index % len(STAGES)]
         state = run.state(history_first=True)
-        review.holds(run, state, stage, settings)
+        review_gates.holds(run, state, stage, settings)
         takes.narrowed_shots(state.events, stage)
-        review.after_success(run, stage, settings)
+        review_gates.after_success(run, stage, settings)
     return 1e6 * (time.perf_counter() - started) / calls
 
 
@@ -90,15 +85,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         engine = build_engine(Path(folder) / "runs")
-        shipped = (review.holds, review.after_success, takes.narrowed_shots)
+        shipped = (review_gates.holds, review_gates.after_success, takes.narrowed_shots)
         without = (lambda *a: False, lambda *a: (False, None), lambda *a: None)
         results: dict[str, list[float]] = {"with hooks": [], "without": []}
         trial(engine, 20, "warm")
         for _ in range(args.repeat):
             for name, hooks in (("with hooks", shipped), ("without", without)):
-                review.holds, review.after_success, takes.narrowed_shots = hooks  # type: ignore[assignment]
+                review_gates.holds, review_gates.after_success, takes.narrowed_shots = hooks  # type: ignore[assignment]
                 results[name].append(trial(engine, args.runs, name))
-        review.holds, review.after_success, takes.narrowed_shots = shipped
+        review_gates.holds, review_gates.after_success, takes.narrowed_shots = shipped
         alone = statistics.median(hooks_alone(engine, 700) for _ in range(args.repeat))
         state = statistics.median(_state_reads(engine, 700) for _ in range(args.repeat))
     medians = {name: statistics.median(values) for name, values in results.items()}

@@ -92,11 +92,9 @@ def main() -> None:
             engine, runs = engine_with_runs(server, runs_dir, args.active, "Active")
             for run in runs:
                 engine.dispatcher.send(run.run_id, "script")
-            from sparkle.broker import setup_broker
             from sparkle.redrive import Reaper
 
-            reaper = Reaper(engine.store, engine.dispatcher, engine.client, setup_broker(),
-                            engine.settings)
+            reaper = Reaper(engine.store, engine.dispatcher, engine.settings)
 
             def one_pass() -> object:
                 return reaper.run_once(dry_run=True, older_than=0)

@@ -51,6 +51,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from sparkle.plans import validate_plan  # noqa: E402
+from sparkle.runlayout import checkpoint_file  # noqa: E402
 from sparkle.runstore import (  # noqa: E402
     CHECKPOINTS_DIR,
     MANIFEST_FILE,
@@ -302,16 +303,12 @@ def real_reaper(root: Path, store: RunStore) -> Callable[[], object] | None:
         from sparkle.redrive import Reaper
     except ImportError:
         return None
-    import fakeredis
-    from dramatiq.brokers.stub import StubBroker
-
+    from sparkle.backends.embedded import EmbeddedBackend
     from sparkle.dispatch import Dispatcher
     from sparkle.settings import Settings
 
     settings = Settings(runs_dir=root)
-    broker = StubBroker()
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    reaper = Reaper(store, Dispatcher(broker, client, settings.namespace), client, broker, settings)
+    reaper = Reaper(store, Dispatcher(EmbeddedBackend(), settings.namespace), settings)
     return lambda: reaper.run_once(dry_run=True)
 
 
@@ -344,7 +341,7 @@ def main() -> None:
     rows.append(
         Row(
             "baseline: scandir + read one file per run",
-            timed(lambda: scandir_read_one(root, "checkpoints/qa.json"), args.repeat),
+            timed(lambda: scandir_read_one(root, checkpoint_file("qa")), args.repeat),
         )
     )
     output = in_process("runs", "--runs-dir", str(root))

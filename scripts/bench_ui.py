@@ -52,6 +52,7 @@ for folder in (REPO, REPO / "scripts"):
 from bench_scale import bare_scandir, populate, timed  # noqa: E402
 
 from sparkle.errors import SparkleError  # noqa: E402
+from sparkle.runlayout import PLAN_FILE  # noqa: E402
 from sparkle.runstore import Run, RunStore  # noqa: E402
 from sparkle.settings import Settings  # noqa: E402
 
@@ -303,7 +304,7 @@ def bench_memory(root: Path, movies: int, ui: bool) -> list[float]:
                 ids.append(plan["metadata"]["run_id"])
             if ui:
                 for run_id in ids:
-                    while not (folder / "runs" / run_id / "movie_plan.json").exists():
+                    while not (folder / "runs" / run_id / PLAN_FILE).exists():
                         time.sleep(0.05)
                     threading.Thread(target=page, args=(run_id,), daemon=True).start()
             for run_id in ids:

@@ -42,8 +42,10 @@ from typing import Any
 
 from sparkle.adapters.ambience import bed_filter, bed_for
 from sparkle.adapters.assemble import MOVIE_PATH, SRT_PATH, VTT_PATH
-from sparkle.adapters.media import AUDIO_CODEC_ARGS, VIDEO_CODEC_ARGS, probe, run_ffmpeg
+from sparkle.adapters.ffmpeg import run_ffmpeg
+from sparkle.adapters.media import AUDIO_CODEC_ARGS, VIDEO_CODEC_ARGS
 from sparkle.adapters.media_set import ADAPTERS
+from sparkle.adapters.probe import probe
 from sparkle.adapters.qa import qa_stage
 from sparkle.adapters.subtitles import parse_cues, srt_text, vtt_text
 from sparkle.schemas import STAGES, AssetRefs, MoviePlan, QAReport

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparkle.runlayout import ASSET_REFS_FILE, MANIFEST_FILE, PLAN_FILE, checkpoint_file
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "sparkle"
 
@@ -70,12 +72,12 @@ def trial(plan: Path, adapters: str, workdir: Path) -> Trial:
         codes.append(proc.returncode)
     [run_dir] = [p for p in runs.iterdir() if p.is_dir()]
     successes: collections.Counter[str] = collections.Counter()
-    for event in json.loads((run_dir / "manifest.json").read_text())["events"]:
+    for event in json.loads((run_dir / MANIFEST_FILE).read_text())["events"]:
         if event.get("status") == "success":
             successes[event["stage"]] += 1
     problems = [f"exit {code}" for code in codes if code != 0]
-    qa = json.loads((run_dir / "checkpoints" / "qa.json").read_text()) \
-        if (run_dir / "checkpoints" / "qa.json").exists() else {}
+    qa = json.loads((run_dir / checkpoint_file("qa")).read_text()) \
+        if (run_dir / checkpoint_file("qa")).exists() else {}
     if qa.get("status") != "success":
         problems.append("qa not succeeded")
     problems += _missing_refs(run_dir)
@@ -88,8 +90,8 @@ def trial(plan: Path, adapters: str, workdir: Path) -> Trial:
 
 
 def _missing_refs(run_dir: Path) -> list[str]:
-    plan = json.loads((run_dir / "movie_plan.json").read_text())
-    refs = json.loads((run_dir / "asset_refs.json").read_text())
+    plan = json.loads((run_dir / PLAN_FILE).read_text())
+    refs = json.loads((run_dir / ASSET_REFS_FILE).read_text())
     missing = []
     for shot in plan["shots"]:
         got = refs["shots"].get(shot["id"], {})

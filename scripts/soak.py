@@ -96,11 +96,11 @@ def drive(
 
     Returns the samples, the number of runs that did not succeed, and the wall time.
     """
-    from sparkle.engine import get_engine
+    from sparkle.app import installed
     from sparkle.plans import parse_plan_bytes
     from sparkle.runstore import Run, RunStatus
 
-    engine = get_engine()
+    engine = installed().engine
     started = time.monotonic()
     samples: list[Sample] = []
     waiting: dict[str, tuple[Run, float]] = {}
@@ -163,9 +163,9 @@ def soak_redis(folder: Path, args: argparse.Namespace) -> tuple[list[Sample], in
             start_new_session=True,
         )
     try:
-        from sparkle.broker import load_actors
+        from sparkle.app import App
 
-        load_actors()
+        App.from_environment().declare_actors()
         child = worker_child(psutil.Process(worker.pid))
         samples, failed, wall = drive(
             args.runs, args.in_flight, args.every, lambda: memory_of(child), args.progress
@@ -181,9 +181,9 @@ def soak_embedded(folder: Path, args: argparse.Namespace) -> tuple[list[Sample],
     import dramatiq
 
     configure_env(folder, None)
-    from sparkle.broker import load_actors
+    from sparkle.app import App
 
-    broker = load_actors()
+    broker = App.from_environment().declare_actors()
     worker = dramatiq.Worker(broker, worker_threads=args.threads, worker_timeout=100)
     worker.start()
     try:

@@ -1,28 +1,16 @@
-"""The dramatiq broker and the coordination Redis client, both chosen by settings.
-
-``SPARKLE_REDIS_URL`` set: a RedisBroker with Sparkle's namespace and explicit recovery
-settings, and leases on the same Redis. Unset: embedded mode, with dramatiq's StubBroker and
-an in-process fakeredis server for leases, so nothing needs a server.
-
-:func:`setup_broker` must run before any actor is declared (declaring binds an actor to the
-global broker); ``actors/__init__.py`` calls it first thing, so every entry point (CLI,
-``dramatiq actors``, tests) gets the same broker.
-"""
+"""How Sparkle's dramatiq brokers are made: the middleware every broker gets, and the
+RedisBroker's doorbells and per-thread script connections. Which broker a process uses is
+its backend's choice (:mod:`sparkle.backends`); the App installs it (:mod:`sparkle.app`)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
-import fakeredis
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.stub import StubBroker
-from dramatiq.encoder import JSONEncoder
 from dramatiq.middleware import (
     AgeLimit,
     CurrentMessage,
@@ -34,12 +22,9 @@ from dramatiq.middleware import (
 
 from sparkle import doorbell, roundtrip
 from sparkle.doorbell import DoorbellBroker
-from sparkle.settings import Settings, get_settings
+from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Module declaring the stage actors; imported by name so ``sparkle`` never imports ``actors``.
-ACTORS_MODULE = "actors"
 
 #: Retries of a message that failed for a reason outside the stage (a Redis blip while
 #: writing, an unexpected bug). Stage failures are retried inside the message by the engine
@@ -49,11 +34,6 @@ MESSAGE_MAX_RETRIES = 3
 #: Backoff of those message retries, in milliseconds.
 MESSAGE_MIN_BACKOFF_MS = 1_000
 MESSAGE_MAX_BACKOFF_MS = 30_000
-
-_lock = threading.Lock()
-_broker: dramatiq.Broker | None = None
-_client: redis.Redis | None = None
-
 
 def middleware() -> list[Middleware]:
     """The broker's middleware, listed explicitly rather than taken from dramatiq's defaults.
@@ -75,13 +55,14 @@ def middleware() -> list[Middleware]:
     ]
 
 
-def build_broker(settings: Settings, client: redis.Redis | None = None) -> dramatiq.Broker:
-    """A new broker for ``settings`` (not installed globally)."""
-    url = settings.redis_url_value()
-    if url is None and client is None:
-        return StubBroker(middleware=middleware())
+def build_redis_broker(settings: Settings, client: redis.Redis | None = None
+                       ) -> dramatiq.Broker:
+    """A RedisBroker on ``settings.redis_url`` (or ``client``) with Sparkle's namespace,
+    recovery settings, doorbells (:mod:`sparkle.doorbell`) and per-thread script
+    connections. Without ``client`` it has its own connection pool, apart from the
+    coordination client's: its connections carry no socket timeout."""
     broker = DoorbellBroker(  # type: ignore[no-untyped-call]
-        url=None if client is not None else url,
+        url=None if client is not None else settings.redis_url_value(),
         client=client,
         namespace=settings.namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
@@ -145,65 +126,3 @@ def use_thread_connections(broker: RedisBroker) -> None:
         name: _ThreadScript(broker.client, _arg(script.script), script.sha)
         for name, script in broker.scripts.items()
     }
-
-
-def build_client(settings: Settings) -> redis.Redis:
-    """The coordination client: real Redis when configured, else an in-process fakeredis."""
-    url = settings.redis_url_value()
-    if url is None:
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-
-
-def setup_broker(
-    settings: Settings | None = None,
-    *,
-    broker: dramatiq.Broker | None = None,
-    client: redis.Redis | None = None,
-) -> dramatiq.Broker:
-    """Install the process's broker and coordination client once; later calls return it.
-
-    Tests pass ``broker``/``client`` to run on fakeredis; use :func:`reset` between them.
-    """
-    global _broker, _client
-    with _lock:
-        if _broker is None:
-            settings = settings or get_settings()
-            _client = client or build_client(settings)
-            _broker = broker or build_broker(settings)
-            dramatiq.set_encoder(JSONEncoder())
-            dramatiq.set_broker(_broker)
-            log.debug("broker: %s (%s)", type(_broker).__name__, settings.redacted_redis_url())
-        return _broker
-
-
-def get_client() -> redis.Redis:
-    """The coordination Redis client (leases, pending markers) of this process."""
-    setup_broker()
-    assert _client is not None
-    return _client
-
-
-def load_actors() -> dramatiq.Broker:
-    """Set up the broker and declare the stage actors on it. Returns the broker."""
-    broker = setup_broker()
-    importlib.import_module(ACTORS_MODULE)
-    return broker
-
-
-def is_embedded() -> bool:
-    """Whether this process uses the in-memory broker."""
-    return isinstance(setup_broker(), StubBroker)
-
-
-def reset() -> None:
-    """Forget the installed broker, client and actors (tests only)."""
-    global _broker, _client
-    with _lock:
-        if _broker is not None:
-            _broker.close()
-        _broker = None
-        _client = None
-    import sys
-
-    sys.modules.pop(ACTORS_MODULE, None)

@@ -16,18 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
-from sparkle import keys, lease, priority, runlock
+from sparkle import keys, lease, priority
 from sparkle.roundtrip import Command
-from sparkle.runindex_folder import FolderRunIndex
+from sparkle.runlayout import PLAN_FILE, REVIEW_FILE
 from sparkle.runstore import Run
-from sparkle.statuscache import PLAN_FILE, REVIEW_FILE
+
+if TYPE_CHECKING:
+    from sparkle.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,10 @@ return 0
 class Dispatcher:
     """Sends stage messages on a broker and tracks the pending stage of each run."""
 
-    def __init__(self, broker: dramatiq.Broker, client: redis.Redis, namespace: str) -> None:
-        self.broker = broker
-        self.client = client
+    def __init__(self, backend: Backend, namespace: str) -> None:
+        self.backend = backend
+        self.broker: dramatiq.Broker = backend.broker
+        self.client: redis.Redis = backend.client
         self.namespace = namespace
 
     def send(
@@ -90,12 +92,6 @@ class Dispatcher:
         )
         return self.broker.enqueue(message, delay=delay_ms)
 
-    @property
-    def embedded(self) -> bool:
-        """Whether messages live in this process (leases too: other processes are kept
-        out by the run's lock file, :mod:`sparkle.runlock`)."""
-        return isinstance(self.broker, StubBroker)
-
     def pending(self, run_id: str) -> tuple[str, float] | None:
         """The stage with a message on its way for ``run_id`` and when it was sent."""
         value = self.client.get(keys.pending(self.namespace, run_id))
@@ -115,9 +111,9 @@ class Dispatcher:
         """Make sure the run's first unfinished stage is queued. Returns the stage sent.
 
         Sends nothing when the run is done, cancelled or waiting for a review decision (or
-        rejected), when that stage already has a message on its way, or when a worker
-        (embedded: another process) holds the run. Used by ``submit``, the inbox,
-        ``resume`` and the reaper.
+        rejected), when that stage already has a message on its way, or when a worker (or
+        another process, by the backend's own means) holds the run. Used by ``submit``, the
+        inbox, ``resume`` and the reaper.
         """
         if run.cancelled or os.path.exists(f"{run.dir}/{REVIEW_FILE}"):
             return None
@@ -131,16 +127,14 @@ class Dispatcher:
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             log.debug("run %s: a worker holds it; it will continue the chain", run.run_id)
             return None
-        if self.embedded:
-            other = runlock.other_holder(run.dir)
-            if other is not None:
-                log.info("run %s: process %s works it; leaving it to that process",
-                         run.run_id, other.describe())
-                return None
-        if self.embedded:
-            # (the embedded unfinished-run index lives in the runs folder: added before the
-            # message, so a reader dropping the run as finished just then keeps it)
-            FolderRunIndex(run.dir.parent).add(run.run_id)
+        other = self.backend.other_process(run.dir)
+        if other is not None:
+            log.info("run %s: process %s works it; leaving it to that process",
+                     run.run_id, other.describe())
+            return None
+        # (added before the message, so a reader dropping the run as finished just then
+        # keeps it)
+        self.backend.remember_unfinished(run.dir.parent, run.run_id)
         self.send(run.run_id, stage, level=run_level(run))
         return stage
 

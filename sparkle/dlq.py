@@ -31,8 +31,8 @@ import redis
 
 from sparkle import keys, lease, metrics
 from sparkle.dispatch import Dispatcher, run_level
+from sparkle.presence import message_run_id
 from sparkle.priority import NORMAL, PRIORITIES
-from sparkle.redrive import message_run_id
 from sparkle.runstore import Run, RunStore
 from sparkle.schemas import ID_RE, STAGES
 

@@ -34,10 +34,9 @@ from typing import Any
 
 import redis
 import tenacity
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, contract, metrics, notifications, retrying, review, takes
+from sparkle import atomic, contract, metrics, notifications, retrying, review_gates, takes
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
 from sparkle.infrastructure import (
@@ -212,10 +211,10 @@ class Engine:
             log.error("run %s stage %s: no such run folder in %s; dropping the message",
                       run_id, stage, self.store.root)
             return Outcome.missing
-        # Embedded, the lease also takes the run's lock file: other processes cannot see
-        # the in-process one (sparkle.runlock).
+        # (embedded, the lease also takes the run's lock file: other processes cannot see
+        # the in-process one, sparkle.runlock)
         lease = Lease(self.client, self.settings.namespace, run_id, self.settings.lease_ttl_sec,
-                      lock_dir=run.dir if isinstance(self.dispatcher.broker, StubBroker) else None)
+                      lock_dir=self.dispatcher.backend.lock_dir(run.dir))
         if not lease.acquire(also=(self.dispatcher.taken_command(run_id, stage),)):
             log.info("run %s stage %s: another worker holds the run; leaving it", run_id, stage)
             return Outcome.busy
@@ -293,7 +292,7 @@ class Engine:
             log.warning("run %s stage %s: %s is not done yet; queueing it instead",
                         run.run_id, stage, first)
             return Outcome.out_of_order, self._unqueued_next(run, state)
-        if review.holds(run, state, stage, self.settings):
+        if review_gates.holds(run, state, stage, self.settings):
             log.info("run %s stage %s: the run waits for a review; not starting", run.run_id,
                      stage)
             return Outcome.awaiting_review, None
@@ -336,7 +335,7 @@ class Engine:
             log.info("run %s: cancelled after %s; not continuing", run.run_id, stage)
             return None
         # A review gate after this stage, or QA's escalate / per-shot regenerate.
-        handled, follow_up = review.after_success(run, stage, self.settings)
+        handled, follow_up = review_gates.after_success(run, stage, self.settings)
         if handled:
             if follow_up is None:  # (the run now waits for a person: tell who listens)
                 notifications.run_ended(run, self.settings, "awaiting_review")
@@ -422,7 +421,7 @@ class Engine:
             # (read before the adapter runs: adapters may change the refs they are given)
             before = set(_local_paths(refs_before))
             # (the stage is made current for sparkle.retry, which records in its manifest)
-            with retrying.stage_context(run, stage, attempt, lease.lost):
+            with retrying.stage_context(run, stage, attempt, lease.lost, self.settings):
                 # (an absolute run folder: a path the adapter builds from it and stores,
                 # as the seed contract's example does, is then one the engine can place)
                 if shots is None:
@@ -602,37 +601,3 @@ def _sent_before_failure(state: RunState, stage: str) -> bool:
         return False
     message = CurrentMessage.get_current_message()
     return message is not None and message.message_timestamp / 1000 < checkpoint.timestamp
-
-
-_engine: Engine | None = None
-_engine_lock = threading.Lock()
-
-
-def get_engine() -> Engine:
-    """The process's engine, built from settings on first use."""
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            from sparkle.broker import get_client, setup_broker
-            from sparkle.settings import get_settings
-            from sparkle.stages import load_adapters
-
-            settings = get_settings()
-            broker = setup_broker(settings)
-            client = get_client()
-            _engine = Engine(
-                store=RunStore(settings.runs_dir),
-                dispatcher=Dispatcher(broker, client, settings.namespace),
-                client=client,
-                adapters=load_adapters(settings.adapters),
-                settings=settings,
-            )
-        return _engine
-
-
-def set_engine(engine: Engine | None) -> None:
-    """Install (or with None, forget) the process's engine: for the CLI and tests."""
-    global _engine
-    with _engine_lock:
-        _engine = engine
-

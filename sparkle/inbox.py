@@ -80,7 +80,7 @@ from sparkle.infrastructure import InfrastructureError
 from sparkle.logs import printable
 from sparkle.plans import load_plan_file
 from sparkle.runstore import Run, RunStore
-from sparkle.settings import Settings, get_settings
+from sparkle.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ class Inbox:
         metadata_defaults: Mapping[str, str] | None = None,
     ) -> None:
         if stable_seconds is None or glob is None or max_plan_bytes is None:
-            settings = get_settings()
+            settings = load_settings()
             stable_seconds = settings.stable_seconds if stable_seconds is None else stable_seconds
             glob = settings.inbox_glob if glob is None else glob
             max_plan_bytes = settings.max_plan_bytes if max_plan_bytes is None else max_plan_bytes
@@ -452,7 +452,7 @@ class Inbox:
         cls, enqueue: Enqueue, *, settings: Settings | None = None, poll: bool = False
     ) -> Inbox:
         """An inbox on ``settings.inbox_dir`` creating runs in ``settings.runs_dir``."""
-        s = settings or get_settings()
+        s = settings or load_settings()
         return cls(
             s.inbox_dir,
             RunStore(s.runs_dir),

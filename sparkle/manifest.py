@@ -16,7 +16,7 @@ manifest in any other layout (re-indented by a tool, or written by an older Spar
 read as JSON and rewritten in this layout with the next event. (Compact JSON holds no raw
 newline, so a line is exactly one event.)
 
-This module only encodes and decodes bytes; :mod:`sparkle.runstore` reads and writes them.
+This module only encodes and decodes bytes; :mod:`sparkle.run` reads and writes them.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def encode(run_id: str, records: list[bytes]) -> bytes:
 
 def as_lines(data: bytes, run_id: str) -> bytes | None:
     """The events of a manifest in Sparkle's layout, one per line, each line ending in a
-    newline (the form :mod:`sparkle.runstore` parses); None when ``data`` is in another
+    newline (the form :mod:`sparkle.history_cache` parses); None when ``data`` is in another
     layout (or names another run)."""
     head = header(run_id)
     if not data.startswith(head + b"\n") or not data.endswith(TAIL):

@@ -29,12 +29,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from sparkle import keys
-from sparkle.priority import PRIORITIES
 from sparkle.schemas import STAGES
 
 if TYPE_CHECKING:
-    import dramatiq
-
+    from sparkle.backends import Backend
     from sparkle.runstore import RunStore
     from sparkle.settings import Settings
 
@@ -158,11 +156,9 @@ class StateCollector:
     (``ready``, ``unacked``: fetched by a worker and not yet acknowledged, ``delayed``,
     ``dead``)."""
 
-    def __init__(self, store: RunStore, broker: dramatiq.Broker, client: redis.Redis | None,
-                 namespace: str) -> None:
+    def __init__(self, store: RunStore, backend: Backend, namespace: str) -> None:
         self.store = store
-        self.broker = broker
-        self.client = client
+        self.backend = backend
         self.namespace = namespace
 
     def describe(self) -> list[Any]:
@@ -218,33 +214,7 @@ class StateCollector:
         return {stage: self._depths(stage) for stage in STAGES}
 
     def _depths(self, stage: str) -> dict[str, int]:
-        from dramatiq.brokers.stub import StubBroker
-
-        # (the stage's queues of every priority level together: sparkle.priority)
-        if isinstance(self.broker, StubBroker):
-            queues = self.broker.queues
-
-            def size(name: str) -> int:
-                return queues[name].qsize() if name in queues else 0
-
-            return {
-                "ready": sum(size(keys.queue_name(stage, level)) for level in PRIORITIES),
-                "delayed": sum(size(keys.delayed_queue_name(stage, level))
-                               for level in PRIORITIES),
-                "dead": sum(len(self.broker.dead_letters_by_queue.get(
-                    keys.queue_name(stage, level), [])) for level in PRIORITIES),
-            }
-        assert self.client is not None
-        pipe = self.client.pipeline(transaction=False)
-        for level in PRIORITIES:
-            pipe.llen(keys.dramatiq_queue(self.namespace, stage, level))
-            pipe.hlen(keys.dramatiq_messages(self.namespace, stage, level))
-            pipe.hlen(keys.delayed_messages(self.namespace, stage, level))
-            pipe.zcard(keys.dead_letters(self.namespace, stage, level))
-        values = [int(v) for v in pipe.execute()]
-        ready, stored, delayed, dead = (sum(values[i::4]) for i in range(4))
-        return {"ready": ready, "unacked": max(0, stored - ready), "delayed": delayed,
-                "dead": dead}
+        return self.backend.queue_depths(self.namespace, stage)
 
 
 def use_multiprocess_dir(folder: Path) -> None:
@@ -280,8 +250,7 @@ class MetricsServer:
         self._registry.unregister(self._collector)
 
 
-def serve(settings: Settings, store: RunStore, broker: dramatiq.Broker,
-          client: redis.Redis | None) -> MetricsServer | None:
+def serve(settings: Settings, store: RunStore, backend: Backend) -> MetricsServer | None:
     """Start the metrics endpoint when ``settings.metrics_port`` is set (else return None).
 
     In multiprocess mode (:func:`use_multiprocess_dir`) it serves the sum over all processes
@@ -298,7 +267,7 @@ def serve(settings: Settings, store: RunStore, broker: dramatiq.Broker,
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = REGISTRY
-    collector = StateCollector(store, broker, client, settings.namespace)
+    collector = StateCollector(store, backend, settings.namespace)
     registry.register(collector)
     server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host,
                                        registry=registry)

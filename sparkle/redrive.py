@@ -28,28 +28,22 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import itertools
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import dramatiq
 import redis
-from dramatiq.brokers.stub import StubBroker
 
-from sparkle import keys, lease, metrics, notifications, runlock
+from sparkle import keys, lease, metrics, notifications
 from sparkle.dispatch import Dispatcher, run_level
-from sparkle.priority import PRIORITIES
-from sparkle.runindex import RunIndex
-from sparkle.runindex_folder import FolderRunIndex
+from sparkle.presence import Presence
+from sparkle.retention import apply_retention
 from sparkle.runstore import PLAN_FILE, Run, RunStatus, RunStore
-from sparkle.schemas import STAGES, StageEvent
+from sparkle.schemas import StageEvent
 from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,12 +97,11 @@ class Reaper:
     a short-lived Redis key per re-driven run keeps them from re-driving it twice.
     """
 
-    def __init__(self, store: RunStore, dispatcher: Dispatcher, client: redis.Redis,
-                 broker: dramatiq.Broker, settings: Settings) -> None:
+    def __init__(self, store: RunStore, dispatcher: Dispatcher, settings: Settings) -> None:
         self.store = store
         self.dispatcher = dispatcher
-        self.client = client
-        self.broker = broker
+        self.backend = dispatcher.backend
+        self.client = dispatcher.client
         self.settings = settings
         self.namespace = settings.namespace
         #: Who re-drove, as recorded in the ``redrive`` event.
@@ -137,13 +130,13 @@ class Reaper:
         limits = [self.settings.stage_time_limit_sec, *self.settings.stage_time_limits.values()]
         stranded_after = 2 * max(limits)
         with self._pass_lock:
-            present = queued_stages(self.broker, self.client, self.namespace,
-                                    self.settings.heartbeat_timeout_ms, self._held_since)
+            present = self.backend.queued_stages(self.namespace,
+                                                 self.settings.heartbeat_timeout_ms,
+                                                 self._held_since)
             found: list[Redrive] = []
             # Only the runs the unfinished-run index names (all of them when it is
             # rebuilt); _inspect looks again, fresh, at the few that may be stuck.
-            index = (FolderRunIndex(self.store.root) if self.dispatcher.embedded
-                     else RunIndex(self.client, self.namespace))
+            index = self.backend.run_index(self.store.root, self.namespace)
             for summary in index.unfinished(self.store):
                 if summary.status not in (RunStatus.queued, RunStatus.running):
                     continue
@@ -182,7 +175,7 @@ class Reaper:
             return None
         if lease.holder(self.client, self.namespace, run.run_id) is not None:
             return None  # a live worker renews it: the run is moving
-        if self.embedded and runlock.other_holder(run.dir) is not None:
+        if self.backend.other_process(run.dir) is not None:
             return None  # another live process works it (its messages are in its memory)
         pending = self.dispatcher.pending(run.run_id)
         # A message sent after the dead attempt began (resume, a restarted `serve`) is the
@@ -195,8 +188,9 @@ class Reaper:
         else:
             if message == _WAITING:
                 return None
-            if self.embedded and pending is not None and pending[0] == stage:
-                return None  # embedded: fetched by the in-process worker, not run yet
+            if (not self.backend.lists_fetched_messages and pending is not None
+                    and pending[0] == stage):
+                return None  # fetched by a worker, out of the listing, not run yet
             reason = (RedriveReason.message_stranded if message == _STRANDED
                       else RedriveReason.message_lost)
             idle = now - _last_activity(run, events, pending)
@@ -239,10 +233,6 @@ class Reaper:
                     stuck.stage, stuck.reason.value, stuck.idle_sec)
         return True
 
-    @property
-    def embedded(self) -> bool:
-        return isinstance(self.broker, StubBroker)
-
     # -- in the background ---------------------------------------------------------------
 
     def start(self) -> None:
@@ -279,10 +269,8 @@ class Reaper:
         try:
             notifications.resume_delivery(self.settings)
             if self.settings.retention:
-                from sparkle.retention import apply_retention
-
-                apply_retention(self.store, self.client, self.namespace,
-                                self.settings.retention, self.embedded)
+                apply_retention(self.store, self.backend, self.namespace,
+                                self.settings.retention)
         except (redis.RedisError, OSError) as exc:
             log.warning("reaper: housekeeping failed (%s); next pass tries again", exc)
         except Exception:
@@ -328,10 +316,6 @@ def _redrives_without_progress(events: list[StageEvent]) -> int:
 # -- what the broker holds ---------------------------------------------------------------
 
 
-#: Run id → stage → None when one of the stage's messages waits in a queue, else the
-#: latest time (seconds) from which a message of it that live workers hold counts as
-#: held: when the reaper first saw it held, or its ``eta`` if that is later.
-Presence = dict[str, dict[str, float | None]]
 
 _WAITING, _STRANDED, _NONE = "waiting", "stranded", "none"
 
@@ -347,109 +331,3 @@ def _message_state(present: Presence, run_id: str, stage: str, now: float,
     if held_since is None or now - held_since < stranded_after:
         return _WAITING
     return _STRANDED
-
-
-def queued_stages(broker: dramatiq.Broker, client: redis.Redis, namespace: str,
-                  heartbeat_timeout_ms: int, held_since: dict[str, float] | None = None
-                  ) -> Presence:
-    """The stages of each run that have a live message in the broker (:data:`Presence`).
-
-    Redis: every message stored for a stage queue or its delay queue (ready, delayed, or
-    fetched and not yet acknowledged), except those fetched by a worker process whose
-    dramatiq heartbeat is older than ``heartbeat_timeout_ms``: that process is dead, and
-    dramatiq would give its messages back only at some later maintenance pass. A message
-    a live worker process fetched is reported with the time it counts as held from, so
-    that one it never runs can be told apart (see ``message_stranded``): ``held_since``
-    (message id → first seen held, kept by the caller between passes, updated here) says
-    since when; without it, since now.
-    Embedded: the StubBroker's in-memory queues (all waiting).
-    """
-    found: Presence = defaultdict(dict)
-    if isinstance(broker, StubBroker):
-        for stage, level in itertools.product(STAGES, PRIORITIES):
-            for name in (keys.queue_name(stage, level), keys.delayed_queue_name(stage, level)):
-                queue = broker.queues.get(name)
-                if queue is None:
-                    continue
-                with queue.mutex:
-                    bodies = list(queue.queue)
-                for body in bodies:
-                    _collect(found, stage, body, None)
-        return found
-    now = time.time()
-    now_ms = int(now * 1000)
-    seen: dict[str, float] = {}  # held message id -> first seen held
-    beats = keys.heartbeats(namespace)
-    dead = [_text(b) for b in client.zrangebyscore(beats, 0, now_ms - heartbeat_timeout_ms)]
-    live = [_text(b) for b in client.zrangebyscore(beats, now_ms - heartbeat_timeout_ms + 1,
-                                                   "+inf")]
-    for stage, level in itertools.product(STAGES, PRIORITIES):
-        for name, stored in ((keys.queue_name(stage, level),
-                              keys.dramatiq_messages(namespace, stage, level)),
-                             (keys.delayed_queue_name(stage, level),
-                              keys.delayed_messages(namespace, stage, level))):
-            orphaned = _members(client, namespace, dead, name)
-            held = _members(client, namespace, live, name)
-            for message_id, body in client.hscan_iter(stored, count=500):
-                key = _text(message_id)
-                if key in orphaned:
-                    continue
-                since = None
-                if key in held:
-                    since = seen[key] = (held_since or {}).get(key, now)
-                _collect(found, stage, body, since)
-    if held_since is not None:  # forget what is no longer held
-        held_since.clear()
-        held_since.update(seen)
-    return found
-
-
-def _members(client: redis.Redis, namespace: str, broker_ids: list[str], queue: str) -> set[str]:
-    """Ids of the messages of ``queue`` fetched and not acknowledged by ``broker_ids``."""
-    ids: set[str] = set()
-    for broker_id in broker_ids:
-        ids.update(_text(m) for m in client.smembers(keys.unacked(namespace, broker_id, queue)))
-    return ids
-
-
-def _collect(found: Presence, stage: str, body: Any, held_since: float | None) -> None:
-    """Record ``body``, a message of ``stage``: waiting in a queue (``held_since`` None),
-    or held by a live worker since then."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return
-    run_id = _run_id_of(data)
-    if run_id is None:
-        return
-    stages = found[run_id]
-    if held_since is None:
-        stages[stage] = None
-        return
-    if stage in stages and stages[stage] is None:
-        return  # another message of the stage waits in a queue
-    options = data.get("options")
-    eta = options.get("eta") if isinstance(options, dict) else None
-    if isinstance(eta, int | float):  # delayed: held on purpose until then
-        held_since = max(held_since, eta / 1000)
-    stages[stage] = max(held_since, stages.get(stage) or 0.0)
-
-
-def message_run_id(body: bytes | str) -> str | None:
-    """The run id a stage message (dramatiq's JSON encoding) is for, or None."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return _run_id_of(data)
-
-
-def _run_id_of(data: object) -> str | None:
-    args = data.get("args") if isinstance(data, dict) else None
-    if isinstance(args, list) and args and isinstance(args[0], str):
-        return args[0]
-    return None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -41,6 +41,7 @@ from typing import Any
 import redis
 
 from sparkle import atomic, keys, unique
+from sparkle.backends import Backend
 from sparkle.durations import parse_duration
 from sparkle.runstore import (
     ASSET_REFS_FILE,
@@ -421,16 +422,16 @@ def sweep_trash(root: Path, grace_sec: float = TRASH_GRACE_SEC) -> None:
         _delete(path)
 
 
-def apply_retention(store: RunStore, client: redis.Redis, namespace: str, setting: str,
-                    embedded: bool) -> PruneReport | None:
+def apply_retention(store: RunStore, backend: Backend, namespace: str, setting: str
+                    ) -> PruneReport | None:
     """The reaper's retention pass: prune by ``SPARKLE_RETENTION`` (``setting``) unless any
     reaper did within :data:`RETENTION_INTERVAL_SEC`. Returns the report, or None when it
     was not this reaper's turn."""
     policy = parse_policy(setting)
-    if not client.set(keys.retention_guard(namespace), str(time.time()), nx=True,
-                      px=int(RETENTION_INTERVAL_SEC * 1000)):
+    if not backend.client.set(keys.retention_guard(namespace), str(time.time()), nx=True,
+                              px=int(RETENTION_INTERVAL_SEC * 1000)):
         return None
-    report = prune(store, policy, client=None if embedded else client, namespace=namespace)
+    report = prune(store, policy, client=backend.shared_client, namespace=namespace)
     if report.runs:
         log.warning("retention (SPARKLE_RETENTION=%s): pruned %d run(s), %d bytes freed",
                     setting, report.runs, report.freed_bytes)

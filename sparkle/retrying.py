@@ -41,6 +41,7 @@ import tenacity
 
 if TYPE_CHECKING:
     from sparkle.runstore import Run
+    from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class StageContext:
     #: Set once the run's lease is lost: nothing more is recorded (only the lease holder
     #: writes a run's files).
     lease_lost: threading.Event | None = None
+    #: The settings of the App running the stage (built-in adapters read theirs here).
+    settings: Settings | None = None
 
 
 _current: contextvars.ContextVar[StageContext | None] = contextvars.ContextVar(
@@ -81,10 +84,11 @@ _current: contextvars.ContextVar[StageContext | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def stage_context(run: Run, stage: str, attempt: int,
-                  lease_lost: threading.Event | None = None) -> Iterator[None]:
+                  lease_lost: threading.Event | None = None,
+                  settings: Settings | None = None) -> Iterator[None]:
     """Make ``run``/``stage``/``attempt`` the current stage while the block runs (the
     engine wraps each adapter call in it, with its lease's ``lost`` event)."""
-    token = _current.set(StageContext(run, stage, attempt, lease_lost))
+    token = _current.set(StageContext(run, stage, attempt, lease_lost, settings))
     try:
         yield
     finally:

@@ -1,21 +1,13 @@
-"""A person in the loop: review gates, and the decisions that answer them.
+"""A person's decisions on a run waiting for review, and what a page shows of it.
 
-**Gates.** A run stops for a person after the stages its plan names in
-``metadata.review_after`` (``["images", "qa"]`` or ``"images,qa"``), or, when the plan says
-nothing, those in ``SPARKLE_REVIEW_AFTER``. When such a stage succeeds, the engine asks
-:func:`after_success`, which opens a review instead of letting the next stage be queued:
-``review.json`` is written (the run's status becomes ``awaiting_review``) and a
-``review_requested`` event appended. QA's ``escalate`` does the same after ``qa``, and so
-does QA's ``regenerate`` once it has re-rolled the shots it names
-``SPARKLE_QA_REGENERATE_LIMIT`` times. A waiting run has no message anywhere and its status
-keeps the reaper and a restarted ``sparkle serve`` away, so it waits as long as it takes.
-
-**Decisions** (service functions under the CLI and the dashboard), each appended to the
+A run waits after a review gate (:mod:`sparkle.review_gates`) until a person decides.
+The decisions are service functions under the CLI and the dashboard, each appended to the
 manifest with who, when, the note and the review id:
 
 - :func:`approve`: the run continues with its next stage;
 - :func:`redo`: a per-shot stage (``images``, ``videos``, ``tts``, ``lipsync``) runs again
-  for the named shots only, then the stages that depend on them (:mod:`sparkle.takes`);
+  for the named shots only, then the stages that depend on them (:mod:`sparkle.resets`,
+  :mod:`sparkle.takes`);
 - :func:`reject`: the run ends as ``rejected`` (not an error; never re-driven);
 - :func:`use_take`: an earlier take of a shot is put back in place;
 
@@ -35,7 +27,6 @@ import contextlib
 import getpass
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -43,35 +34,19 @@ from typing import Any, Protocol
 
 import redis
 
-from sparkle import notifications, unique
+from sparkle import notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import DecisionConflictError, ReviewError, RunBusyError
 from sparkle.lease import Lease
-from sparkle.review_state import (
-    ReviewReason,
-    ReviewState,
-    clear_review,
-    read_review,
-    write_review,
-)
-from sparkle.runstore import PLAN_FILE, Run, RunState, RunStore
-from sparkle.schemas import REVIEW_EVENTS, STAGES, AssetRefs
+from sparkle.resets import apply_redo, reset_after
+from sparkle.review_state import ReviewState, clear_review, read_review, write_review
+from sparkle.runstore import Run, RunStore
+from sparkle.schemas import REVIEW_EVENTS, AssetRefs
 from sparkle.settings import Settings
-from sparkle.takes import (
-    PER_SHOT_STAGES,
-    SHOT_FIELDS,
-    SHOTS_RESET,
-    WHOLE_MOVIE_STAGES,
-    dependent_stages,
-    list_takes,
-    narrowed_shots,
-    restore_take,
-)
+from sparkle.takes import PER_SHOT_STAGES, SHOT_FIELDS, list_takes, restore_take
 
 log = logging.getLogger(__name__)
 
-#: Who QA's own re-rolls are recorded as.
-QA_DECIDER = "qa-policy"
 
 #: Seconds between attempts to take the run's lease while a worker holds it.
 LEASE_POLL_SEC = 0.05
@@ -81,7 +56,8 @@ MAX_NOTE_CHARS = 2000
 
 
 class Services(Protocol):
-    """What a decision needs: the engine has it all (and so will the app)."""
+    """What a decision needs: a run store, a dispatcher, the Redis client holding leases,
+    and the settings (the engine has them all, and so has the dashboard's site)."""
 
     store: RunStore
     dispatcher: Dispatcher
@@ -124,140 +100,6 @@ def default_who() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid {os.getuid()}"
-
-
-# -- gates: called by the engine, inside the run's lease ---------------------------------------
-
-
-class _GateCache:
-    """The gated stages of each run, by plan file identity: the plan never changes for a
-    run, and the engine asks after every stage."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[tuple[int, int], tuple[str, ...], str]] = {}
-
-    def get(self, run: Run, settings: Settings) -> tuple[str, ...]:
-        info = os.stat(f"{run.dir}/{PLAN_FILE}")
-        identity = (info.st_ino, info.st_mtime_ns)
-        key = str(run.dir)
-        with self._lock:
-            cached = self._entries.get(key)
-        if cached is not None and cached[0] == identity and cached[2] == settings.review_after:
-            return cached[1]
-        named = run.plan().review_after
-        gated = settings.review_after_stages if named is None else named
-        with self._lock:
-            if len(self._entries) > 4096:
-                self._entries.clear()
-            self._entries[key] = (identity, gated, settings.review_after)
-        return gated
-
-
-_gates = _GateCache()
-
-
-def gated_stages(run: Run, settings: Settings) -> tuple[str, ...]:
-    """The stages after which ``run`` stops for a review."""
-    return _gates.get(run, settings)
-
-
-def open_review(run: Run, stage: str, reason: ReviewReason,
-                metadata: dict[str, Any] | None = None) -> ReviewState:
-    """Stop the run for a person after ``stage`` (nothing happens when it already waits).
-
-    The state file comes first, then the event: a crash in between leaves a waiting run
-    whose history lacks the request, never a history saying it waits while it does not.
-    """
-    existing = read_review(str(run.dir))
-    if existing is not None:
-        return existing
-    state = ReviewState(status="awaiting_review", review_id=f"r-{unique.hex_token(32)}",
-                        stage=stage, reason=reason, requested_at=time.time())  # type: ignore[arg-type]
-    write_review(str(run.dir), state)
-    run.append_event(stage, "review_requested", max(1, run.attempts(stage)),
-                     metadata={"review_id": state.review_id, "reason": reason,
-                               **(metadata or {})})
-    log.info("run %s: waiting for review after %s (%s); `sparkle approve %s`", run.run_id,
-             stage, reason, run.run_id)
-    return state
-
-
-def holds(run: Run, state: RunState, stage: str, settings: Settings) -> bool:
-    """Whether ``stage``, the run's next, must not run now: the run waits for a person, or
-    the gated stage before it succeeded without its review being opened (the worker died
-    in between), in which case the review is opened now."""
-    if state.review() is not None:
-        return True
-    index = STAGES.index(stage)
-    if index == 0:
-        return False
-    before = STAGES[index - 1]
-    for event in reversed(state.events):
-        if event.stage != before:
-            continue
-        if event.status == "review_requested":
-            return False
-        if event.status == "success":
-            if before not in gated_stages(run, settings):
-                return False
-            open_review(run, before, "review_after")
-            return True
-    return False
-
-
-def after_success(run: Run, stage: str, settings: Settings) -> tuple[bool, str | None]:
-    """The engine's question after ``stage`` succeeded: is the next stage this module's
-    business? Returns (handled, next stage to queue): (True, None) when the run now waits
-    for a person, (True, stage) after QA re-rolled the shots it names, (False, None) to
-    carry on as usual."""
-    if stage == "qa":
-        handled = _after_qa(run, settings)
-        if handled is not None:
-            return handled
-    if stage in gated_stages(run, settings):
-        open_review(run, stage, "review_after")
-        return True, None
-    return False, None
-
-
-def _after_qa(run: Run, settings: Settings) -> tuple[bool, str | None] | None:
-    checkpoint = run.checkpoint("qa")
-    metadata = checkpoint.metadata if checkpoint is not None else {}
-    decision = metadata.get("decision")
-    if decision == "escalate":
-        open_review(run, "qa", "qa_escalate", {"rule": metadata.get("rule")})
-        return True, None
-    if decision != "regenerate" or not settings.qa_auto_regenerate:
-        return None
-    flagged = metadata.get("flagged_shots")
-    named = [str(s) for s in metadata.get("regenerate_stages", []) if s in PER_SHOT_STAGES]
-    if not isinstance(flagged, dict) or not flagged or not named:
-        return None  # the engine's whole-run regenerate
-    plan_shots = [shot.id for shot in run.plan().shots]
-    shots = [shot for shot in plan_shots if shot in flagged]
-    if not shots:
-        return None
-    done = sum(1 for e in run.events()
-               if e.status == "redo" and e.metadata.get("by") == QA_DECIDER)
-    if done >= settings.qa_regenerate_limit:
-        open_review(run, "qa", "qa_regenerate_limit",
-                    {"rerolls": done, "shots": shots, "rule": metadata.get("rule")})
-        return True, None
-    stage = min(named, key=STAGES.index)
-    review_id = f"r-qa-{done + 1}"
-    state = run.state(history_first=True)
-    with run.locked():
-        run.append_event("qa", "redo", max(1, state.attempts("qa")), metadata={
-            "review_id": review_id, "by": QA_DECIDER, "shots": shots, "redo_stage": stage,
-            "note": f"QA rule {metadata.get('rule')}: {', '.join(shots)}"})
-        _apply_redo(run, state, stage, shots, review_id, "qa")
-    log.warning("run %s: QA decided regenerate; re-rolling %s of %s (%d of %d)", run.run_id,
-                stage, ", ".join(shots), done + 1, settings.qa_regenerate_limit)
-    return True, run.next_stage()
-
-
-# -- decisions -------------------------------------------------------------------------------
 
 
 def approve(services: Services, run_id: str, who: str | None = None, note: str | None = None,
@@ -322,8 +164,8 @@ def redo(services: Services, run_id: str, shots: list[str], stage: str | None = 
         stage = _check_stage(run, review, stage)
         decision = _record(run, review, "redo", who, note, shots=wanted,
                            extra={"redo_stage": stage})
-        reset = _apply_redo(run, run.state(history_first=True), stage, wanted,
-                            review.review_id, "redo")
+        reset = apply_redo(run, run.state(history_first=True), stage, wanted,
+                           review.review_id, "redo")
         clear_review(str(run.dir))
     decision = _with(decision, stages_reset=reset)
     return _queued(services, run, decision, queue)
@@ -354,7 +196,7 @@ def use_take(services: Services, run_id: str, shot: str, take: int, stage: str |
                               f"{shot}` lists them)") from None
         run.save_asset_refs(refs)
         state = run.state(history_first=True)
-        reset = _reset_after(run, state, stage, wanted, review.review_id)
+        reset = reset_after(run, state, stage, wanted, review.review_id)
         decision = _record(run, review, "take", who, note, shots=wanted,
                            extra={"take": take, "take_stage": stage,
                                   "stages_reset": reset}, closes=bool(reset))
@@ -408,9 +250,6 @@ def review_files(run: Run, stage: str) -> list[str]:
                 files += value if isinstance(value, list) else [value] if value else []
         return files
     return list(refs.extras.values())
-
-
-# -- inside a decision -------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -517,42 +356,3 @@ def _check_stage(run: Run, review: ReviewState, stage: str | None) -> str:
         raise ReviewError(f"run {run.run_id} has not reached {chosen} yet (it stopped after "
                           f"{review.stage}); only a stage that has run can be re-rolled")
     return chosen
-
-
-def _apply_redo(run: Run, state: RunState, stage: str, shots: list[str], review_id: str,
-                cause: str) -> list[str]:
-    """Reset ``stage`` for ``shots`` and what depends on it; returns the stages reset."""
-    _reset(run, stage, shots, review_id, cause)
-    return [stage, *_reset_after(run, state, stage, shots, review_id, cause)]
-
-
-def _reset_after(run: Run, state: RunState, stage: str, shots: list[str], review_id: str,
-                 cause: str = "redo") -> list[str]:
-    """Reset what reads ``stage``'s output of ``shots``: the per-shot stages that depend on
-    it, for those shots, and the whole-movie stages; only those that ran (a stage that has
-    not run yet will run for every shot anyway)."""
-    reset: list[str] = []
-    for later in dependent_stages(stage):
-        if state.stage_done(later):
-            _reset(run, later, shots, review_id, cause)
-            reset.append(later)
-            continue
-        pending = narrowed_shots(state.events, later)
-        if pending is not None:  # already to re-run for other shots: for these too
-            plan_ids = [s.id for s in run.plan().shots]
-            _reset(run, later, [s for s in plan_ids if s in pending or s in shots], review_id,
-                   cause)
-            reset.append(later)
-    for whole in WHOLE_MOVIE_STAGES:
-        if state.stage_done(whole):
-            _reset(run, whole, None, review_id, cause)
-            reset.append(whole)
-    return reset
-
-
-def _reset(run: Run, stage: str, shots: list[str] | None, review_id: str, cause: str) -> None:
-    metadata: dict[str, Any] = {"reason": SHOTS_RESET, "review_id": review_id, "cause": cause}
-    if shots is not None:
-        metadata["shots"] = shots
-    run.append_event(stage, "reset", max(1, run.attempts(stage)), metadata=metadata)
-    run.remove_checkpoint(stage)

@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparkle import atomic
+from sparkle.runlayout import REVIEW_FILE
 from sparkle.schemas import StageName
-from sparkle.statuscache import REVIEW_FILE
 
 ReviewStatus = Literal["awaiting_review", "rejected"]
 

@@ -34,8 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The lock file in each run folder.
-LEASE_FILE = ".lease"
+from sparkle.runlayout import LEASE_FILE
 
 #: Bytes of the command line recorded in the lock file.
 MAX_COMMAND_CHARS = 200

@@ -22,19 +22,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import dramatiq
-from dramatiq.brokers.stub import StubBroker
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from sparkle import lease, runlock
+from sparkle.app import App
 from sparkle.dispatch import Dispatcher
 from sparkle.engine import reset_stages
 from sparkle.errors import ConfigError
@@ -134,17 +133,16 @@ def is_at_rest(run: Run, dispatcher: Dispatcher, namespace: str) -> bool:
 
 def work_in_foreground(
     run: Run,
-    broker: dramatiq.Broker,
-    dispatcher: Dispatcher,
-    namespace: str,
+    app: App,
     threads: int = 2,
     console: Console | None = None,
     from_stage: str | None = None,
     only: str | None = None,
-    failures: MutableMapping[str, InfrastructureError] | None = None,
+    stop_on_infrastructure: bool = True,
 ) -> RunResult:
-    """Send the run's first unfinished stage and work the chain here until it rests, or
-    until the engine reports an infrastructure failure of the run in ``failures`` (its
+    """Send the run's first unfinished stage and work the chain here, on ``app``'s broker,
+    until it rests, or (``stop_on_infrastructure``) until the engine reports an
+    infrastructure failure of the run (its
     :attr:`~sparkle.engine.Engine.infrastructure_failures`): a full disk stops the run at
     once instead of leaving it retrying in silence.
 
@@ -159,11 +157,14 @@ def work_in_foreground(
     """
     console = console or Console(stderr=True)
     started = time.monotonic()
-    embedded = isinstance(broker, StubBroker)
-    followed = follow_until_free(run, console, started) if embedded else None
+    broker = app.declare_actors()
+    dispatcher, namespace = app.dispatcher, app.settings.namespace
+    failures = app.engine.infrastructure_failures
+    # (where the backend locks runs with their lock file, this process takes it first)
+    locked = app.backend.lock_dir(run.dir) is not None
+    followed = follow_until_free(run, console, started) if locked else None
     failure: InfrastructureError | None = None
-    if failures is not None:
-        failures.pop(run.run_id, None)  # (one from before this run is no news)
+    failures.pop(run.run_id, None)  # (one from before this run is no news)
     interrupted = threading.Event()
     abandoned = False
     left: str | None = None
@@ -191,7 +192,7 @@ def work_in_foreground(
                         if interrupted.is_set() and not cancelled:
                             cancelled = True
                             _stop_after_running_stage(run, display)
-                        failure = failures.get(run.run_id) if failures is not None else None
+                        failure = failures.get(run.run_id) if stop_on_infrastructure else None
                         if failure is not None:
                             break
                         rested = rested + 1 if is_at_rest(run, dispatcher, namespace) else 0
@@ -204,7 +205,7 @@ def work_in_foreground(
             # (else its threads, daemons, end with the process; joining them would wait
             # for the very stage the user chose not to wait for)
     finally:
-        if embedded:
+        if locked:
             runlock.release(run.dir)
     if interrupted.is_set() and run.next_stage() is None and run.cancelled:
         run.set_cancelled(False)  # every stage had succeeded by then: nothing was stopped

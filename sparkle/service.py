@@ -19,19 +19,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sparkle import metrics, runlock
+from sparkle import metrics
 from sparkle.announce import RunAnnouncer, describe_stats
-from sparkle.broker import is_embedded, load_actors
-from sparkle.engine import Engine, get_engine
+from sparkle.app import App
+from sparkle.engine import Engine
 from sparkle.inbox import Inbox
 from sparkle.infrastructure import bookkeeping
 from sparkle.profiles import discover as discover_profiles
 from sparkle.profiles import inbox_for as profile_inbox
-from sparkle.redrive import Reaper
-from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runner import resume_command
 from sparkle.runstore import Run, RunStatus
-from sparkle.settings import Settings
 from sparkle.workqueue import build_worker
 
 if TYPE_CHECKING:
@@ -66,19 +63,21 @@ def requeue_unfinished(engine: Engine) -> list[Run]:
     """Queue the next stage of every run that is neither finished, failed nor cancelled;
     returns the runs queued.
 
-    Embedded messages live in memory, so a restarted ``serve`` has none: the checkpoints
-    on disk are the durable state, and this turns them back into messages. Runs another
-    live process works (it holds their lock file, :mod:`sparkle.runlock`) are left to it.
+    For a backend whose messages live in this process's memory: a restarted ``serve`` has
+    none, the checkpoints on disk are the durable state, and this turns them back into
+    messages. Runs another live process works (it holds their lock file,
+    :mod:`sparkle.runlock`) are left to it.
     """
     sent: list[Run] = []
     others = 0
-    # (the runs the runs folder's unfinished-run index names: every folder when it is due
-    # a rebuild, sparkle.runindex_folder)
-    for summary in FolderRunIndex(engine.store.root).unfinished(engine.store):
+    backend = engine.dispatcher.backend
+    # (the runs the unfinished-run index names: every folder when it is due a rebuild)
+    for summary in backend.run_index(engine.store.root, engine.settings.namespace
+                                     ).unfinished(engine.store):
         run = Run(engine.store.root, summary.run_id)
         if run.status() not in (RunStatus.queued, RunStatus.running):
             continue
-        if runlock.other_holder(run.dir) is not None:
+        if backend.other_process(run.dir) is not None:
             others += 1
         elif engine.dispatcher.kick(run):
             sent.append(run)
@@ -108,7 +107,7 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
+def serve(app: App, inbox_dir: Path | None, poll: bool, threads: int,
           stop: threading.Event | None = None, workers: bool = True,
           ui: UiConfig | None = None, say: Callable[[str], None] = _print) -> None:
     """Watch the inbox (and, with ``workers``, work the stages here) until stopped; with
@@ -126,20 +125,21 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
         nothing was started.
     """
     stop = stop or threading.Event()
+    settings = app.settings
     if inbox_dir is not None:
         settings = settings.model_copy(update={"inbox_dir": inbox_dir})
     check_writable(settings.inbox_dir, "the inbox")
     check_writable(settings.runs_dir, "the runs folder")
     profiles = discover_profiles(settings.inbox_dir)
-    broker = load_actors()
-    engine = get_engine()
+    broker = app.declare_actors()
+    engine = app.engine
     worker = None
     if workers:
         worker = build_worker(broker, threads, 100)
         worker.start()
     name = "serve" if workers else "watch"
     announcer = RunAnnouncer(lambda run_id: resume_command(run_id, engine.settings), say)
-    if is_embedded():
+    if app.works_in_process:
         resumed = requeue_unfinished(engine)
         if resumed:
             say(f"{name}: queued {len(resumed)} unfinished run(s) from {settings.runs_dir} "
@@ -152,15 +152,15 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
                        for profile in profiles]
     for extra in profile_inboxes:
         extra.on_processed = announcer.picked_up
-    reaper = Reaper(engine.store, engine.dispatcher, engine.client, broker, engine.settings)
+    reaper = app.reaper
     reaper.start()
-    metrics_server = metrics.serve(engine.settings, engine.store, broker, engine.client)
+    metrics_server = metrics.serve(app.settings, app.store, app.backend)
     dashboard = None
     if ui is not None:
         from sparkle.web.server import start_in_background
         from sparkle.web.site import Site
 
-        site = Site.for_process(settings, worker_threads=threads if workers else 0)
+        site = Site.for_app(app, worker_threads=threads if workers else 0)
         try:
             dashboard = start_in_background(site, ui)
         except BaseException:
@@ -168,7 +168,7 @@ def serve(settings: Settings, inbox_dir: Path | None, poll: bool, threads: int,
             if worker is not None:
                 worker.stop()
             raise
-    mode = "embedded" if is_embedded() else settings.redacted_redis_url()
+    mode = app.backend.describe()
     served = (f"; metrics on http://{metrics_server.host}:{metrics_server.port}/metrics"
               if metrics_server is not None else "")
     say(f"{name}: watching {settings.inbox_dir} for plans; runs in {settings.runs_dir}; "

@@ -16,7 +16,7 @@ from sparkle.errors import ConfigError
 
 
 class Settings(BaseSettings):
-    """Process-wide configuration. Read once with :func:`get_settings`."""
+    """Process-wide configuration, read with :func:`load_settings`."""
 
     model_config = SettingsConfigDict(env_prefix="SPARKLE_", env_file=".env", extra="ignore")
 
@@ -226,22 +226,14 @@ def redact_url(url: str) -> str:
     return shown
 
 
-_settings: Settings | None = None
-
-
-def get_settings() -> Settings:
-    """The settings of this process, read from the environment on first use.
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and ``.env``), with ``overrides`` (CLI options; None
+    values are ignored) taking precedence. The App keeps the result (:mod:`sparkle.app`).
 
     Raises:
       ConfigError: a setting is invalid; the message names its environment variable.
     """
-    global _settings
-    if _settings is None:
-        _settings = _read()
-    return _settings
-
-
-def _read(**overrides: Any) -> Settings:
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -270,11 +262,3 @@ def describe_error(exc: ValidationError) -> str:
         else:
             parts.append(message)
     return "; ".join(parts)
-
-
-def configure(**overrides: Any) -> Settings:
-    """Re-read the settings with ``overrides`` (CLI options) taking precedence over the
-    environment. Call before the broker and engine are built."""
-    global _settings
-    _settings = _read(**{k: v for k, v in overrides.items() if v is not None})
-    return _settings

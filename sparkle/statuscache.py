@@ -4,7 +4,7 @@ Listing thousands of runs, or showing one, would read up to ten files per run an
 each. Instead the answer is cached in the run's ``.summary.json`` together with the
 identity (inode, size, mtime, ctime) of every file it was derived from, and trusted only
 while all of them are unchanged. A stale, damaged or missing cache is derived again from
-the run's files (:func:`sparkle.runstore.cached_summary`) and rewritten; nothing else writes
+the run's files (:func:`sparkle.runsummary.cached_summary`) and rewritten; nothing else writes
 it, and deleting it is harmless.
 
 This module reads the cache, writes its bytes and renders a run's status with the standard
@@ -21,19 +21,16 @@ import time
 from typing import Any, NamedTuple, overload
 
 from sparkle.names import STAGES, RunStatus
-
-PLAN_FILE = "movie_plan.json"
-ASSET_REFS_FILE = "asset_refs.json"
-MANIFEST_FILE = "manifest.json"
-#: The manifest as Sparkle wrote it before ``manifest.json`` (read still; see runstore).
-LEGACY_LOG = "manifest.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-CANCELLED_FILE = "cancelled"
-SUMMARY_FILE = ".summary.json"
-#: Present while a person has to decide (:mod:`sparkle.review_state`).
-REVIEW_FILE = "review.json"
-#: Every take of every re-rolled shot (:mod:`sparkle.takes`).
-TAKES_FILE = "takes.json"
+from sparkle.runlayout import (
+    ASSET_REFS_FILE,
+    CANCELLED_FILE,
+    LEGACY_LOG_FILE,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    REVIEW_FILE,
+    SUMMARY_FILE,
+    checkpoint_file,
+)
 
 #: Version of the ``.summary.json`` format; a cache of any other version is derived again.
 SUMMARY_VERSION = 4
@@ -44,12 +41,12 @@ SUMMARY_SOURCES: tuple[str, ...] = (
     PLAN_FILE,
     CANCELLED_FILE,
     MANIFEST_FILE,
-    LEGACY_LOG,
+    LEGACY_LOG_FILE,
     ASSET_REFS_FILE,
-    *(f"{CHECKPOINTS_DIR}/{stage}.json" for stage in STAGES),
+    *(checkpoint_file(stage) for stage in STAGES),
     REVIEW_FILE,
 )
-# (Not TAKES_FILE: it changes only just before ASSET_REFS_FILE is saved, by a re-roll or a
+# (Not takes.json: it changes only just before ASSET_REFS_FILE is saved, by a re-roll or a
 # take put back, so one more stat per run and listing would buy nothing.)
 
 #: A file's identity: [inode, size, mtime_ns, ctime_ns], or None when it does not exist. An

@@ -36,6 +36,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from sparkle.app import App
+
 if TYPE_CHECKING:
     import dramatiq
 
@@ -224,31 +226,22 @@ def worker_command(threads: int, queues: Sequence[str], log_level: str,
     return lambda index: list(argv)
 
 
-def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reaper: bool = True,
-                   log_level: str = "warning", log_format: str = "text") -> int:
+def run_supervisor(app: App, processes: int, threads: int, queues: Sequence[str], *,
+                   reaper: bool = True, log_level: str = "warning", log_format: str = "text"
+                   ) -> int:
     """``sparkle worker``: supervise worker processes (and the reaper and metrics) until
     SIGTERM or Ctrl-C. Returns the exit code."""
     from sparkle import metrics
     from sparkle.service import stop_on_signals
-    from sparkle.settings import get_settings
 
-    settings = get_settings()
+    settings = app.settings
     metrics_dir: Path | None = None
     if settings.metrics_port is not None:
         # Before anything records a metric: every process then writes to this folder.
         metrics_dir = Path(tempfile.mkdtemp(prefix="sparkle-metrics-"))
         metrics.use_multiprocess_dir(metrics_dir)
 
-    from sparkle.broker import get_client, setup_broker
-    from sparkle.dispatch import Dispatcher
-    from sparkle.redrive import Reaper
-    from sparkle.runstore import RunStore
-
-    broker = setup_broker(settings)
-    client = get_client()
-    store = RunStore(settings.runs_dir)
-    the_reaper = (Reaper(store, Dispatcher(broker, client, settings.namespace), client, broker,
-                         settings) if reaper else None)
+    the_reaper = app.reaper if reaper else None
     supervisor = Supervisor(
         worker_command(threads, queues, log_level, log_format), processes,
         min_backoff=settings.worker_restart_min_sec,
@@ -259,7 +252,7 @@ def run_supervisor(processes: int, threads: int, queues: Sequence[str], *, reape
     server = None
     stop = threading.Event()
     try:
-        server = metrics.serve(settings, store, broker, client)
+        server = metrics.serve(settings, app.store, app.backend)
         with stop_on_signals(stop, on_second=supervisor.interrupt):
             if the_reaper is not None:
                 the_reaper.start()
@@ -321,13 +314,10 @@ def worker_process_main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     try:
-        from sparkle.broker import load_actors
-        from sparkle.engine import get_engine
-        from sparkle.settings import get_settings
-
-        settings = get_settings()
-        broker = load_actors()
-        get_engine()  # adapters load now: a bad SPARKLE_ADAPTER_* fails here, not per message
+        app = App.from_environment()
+        settings = app.settings
+        broker = app.declare_actors()
+        _ = app.engine  # adapters load now: a bad SPARKLE_ADAPTER_* fails here, not per message
     except (ConfigError, ValidationError) as exc:
         log.error("worker process %d: configuration error: %s", os.getpid(), exc)
         return EXIT_CONFIG

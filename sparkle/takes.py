@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparkle import atomic
 from sparkle.errors import UnsafePathError
+from sparkle.runlayout import TAKES_FILE
 from sparkle.schemas import (
     NARROWED_FROM,
     STAGES,
@@ -44,7 +45,6 @@ from sparkle.schemas import (
     StageEvent,
 )
 from sparkle.stages import StageFn, normalize_result
-from sparkle.statuscache import TAKES_FILE
 
 #: Folder of the kept takes, inside the run folder.
 TAKES_DIR = "takes"

@@ -36,8 +36,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @dataclass
 class Pipeline:
-    """An in-process pipeline on a fresh broker: engine, broker, runs folder."""
+    """An in-process pipeline on a fresh broker: its App, engine, broker, runs folder."""
 
+    app: Any
     engine: Any
     broker: Any
     runs_dir: Path
@@ -57,15 +58,7 @@ class Pipeline:
 
         from sparkle.runner import work_in_foreground
 
-        return work_in_foreground(
-            run,
-            self.broker,
-            self.engine.dispatcher,
-            self.engine.settings.namespace,
-            threads,
-            Console(file=io.StringIO()),
-            failures=self.engine.infrastructure_failures,
-        )
+        return work_in_foreground(run, self.app, threads, Console(file=io.StringIO()))
 
 
 def make_pipeline(
@@ -75,9 +68,11 @@ def make_pipeline(
     client: Any = None,
     **env: str,
 ) -> Pipeline:
-    from sparkle import broker as broker_module
-    from sparkle import engine as engine_module
-    from sparkle.settings import configure
+    """A pipeline on the test adapters: embedded, or with ``broker`` and ``client`` (a
+    RedisBroker and its Redis client, real or fakeredis) on the Redis backend."""
+    from sparkle.app import App
+    from sparkle.backends.redis import RedisBackend
+    from sparkle.settings import load_settings
 
     settings_env = {
         "SPARKLE_RUNS_DIR": str(tmp_path / "runs"),
@@ -91,12 +86,11 @@ def make_pipeline(
         monkeypatch.setenv(key, value)
     if broker is None:
         monkeypatch.delenv("SPARKLE_REDIS_URL", raising=False)
-    configure()
-    broker_module.reset()
-    engine_module.set_engine(None)
-    broker_module.setup_broker(broker=broker, client=client)
-    loaded = broker_module.load_actors()
-    return Pipeline(engine_module.get_engine(), loaded, tmp_path / "runs")
+    settings = load_settings()
+    backend = None if broker is None else RedisBackend(broker, client, "redis (test)")
+    app = App(settings, backend)
+    loaded = app.declare_actors()
+    return Pipeline(app, app.engine, loaded, tmp_path / "runs")
 
 
 @pytest.fixture
@@ -111,20 +105,18 @@ def fake_redis_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     """A pipeline whose broker is a RedisBroker on fakeredis (leases on the same server)."""
     import fakeredis
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    broker = build_broker(Settings(), client=client)
+    broker = build_redis_broker(Settings(), client=client)
     yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client)
     _teardown_pipeline()
 
 
 def _teardown_pipeline() -> None:
-    from sparkle import broker as broker_module
-    from sparkle import engine as engine_module
-    from sparkle import settings as settings_module
+    from sparkle.app import uninstall
 
-    broker_module.reset()
-    engine_module.set_engine(None)
-    settings_module._settings = None
+    app = uninstall()
+    if app is not None:
+        app.close()

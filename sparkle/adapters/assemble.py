@@ -23,15 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sparkle.adapters.ffmpeg import ffmpeg_to_file
 from sparkle.adapters.lipsync import TIMING_EXTRA
-from sparkle.adapters.media import (
-    AUDIO_CODEC_ARGS,
-    ffmpeg_to_file,
-    os_error,
-    probe,
-    relative_to_run,
-    require_file,
-)
+from sparkle.adapters.media import AUDIO_CODEC_ARGS
+from sparkle.adapters.probe import probe
+from sparkle.adapters.run_files import os_error, relative_to_run, require_file
 from sparkle.adapters.subtitles import Cue, burn_subtitles, cues_from_timing, srt_text, vtt_text
 from sparkle.atomic import write_bytes
 from sparkle.errors import PermanentStageError

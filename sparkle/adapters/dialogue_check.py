@@ -1,7 +1,7 @@
 """Is the dialogue heard, and heard on time? QA's measurements of speech over the bed.
 
-Every shot now carries an ambience bed, so "a shot with dialogue is loud" no longer
-proves that the words are there. Instead QA knows where speech should be: the lipsync
+Every shot carries an ambience bed, so "a shot with dialogue is loud" does not prove
+that the words are there. QA knows where speech should be instead: the lipsync
 timing says when each line starts, and the line's own WAV says when within it the voice
 is loud. That gives a speech mask on the clip's envelope (``analyze(signals=True)``):
 
@@ -20,7 +20,7 @@ import wave
 from array import array
 from pathlib import Path
 
-from sparkle.adapters.media import ENVELOPE_WINDOW_SEC
+from sparkle.adapters.analysis import ENVELOPE_WINDOW_SEC
 
 #: A window of a line's own audio louder than this (dBFS) counts as speech.
 SPEECH_DB = -40.0
@@ -66,11 +66,6 @@ def speech_levels(lines: list[tuple[float, Path]], windows: int) -> list[float |
             if level > SPEECH_DB and 0 <= first + i < windows:
                 levels[first + i] = max(level, levels[first + i] or level)
     return levels
-
-
-def speech_mask(lines: list[tuple[float, Path]], windows: int) -> list[bool]:
-    """Which envelope windows of a clip should hold speech: ``(start_sec, wav)`` per line."""
-    return [level is not None for level in speech_levels(lines, windows)]
 
 
 def _separation(

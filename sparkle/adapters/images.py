@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
-from sparkle.adapters.media import os_error, relative_to_run
-from sparkle.adapters.scene import SceneLayout, compose
+from sparkle.adapters.run_files import os_error, relative_to_run
+from sparkle.adapters.scene import compose
+from sparkle.adapters.scene_layout import SceneLayout
 from sparkle.atomic import temp_path_for, write_json
 from sparkle.errors import PermanentStageError
 from sparkle.schemas import NARROWED_FROM, AssetRefs, MoviePlan, ShotSpec
@@ -104,15 +105,6 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 def captions_enabled() -> bool:
     """Whether keyframes carry the caption band (``SPARKLE_CAPTIONS``, on unless ``off``)."""
     return os.environ.get("SPARKLE_CAPTIONS", "on").strip().lower() not in CAPTIONS_OFF
-
-
-def render_keyframe(
-    plan: MoviePlan, shot: ShotSpec, which: Which, index: int, size: tuple[int, int],
-    total: int | None = None,
-) -> Image.Image:
-    """Draw one storyboard keyframe of ``shot`` (``index`` counts from 1, of ``total``
-    shots: by default the plan's)."""
-    return render_keyframe_with_layout(plan, shot, which, index, size, total)[0]
 
 
 def render_keyframe_with_layout(

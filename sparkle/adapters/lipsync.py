@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkle.adapters.ambience import Bed, bed_filter, bed_for
+from sparkle.adapters.ffmpeg import ffmpeg_to_file
 from sparkle.adapters.images import read_layouts
 from sparkle.adapters.media import (
     AUDIO_CHANNELS,
@@ -41,18 +42,13 @@ from sparkle.adapters.media import (
     AUDIO_SAMPLE_RATE,
     VIDEO_CODEC_ARGS,
     VIDEO_PROFILE,
-    MediaInfo,
-    audio_duration,
-    ffmpeg_to_file,
     fps_fraction,
     frame_count,
-    os_error,
-    probe,
-    relative_to_run,
-    require_file,
 )
 from sparkle.adapters.mouths import FramePainter, pipe_frames
-from sparkle.adapters.scene import speaking_faces
+from sparkle.adapters.probe import MediaInfo, audio_duration, probe
+from sparkle.adapters.run_files import os_error, relative_to_run, require_file
+from sparkle.adapters.scene_layout import speaking_faces
 from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.adapters.videos import camera_move, still_caption_rows
 from sparkle.adapters.visemes import Viseme, load_visemes

@@ -5,10 +5,6 @@ Registered under the ``sparkle.adapters`` entry point group as ``media``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 from sparkle.adapters.assemble import assemble_stage
 from sparkle.adapters.images import images_stage
 from sparkle.adapters.lipsync import lipsync_stage
@@ -16,10 +12,7 @@ from sparkle.adapters.qa import qa_stage
 from sparkle.adapters.script import script_stage
 from sparkle.adapters.tts import tts_stage
 from sparkle.adapters.videos import videos_stage
-from sparkle.schemas import AssetRefs, MoviePlan
-
-#: A stage adapter: (plan, asset refs, run folder) -> (new asset refs, checkpoint metadata).
-StageFn = Callable[[MoviePlan, AssetRefs, Path], tuple[AssetRefs, dict[str, Any]]]
+from sparkle.stages import StageFn
 
 #: Stage name -> adapter, for every stage in ``sparkle.schemas.STAGES``.
 ADAPTERS: dict[str, StageFn] = {

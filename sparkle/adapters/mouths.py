@@ -27,14 +27,14 @@ from typing import IO
 
 from PIL import Image, ImageDraw
 
-from sparkle.adapters.media import (
+from sparkle.adapters.ffmpeg import (
     FFMPEG_TIMEOUT_SEC,
     FFmpegError,
     FFmpegResourceError,
     ffmpeg_exe,
-    os_error,
 )
-from sparkle.adapters.scene import (
+from sparkle.adapters.run_files import os_error
+from sparkle.adapters.scene_layout import (
     MOUTH_INSIDE,
     RGB,
     TEETH_COLOUR,

@@ -1,6 +1,6 @@
 """The ``qa`` stage: measure every lipsynced clip and the movie, then judge with the QA policy.
 
-Each file is decoded once (see :func:`sparkle.adapters.media.analyze`). Per shot the
+Each file is decoded once (see :func:`sparkle.adapters.analysis.analyze`). Per shot the
 findings are: it decodes, it has video and audio, its length matches the plan (or the
 length the lipsync stage extended it to, read from ``lipsync/timing.json``), it is not
 mostly black, its picture does not stand still, a shot with dialogue is audible, above its
@@ -25,22 +25,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sparkle.adapters.analysis import MediaAnalysis, analyze
 from sparkle.adapters.assemble import SRT_PATH, VTT_PATH
 from sparkle.adapters.dialogue_check import best_alignment, dialogue_margin_db, speech_levels
+from sparkle.adapters.ffmpeg import run_ffmpeg
 from sparkle.adapters.lipsync import TIMING_EXTRA
-from sparkle.adapters.media import (
-    MediaAnalysis,
-    analyze,
-    os_error,
-    relative_to_run,
-    run_ffmpeg,
-)
+from sparkle.adapters.run_files import os_error, relative_to_run
 from sparkle.adapters.subtitles import Cue, cues_from_timing, parse_cues
 from sparkle.atomic import write_json
 from sparkle.errors import ConfigError, PermanentStageError
 from sparkle.qa_policy import INFORMATIONAL_FINDINGS, QAPolicy, Thresholds, load_policy
+from sparkle.retrying import current_stage
 from sparkle.schemas import AssetRefs, MoviePlan, QAReport, QAShotReport, ShotSpec
-from sparkle.settings import get_settings
+from sparkle.settings import load_settings
 
 #: The report, relative to the run folder.
 REPORT_PATH = "qa_report.json"
@@ -263,7 +260,11 @@ def check_subtitles(
 def qa_stage(plan: MoviePlan, refs: AssetRefs, run_dir: Path) -> tuple[AssetRefs, dict[str, Any]]:
     """Measure the clips and the movie, write ``qa_report.json`` and report the decision."""
     refs = refs.model_copy(deep=True)
-    policy_path = get_settings().qa_policy
+    # (SPARKLE_QA_POLICY: from the settings of the App running the stage; called outside
+    # one, as a function, from the environment)
+    where = current_stage()
+    settings = where.settings if where is not None and where.settings else load_settings()
+    policy_path = settings.qa_policy
     try:
         policy: QAPolicy = load_policy(policy_path)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sparkle.adapters.media import os_error
+from sparkle.adapters.run_files import os_error
 from sparkle.adapters.videos import camera_move
 from sparkle.atomic import write_bytes, write_json
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec

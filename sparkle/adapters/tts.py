@@ -20,7 +20,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from sparkle.adapters.media import os_error, relative_to_run
+from sparkle.adapters.run_files import os_error, relative_to_run
 from sparkle.adapters.visemes import PHONEME_METHOD, from_phonemes, write_visemes
 from sparkle.atomic import temp_path_for
 from sparkle.errors import PermanentStageError, TransientStageError

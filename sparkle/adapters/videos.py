@@ -20,17 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sparkle.adapters.ffmpeg import ffmpeg_to_file
 from sparkle.adapters.images import caption_height, read_layouts
 from sparkle.adapters.media import (
     DRAFT_VIDEO_CODEC_ARGS,
     VIDEO_CODEC_ARGS,
-    ffmpeg_to_file,
     fps_fraction,
     frame_count,
-    relative_to_run,
-    require_file,
 )
-from sparkle.adapters.scene import speaking_faces
+from sparkle.adapters.run_files import relative_to_run, require_file
+from sparkle.adapters.scene_layout import speaking_faces
 from sparkle.adapters.subtitles import burn_subtitles
 from sparkle.base_image_plan import MODEL_ID_KEY
 from sparkle.schemas import AssetRefs, MoviePlan, ShotSpec

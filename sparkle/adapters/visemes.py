@@ -2,7 +2,7 @@
 
 The tts stage asks espeak-ng for phoneme events while it synthesises: each event names a
 phoneme and the millisecond of the audio where it starts. :func:`from_phonemes` maps them to
-a few mouth shapes (:data:`sparkle.adapters.scene.MOUTH_SHAPES`): open ``AI``, wide ``E``,
+a few mouth shapes (:data:`sparkle.adapters.scene_layout.MOUTH_SHAPES`): open ``AI``, wide ``E``,
 round ``O``, lips pressed ``MBP``, teeth on lip ``FV``, a small opening ``etc`` for other
 consonants, and ``rest`` in pauses. Phoneme events were chosen over the audio envelope
 because they say *which* shape (an "oo" is round, an "m" is closed even though it is
@@ -24,7 +24,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparkle.adapters.media import os_error
+from sparkle.adapters.run_files import os_error
 from sparkle.atomic import write_json
 from sparkle.errors import PermanentStageError
 

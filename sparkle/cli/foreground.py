@@ -25,14 +25,11 @@ def work(the_run: Run, from_stage: str | None, only: str | None, threads: int) -
     from sparkle.notifications import flush
     from sparkle.runner import work_in_foreground
 
-    engine, broker = wiring.engine()
+    app = wiring.app()
     # (the stages are reset once this process holds the run: embedded, another process
     # working it is followed to its end first)
-    result = work_in_foreground(the_run, broker, engine.dispatcher,
-                                engine.settings.namespace, threads,
-                                from_stage=from_stage, only=only,
-                                failures=engine.infrastructure_failures)
-    flush(engine.settings)  # (the process ends next: deliver the run's notification now)
+    result = work_in_foreground(the_run, app, threads, from_stage=from_stage, only=only)
+    flush(app.settings)  # (the process ends next: deliver the run's notification now)
     if result.infrastructure is not None:
         failure = result.infrastructure
         click.echo(f"error: {failure}", err=True)
@@ -77,7 +74,7 @@ def resume_command(run_id: str) -> str:
     """The command that resumes ``run_id`` as it ran (:func:`sparkle.runner.resume_command`)."""
     from sparkle.runner import resume_command as command  # (dramatiq: see work())
 
-    return command(run_id, wiring.settings())
+    return command(run_id, wiring.app().settings)
 
 
 def command_for(verb: str, run_id: str, *extra: str) -> str:
@@ -85,7 +82,7 @@ def command_for(verb: str, run_id: str, *extra: str) -> str:
     set, quoted for the shell."""
     from sparkle.settings import Settings  # (pydantic: see sparkle.cli.wiring)
 
-    settings = wiring.settings()
+    settings = wiring.app().settings
     parts = ["sparkle", verb, run_id, *extra]
     if settings.runs_dir != Path("runs"):
         parts += ["--runs-dir", str(settings.runs_dir)]

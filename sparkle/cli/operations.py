@@ -57,18 +57,14 @@ def redrive(dry_run: bool, older_than: float | None, as_json: bool,
     serve`. Finished, failed and cancelled runs are left alone (use `sparkle resume` or
     `sparkle dlq replay`). Re-driving a run that was not stuck is harmless.
     """
-    wiring.configure(runs_dir=runs_dir)
-    if wiring.embedded():
+    app = wiring.configure(runs_dir=runs_dir)
+    if app.works_in_process:
         fail("embedded mode (no SPARKLE_REDIS_URL): messages live in the memory of the "
              "`sparkle serve` process, which re-drives its own runs; a separate "
              "`sparkle redrive` cannot see them")
 
     def body() -> None:
-        from sparkle.redrive import Reaper  # (dramatiq: see module doc)
-
-        settings, broker, client, dispatcher = wiring.redis_parts()
-        reaper = Reaper(wiring.store(), dispatcher, client, broker, settings)
-        found = reaper.run_once(dry_run=dry_run, older_than=older_than)
+        found = app.reaper.run_once(dry_run=dry_run, older_than=older_than)
         if as_json:
             click.echo(json.dumps([r.as_dict() for r in found], indent=2))
             return
@@ -91,13 +87,13 @@ def dlq() -> None:
 
 
 def _dead_letter_queue(runs_dir: Path | None) -> DeadLetterQueue:
-    wiring.configure(runs_dir=runs_dir)
-    from sparkle.dlq import EMBEDDED_NOTICE, DeadLetterQueue  # (redis: see module doc)
+    from sparkle.backends import DeadLettersUnavailable  # (redis: see module doc)
 
-    if wiring.embedded():
-        fail(EMBEDDED_NOTICE)
-    settings, _, client, dispatcher = wiring.redis_parts()
-    return DeadLetterQueue(client, wiring.store(), settings.namespace, dispatcher)
+    app = wiring.configure(runs_dir=runs_dir)
+    try:
+        return app.dead_letters()
+    except DeadLettersUnavailable as exc:
+        fail(str(exc))
 
 
 @dlq.command("list")
@@ -196,15 +192,15 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
         from sparkle.lifecycle import CancelResult, cancel_run
         from sparkle.notifications import flush
 
-        run = wiring.store().run(run_id)
-        done = cancel_run(run, settings=wiring.settings(), notify_in_background=False)
+        run = wiring.app().store.run(run_id)
+        done = cancel_run(run, settings=wiring.app().settings, notify_in_background=False)
         if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return
         if done.result is CancelResult.already_succeeded:
             click.echo(f"{run_id} already succeeded; nothing to cancel")
             return
-        flush(wiring.settings())
+        flush(wiring.app().settings)
         running = _running_stage(run_id, done.stage or STAGES[-1])
         click.echo(f"cancelled {run_id}: {running}no further stage starts. "
                    f"Continue it with `sparkle resume {run_id}`")
@@ -213,12 +209,13 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
 
 
 def _running_stage(run_id: str, stage: str) -> str:
-    """"<stage> is running and finishes; " when a worker holds the run (Redis only)."""
+    """"<stage> is running and finishes; " when a worker holds the run."""
     from sparkle.lease import holder  # (redis: see module doc)
 
-    if wiring.embedded():
+    app = wiring.app()
+    if app.works_in_process:
         return "a stage running in `sparkle run` or `sparkle serve` finishes; "
-    if holder(wiring.client(), wiring.settings().namespace, run_id) is not None:
+    if holder(app.backend.client, app.settings.namespace, run_id) is not None:
         return f"{stage} is running and finishes; "
     return ""
 
@@ -239,7 +236,7 @@ def timeline(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
         from sparkle.timeline import render
         from sparkle.timeline import timeline as build
 
-        run = wiring.store().run(run_id)
+        run = wiring.app().store.run(run_id)
         entries = build(run)
         status = run.status().value
         if as_json:
@@ -286,9 +283,10 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
         fail(f"--status/--keep: {exc}")
 
     def body() -> None:
-        settings = wiring.settings()
-        client = None if wiring.embedded() else wiring.client()
-        report = prune_runs(wiring.store(), policy, client=client,
+        app = wiring.app()
+        settings = app.settings
+        client = app.backend.shared_client
+        report = prune_runs(app.store, policy, client=client,
                             namespace=settings.namespace, dry_run=dry_run)
         if as_json:
             click.echo(json.dumps(report.as_dict(), indent=2))
@@ -320,7 +318,7 @@ def outbox(deliver: bool, as_json: bool, runs_dir: Path | None) -> None:
     wiring.configure(runs_dir=runs_dir)
     from sparkle.notifications import flush, pending_views  # (pydantic: see module doc)
 
-    settings = wiring.settings()
+    settings = wiring.app().settings
     if deliver:
         for item in flush(settings):
             note = f": {item.error}" if item.error else ""

@@ -42,11 +42,11 @@ def _decide(run_id: str, runs_dir: Path | None, adapters: str | None, threads: i
             act: Callable[[Engine, bool], Decision]) -> None:
     """Configure, apply the decision ``act(engine, queue)``, then carry the run on: in the
     foreground when embedded, else by the queued message."""
-    wiring.configure(runs_dir=runs_dir, adapters=adapters)
+    app = wiring.configure(runs_dir=runs_dir, adapters=adapters)
 
     def body() -> int:
-        engine, _ = wiring.engine()
-        embedded = wiring.embedded()
+        engine = wiring.engine()
+        embedded = app.works_in_process
         decision = act(engine, not embedded)
         click.echo(_describe(decision))
         if not decision.closed:
@@ -130,7 +130,7 @@ def reject(run_id: str, note: str, who: str | None, review_id: str | None,
     def body() -> int:
         from sparkle import review  # (redis, pydantic models: see module doc)
 
-        engine, _ = wiring.engine()
+        engine = wiring.engine()
         click.echo(_describe(review.reject(engine, run_id, note=note, who=who,
                                            review_id=review_id)))
         return EXIT_OK
@@ -172,7 +172,7 @@ def takes(run_id: str, shot: str | None, stage: str | None, use: int | None, as_
     wiring.configure(runs_dir=runs_dir)
 
     def body() -> int:
-        found = review.takes_of(wiring.store(), run_id, shot)
+        found = review.takes_of(wiring.app().store, run_id, shot)
         if as_json:
             click.echo(json.dumps(found, indent=2))
             return EXIT_OK

@@ -35,7 +35,7 @@ def validate(plans: tuple[Path, ...]) -> None:
     """Check plan files; print OK or every problem per file (exit 2 if any is invalid)."""
     from sparkle.plans import load_plan_file  # (pydantic models: imported when used)
 
-    max_bytes = wiring.settings().max_plan_bytes
+    max_bytes = wiring.app().settings.max_plan_bytes
     bad = 0
     for path in plans:
         try:
@@ -97,8 +97,8 @@ def run(plan: Path, run_id: str | None, from_stage: str | None, only: str | None
     def body() -> int:
         from sparkle.plans import load_plan_file  # (pydantic models: imported when used)
 
-        movie_plan = load_plan_file(plan, wiring.settings().max_plan_bytes)
-        engine, _ = wiring.engine()
+        movie_plan = load_plan_file(plan, wiring.app().settings.max_plan_bytes)
+        engine = wiring.engine()
         the_run, created = engine.store.create(movie_plan, run_id)
         if level is not None:
             set_run_priority(the_run.dir, level)
@@ -128,9 +128,9 @@ def submit(plans: tuple[Path, ...], level: str | None) -> None:
         from sparkle.lifecycle import copy_into_inbox
         from sparkle.plans import load_plan_file
 
-        settings = wiring.settings()
+        settings = wiring.app().settings
         bad = 0
-        if settings.redis_url is None:
+        if wiring.app().works_in_process:  # (no queue other processes read: the inbox is)
             for path in plans:
                 try:
                     load_plan_file(path, settings.max_plan_bytes)
@@ -142,7 +142,7 @@ def submit(plans: tuple[Path, ...], level: str | None) -> None:
                 click.echo(f"copied into {target} (no SPARKLE_REDIS_URL: a running "
                            f"`sparkle serve` takes it; or render it now with `sparkle run {path}`)")
             return EXIT_USAGE if bad else EXIT_OK
-        engine, _ = wiring.engine()
+        engine = wiring.engine()
         for path in plans:
             try:
                 movie_plan = load_plan_file(path, settings.max_plan_bytes)
@@ -188,13 +188,13 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
     def body() -> int:
         from sparkle.lifecycle import resume_run  # (dramatiq: imported when used)
 
-        engine, _ = wiring.engine()
+        engine = wiring.engine()
         the_run = engine.store.run(run_id)
         if the_run.status().value in ("awaiting_review", "rejected"):
             raise ReviewError(
                 f"run {run_id} is {the_run.status().value}: resume does not decide for a "
                 f"person; see `sparkle status {run_id}` (approve, redo or reject it)")
-        if wiring.embedded():
+        if wiring.app().works_in_process:
             return work(the_run, from_stage, only, threads)
         resumed = resume_run(the_run, engine.dispatcher, from_stage, only)
         reset, stage = resumed.reset, resumed.queued
@@ -223,10 +223,10 @@ def status(run_id: str, as_json: bool, runs_dir: Path | None) -> None:
 
         # Through the run's summary cache, so this prints exactly what the fast path of
         # sparkle.entry prints from it, and leaves the cache fresh for that path.
-        the_run = wiring.store().run(run_id)
+        the_run = wiring.app().store.run(run_id)
         entry = cached_entry(the_run)
         if entry is None or entry.view is None:
-            raise RunNotFoundError(f"no run {run_id!r} in {wiring.runs_dir()}")
+            raise RunNotFoundError(f"no run {run_id!r} in {wiring.app().settings.runs_dir}")
         click.echo(statuscache.render_json(entry.view) if as_json
                    else statuscache.render_text(entry.view, str(the_run.dir)))
         return EXIT_OK
@@ -246,11 +246,11 @@ def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
     from sparkle.listing import review_wait, run_rows
     from sparkle.runindex import listing
 
-    store = wiring.store()
+    store = wiring.app().store
     # listing() answers from each run's stat-validated summary cache (10,000 runs in about
     # 0.5 s instead of 2.3 s, docs/BENCHMARKS.md); queued or running runs on Redis come
     # from the unfinished-run index, without reading the finished ones.
-    summaries = [summary for summary in listing(store, only_status, wiring.settings())
+    summaries = [summary for summary in listing(store, only_status, wiring.app().settings)
                  if not only_status or summary.status.value == only_status]
     if not as_json:
         for row in run_rows(store, summaries):

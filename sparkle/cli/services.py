@@ -11,7 +11,6 @@ from sparkle.cli import wiring
 from sparkle.cli.exits import fail, guard
 from sparkle.cli.options import adapters_option, runs_dir_option, threads_option
 from sparkle.keys import worker_queues
-from sparkle.supervisor import run_supervisor
 from sparkle.web.config import UiConfig
 
 poll_option = click.option("--poll", is_flag=True,
@@ -30,11 +29,10 @@ def watch(inbox: Path | None, poll: bool) -> None:
     """
     from sparkle.service import serve as run_service  # (dramatiq: imported when used)
 
-    settings = wiring.settings()
-    if settings.redis_url is None:
+    if wiring.app().works_in_process:
         fail("`sparkle watch` feeds workers through Redis and needs SPARKLE_REDIS_URL; "
              "without a server use `sparkle serve`, which also does the work")
-    guard(lambda: run_service(settings, inbox, poll, threads=0, workers=False))
+    guard(lambda: run_service(wiring.app(), inbox, poll, threads=0, workers=False))
 
 
 @click.command()
@@ -59,7 +57,7 @@ def serve(inbox: Path | None, poll: bool, threads: int, adapters: str | None,
 
     def body() -> None:
         dashboard = UiConfig.from_environment() if ui else None
-        run_service(wiring.settings(), inbox, poll, threads, workers=True, ui=dashboard)
+        run_service(wiring.app(), inbox, poll, threads, workers=True, ui=dashboard)
 
     guard(body)
 
@@ -84,7 +82,7 @@ def ui(host: str | None, port: int | None, read_only: bool, runs_dir: Path | Non
         from sparkle.web.site import Site
 
         config = UiConfig.from_environment(host, port, read_only)
-        run_foreground(Site.for_process(wiring.settings(), read_only), config)
+        run_foreground(Site.for_app(wiring.app(), read_only), config)
 
     guard(body)
 
@@ -107,8 +105,9 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
     Ctrl-C drains: running stages finish, prefetched messages go back to Redis; a second
     signal stops at once. Metrics of all processes on SPARKLE_METRICS_PORT when set.
     """
-    settings = wiring.settings()
-    if settings.redis_url is None:
+    from sparkle.supervisor import run_supervisor  # (pydantic settings: imported when used)
+
+    if wiring.app().works_in_process:
         fail("`sparkle worker` needs SPARKLE_REDIS_URL (workers share runs through Redis); "
              "without a server use `sparkle serve` or `sparkle run PLAN`")
     if processes < 1 or threads < 1:
@@ -120,7 +119,7 @@ def worker(ctx: click.Context, processes: int, threads: int, queues: tuple[str, 
         fail(str(exc))
     root = ctx.find_root().params
     try:
-        code = run_supervisor(processes, threads, names, reaper=reaper,
+        code = run_supervisor(wiring.app(), processes, threads, names, reaper=reaper,
                               log_level=root.get("log_level") or "warning",
                               log_format=root.get("log_format") or "text")
     except OSError as exc:  # e.g. the metrics port is taken

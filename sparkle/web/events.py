@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from sparkle import manifest
-from sparkle.statuscache import LEGACY_LOG, MANIFEST_FILE
+from sparkle.runlayout import LEGACY_LOG_FILE, MANIFEST_FILE
 
 #: Seconds between looks at a followed manifest or watched runs.
 POLL_SEC = 0.2
@@ -78,7 +78,7 @@ def read_events(run_dir: str) -> list[Any] | None:
         if events is None:
             return None  # (replaced whole, never half written: a hand edit; look again)
         found.extend(events)
-    legacy = _read(f"{run_dir}/{LEGACY_LOG}")
+    legacy = _read(f"{run_dir}/{LEGACY_LOG_FILE}")
     for line in (legacy or b"").splitlines():
         try:
             found.append(json.loads(line))
@@ -91,7 +91,7 @@ async def follow_manifest(run_dir: str, start: int,
                           poll: float = POLL_SEC) -> AsyncIterator[bytes]:
     """Server-sent events for each manifest event after the first ``start``, forever (the
     response ends it when the client goes away)."""
-    paths = (f"{run_dir}/{MANIFEST_FILE}", f"{run_dir}/{LEGACY_LOG}")
+    paths = (f"{run_dir}/{MANIFEST_FILE}", f"{run_dir}/{LEGACY_LOG_FILE}")
     sent = max(0, start)
     seen: tuple[object, ...] | None = None
     quiet_since = time.monotonic()

@@ -30,8 +30,8 @@ from typing import Any
 
 from sparkle.errors import SparkleError
 from sparkle.names import STAGES, is_safe_id
+from sparkle.runlayout import CHECKPOINTS_DIR, MANIFEST_FILE, PLAN_FILE
 from sparkle.runstore import Run, RunStore, RunSummary, cached_entry, cached_summary
-from sparkle.statuscache import CHECKPOINTS_DIR, MANIFEST_FILE, PLAN_FILE
 
 #: Rows per page unless the request says otherwise.
 DEFAULT_LIMIT = 50

@@ -103,12 +103,11 @@ def inbox_view(inbox: Path) -> dict[str, list[InboxFile]]:
 
 def queue_depths(site: Site) -> dict[str, dict[str, int]] | None:
     """Messages per stage queue by state; None when no queue is reachable from here."""
-    if site.dispatcher is None:
+    if site.backend is None:
         return None
     from sparkle.metrics import StateCollector
 
-    collector = StateCollector(site.store, site.broker, site.dispatcher.client,
-                               site.settings.namespace)
+    collector = StateCollector(site.store, site.backend, site.settings.namespace)
     return collector.queue_depths()
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
+from sparkle.app import App
+from sparkle.backends import Backend, DeadLettersUnavailable
 from sparkle.dispatch import Dispatcher
+from sparkle.dlq import DeadLetterQueue
 from sparkle.runstore import RunStore
 from sparkle.settings import Settings
 
@@ -51,27 +53,23 @@ class Site:
     mode: Mode
     #: Sends stage messages; None in standalone mode.
     dispatcher: Dispatcher | None = None
-    #: The dramatiq broker; None in standalone mode.
-    broker: Any = None
+    #: Where messages live; None in standalone mode.
+    backend: Backend | None = None
     #: In-process worker threads (embedded mode), for the operations page.
     worker_threads: int = 0
     read_only: bool = False
 
     @classmethod
-    def for_process(cls, settings: Settings, read_only: bool = False,
-                    worker_threads: int | None = None) -> Site:
-        """The site of this process. ``worker_threads``: this process works the stages
+    def for_app(cls, app: App, read_only: bool = False,
+                worker_threads: int | None = None) -> Site:
+        """The site of ``app``'s process. ``worker_threads``: this process works the stages
         (``serve --ui``) with that many threads; None: it does not (``sparkle ui``)."""
-        store = RunStore(settings.runs_dir)
-        if settings.redis_url is None and worker_threads is None:
-            return cls(settings, store, Mode.standalone, read_only=read_only)
-        from sparkle.broker import is_embedded, load_actors
-        from sparkle.engine import get_engine
-
-        broker = load_actors()
-        engine = get_engine()
-        mode = Mode.embedded if is_embedded() else Mode.redis
-        return cls(settings, engine.store, mode, engine.dispatcher, broker,
+        if app.works_in_process and worker_threads is None:
+            # (nothing here would work a queued stage: show and hand plans to the inbox)
+            return cls(app.settings, app.store, Mode.standalone, read_only=read_only)
+        app.declare_actors()
+        mode = Mode.embedded if app.works_in_process else Mode.redis
+        return cls(app.settings, app.store, mode, app.dispatcher, app.backend,
                    worker_threads or 0, read_only)
 
     @property
@@ -79,11 +77,12 @@ class Site:
         """Whether resume can queue a stage from here."""
         return self.dispatcher is not None
 
-    def dead_letters(self) -> Any:
-        """The dead-letter queue (Redis mode), else None."""
-        if self.mode is not Mode.redis or self.dispatcher is None:
+    def dead_letters(self) -> DeadLetterQueue | None:
+        """The dead-letter queue, None where the backend keeps none (or none is reached)."""
+        if self.backend is None:
             return None
-        from sparkle.dlq import DeadLetterQueue
-
-        return DeadLetterQueue(self.dispatcher.client, self.store, self.settings.namespace,
-                               self.dispatcher)
+        try:
+            return self.backend.dead_letters(self.store, self.settings.namespace,
+                                             self.dispatcher)
+        except DeadLettersUnavailable:
+            return None

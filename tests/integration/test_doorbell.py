@@ -12,7 +12,7 @@ import pytest
 from redis_server import RedisServer
 
 from sparkle import keys
-from sparkle.broker import build_broker
+from sparkle.broker import build_redis_broker
 from sparkle.doorbell import MAX_TOKENS, DoorbellBroker, DoorbellConsumer
 from sparkle.settings import Settings
 
@@ -26,7 +26,7 @@ GRACE_SEC = 30
 
 
 def _broker(server: RedisServer) -> DoorbellBroker:
-    broker = build_broker(Settings(redis_url=server.url))  # type: ignore[call-arg]
+    broker = build_redis_broker(Settings(redis_url=server.url))  # type: ignore[call-arg]
     assert isinstance(broker, DoorbellBroker)
     broker.declare_queue("q")
     return broker
@@ -42,7 +42,7 @@ def test_a_message_sent_wakes_a_consumer_waiting_on_its_idle_queue(redis_server:
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=600)
-    broker = build_broker(Settings(), client=client)
+    broker = build_redis_broker(Settings(), client=client)
     broker.declare_queue("q")
     consumer = broker.consume("q", prefetch=1, timeout=LONG_POLL_MS)
     assert isinstance(consumer, DoorbellConsumer)
@@ -131,7 +131,7 @@ def test_a_wait_ends_before_the_socket_timeout(redis_server: RedisServer):
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=0.5)
-    broker = build_broker(Settings(), client=client)
+    broker = build_redis_broker(Settings(), client=client)
     broker.declare_queue("q")
     consumer = broker.consume("q", prefetch=1, timeout=LONG_POLL_MS)
     try:

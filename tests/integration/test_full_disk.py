@@ -115,7 +115,7 @@ def test_worker_backs_off_on_a_full_disk_and_finishes_once_space_is_back(
 def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
     """The real ffmpeg writing onto a full disk exits 228; the error says "No space left on
     device" and names the disk (the unit tests cover the same with an ffmpeg double)."""
-    from sparkle.adapters import media
+    from sparkle.adapters import ffmpeg, media
 
     disk = tmp_path / "disk"
     with tmpfs(disk, "256k") as mounted:
@@ -124,10 +124,10 @@ def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
         # Given a disk with 16 KB left
         fill(disk, leave_bytes=16 * 1024)
         # When ffmpeg encodes a clip larger than that onto it
-        with pytest.raises(media.FFmpegResourceError) as caught:
-            media.ffmpeg_to_file(["-f", "lavfi", "-i", "testsrc=duration=10:size=640x360",
-                                  *media.VIDEO_CODEC_ARGS], disk / "clip.mp4",
-                                 doing="encoding a test clip")
+        with pytest.raises(ffmpeg.FFmpegResourceError) as caught:
+            ffmpeg.ffmpeg_to_file(["-f", "lavfi", "-i", "testsrc=duration=10:size=640x360",
+                                   *media.VIDEO_CODEC_ARGS], disk / "clip.mp4",
+                                  doing="encoding a test clip")
         # Then the first line says why and where
         first = str(caught.value).splitlines()[0]
         assert "No space left on device (ENOSPC, exit 228)" in first
@@ -169,8 +169,8 @@ def test_an_adapter_meeting_a_full_run_folder_is_held_back_not_failed(
                                                  ())
     run = pipeline.create(plans_dir / "lighthouse.json")
     # When the run is worked to its end, as serve works it (not stopping on the failure)
-    result = work_in_foreground(run, pipeline.broker, pipeline.engine.dispatcher, "sparkle", 2,
-                                Console(file=io.StringIO()))
+    result = work_in_foreground(run, pipeline.app, 2, Console(file=io.StringIO()),
+                                stop_on_infrastructure=False)
     # Then it succeeded; images ran twice, and its first attempt is a fail marked as the disk's
     assert result.status.value == "succeeded"
     assert len(calls) == 2

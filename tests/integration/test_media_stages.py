@@ -17,25 +17,18 @@ from typing import Any
 
 import pytest
 
-from sparkle.adapters import media
+from sparkle.adapters.analysis import analyze
+from sparkle.adapters.ffmpeg import FFmpegError, run_ffmpeg
 from sparkle.adapters.images import images_stage
 from sparkle.adapters.lipsync import lipsync_stage
-from sparkle.adapters.media import (
-    AUDIO_CODEC_ARGS,
-    VIDEO_CODEC_ARGS,
-    FFmpegError,
-    analyze,
-    parse_probe,
-    probe,
-    run_ffmpeg,
-)
+from sparkle.adapters.media import AUDIO_CODEC_ARGS, VIDEO_CODEC_ARGS
 from sparkle.adapters.media_set import ADAPTERS
+from sparkle.adapters.probe import AudioStream, VideoStream, parse_probe, probe
 from sparkle.adapters.qa import qa_stage
 from sparkle.adapters.videos import CameraMove, camera_move, videos_stage
 from sparkle.errors import PermanentStageError
 from sparkle.qa_policy import load_policy
 from sparkle.schemas import STAGES, AssetRefs, MoviePlan, QAReport
-from sparkle.settings import configure
 
 PLANS = Path(__file__).resolve().parent.parent / "data" / "plans"
 
@@ -86,9 +79,7 @@ def default_settings() -> Iterator[None]:
     """Every test here uses the packaged QA policy unless it says otherwise."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SPARKLE_QA_POLICY", raising=False)
-        configure()
         yield
-    configure()
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +125,8 @@ def qa_policy_file(tmp_path: Path) -> Iterator[Callable[[str], None]]:
             path = tmp_path / "policy.yaml"
             path.write_text(text, encoding="utf-8")
             patch.setenv("SPARKLE_QA_POLICY", str(path))
-            configure()
 
         yield use
-    configure()
 
 
 # --- end to end ----------------------------------------------------------------------
@@ -593,15 +582,15 @@ def test_probe_parses_ffmpeg_stream_lines() -> None:
     info = parse_probe(Path("x.mp4"), stderr)
     # Then every field is read
     assert info.duration_sec == pytest.approx(62.5)
-    assert info.video == media.VideoStream("h264", 1280, 720, 23.98, "yuv420p", "High")
-    assert info.audio == media.AudioStream("pcm_s16le", 22050, 1)
+    assert info.video == VideoStream("h264", 1280, 720, 23.98, "yuv420p", "High")
+    assert info.audio == AudioStream("pcm_s16le", 22050, 1)
 
 
 def _mean_volume_db(path: Path, start: float, length: float) -> float:
     """Mean audio level of ``path`` from ``start`` for ``length`` seconds (dBFS)."""
     import re
 
-    from sparkle.adapters.media import run_ffmpeg
+    from sparkle.adapters.ffmpeg import run_ffmpeg
 
     _, out = run_ffmpeg(
         ["-ss", str(start), "-t", str(length), "-i", str(path), "-vn", "-af", "volumedetect",

@@ -18,15 +18,15 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from sparkle.adapters.assemble import assemble_stage
+from sparkle.adapters.ffmpeg import run_ffmpeg
 from sparkle.adapters.images import images_stage
 from sparkle.adapters.lipsync import lipsync_stage
-from sparkle.adapters.media import probe, run_ffmpeg
 from sparkle.adapters.media_set import ADAPTERS
+from sparkle.adapters.probe import probe
 from sparkle.adapters.subtitles import parse_cues
 from sparkle.adapters.tts import tts_stage
 from sparkle.adapters.videos import videos_stage
 from sparkle.schemas import STAGES, AssetRefs, MoviePlan
-from sparkle.settings import configure
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PLANS = ROOT / "tests" / "data" / "plans"
@@ -69,9 +69,7 @@ def default_settings() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name in ("SPARKLE_QA_POLICY", "SPARKLE_CAPTIONS", "SPARKLE_BURN_SUBTITLES"):
             patch.delenv(name, raising=False)
-        configure()
         yield
-    configure()
 
 
 # --- scenes from the prompts ------------------------------------------------------------

@@ -15,7 +15,6 @@ import pytest
 from sparkle import keys, lease
 from sparkle.adapters.testing import read_trace
 from sparkle.dlq import DeadLetterQueue
-from sparkle.redrive import queued_stages
 from sparkle.runner import is_at_rest
 from sparkle.workqueue import PriorityWorkQueue, build_worker
 
@@ -35,11 +34,11 @@ def redis_pipeline(redis_server, tmp_path, monkeypatch):
     import redis
     from conftest import _teardown_pipeline, make_pipeline
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = redis.Redis.from_url(redis_server.url)
-    broker = build_broker(Settings(redis_url=redis_server.url), client=client)
+    broker = build_redis_broker(Settings(redis_url=redis_server.url), client=client)
     yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client,
                         SPARKLE_REDIS_URL=redis_server.url)
     _teardown_pipeline()
@@ -71,7 +70,7 @@ def test_a_high_run_overtakes_normal_runs_queued_before_it(redis_pipeline, plans
         high = pipeline.create(_plan(plans_dir, tmp_path, "rush", priority="high"))
         assert dispatcher.kick(high) == "script"
         # (the reaper's view of the queues covers every level)
-        waiting = queued_stages(pipeline.broker, client, "sparkle", 60_000)
+        waiting = pipeline.app.backend.queued_stages("sparkle", 60_000)
         assert "script" in waiting[high.run_id]
         work = worker.work_queue
         assert isinstance(work, PriorityWorkQueue)

@@ -142,10 +142,10 @@ def test_the_broker_reloads_its_scripts_when_redis_lost_them(redis_server: Redis
     text again instead of failing with NOSCRIPT."""
     import dramatiq
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
-    broker = build_broker(Settings(redis_url=redis_server.url))  # type: ignore[call-arg]
+    broker = build_redis_broker(Settings(redis_url=redis_server.url))  # type: ignore[call-arg]
     client = redis_server.client()
     broker.declare_queue("q")
     sent = dramatiq.Message(queue_name="q", actor_name="a", args=(1,), kwargs={}, options={})
@@ -174,11 +174,11 @@ def test_an_ack_redis_does_not_answer_in_time_is_a_lost_connection_to_dramatiq(
 
     from dramatiq.errors import ConnectionClosed
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=0.5)
-    broker = build_broker(Settings(), client=client)
+    broker = build_redis_broker(Settings(), client=client)
     broker.declare_queue("q")
     broker.enqueue(dramatiq.Message(queue_name="q", actor_name="a", args=(1,), kwargs={},
                                     options={}))
@@ -287,10 +287,10 @@ def test_the_brokers_ack_is_sent_as_safe_to_repeat(redis_server: RedisServer,
                                                    monkeypatch: pytest.MonkeyPatch):
     """Of the broker's Lua calls only the ack is sent as safe to repeat (it removes a
     message from its queue's ack set); an enqueue or a fetch is not."""
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
-    broker = build_broker(Settings(redis_url=redis_server.url, namespace="ack-test"))
+    broker = build_redis_broker(Settings(redis_url=redis_server.url, namespace="ack-test"))
     sent: list[tuple[str, bool]] = []
     real_execute = roundtrip.execute
 

@@ -11,6 +11,7 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 
 from sparkle import keys
+from sparkle.backends.redis import RedisBackend
 from sparkle.dispatch import Dispatcher
 from sparkle.plans import load_plan_file
 from sparkle.runindex import RunIndex
@@ -35,7 +36,8 @@ def world(redis_server, tmp_path, plans_dir):
             run.set_cancelled(True)
         return run
 
-    yield client, Dispatcher(broker, client, "sparkle"), store, make
+    # (messages in memory, leases and the index on the real Redis)
+    yield client, Dispatcher(RedisBackend(broker, client, "test"), "sparkle"), store, make
     broker.close()
 
 

@@ -22,7 +22,7 @@ import pytest
 from sparkle import runlock
 from sparkle.adapters.testing import read_trace
 from sparkle.engine import Outcome
-from sparkle.redrive import Reaper, RedriveReason
+from sparkle.redrive import RedriveReason
 from sparkle.service import requeue_unfinished
 
 #: A process that takes a run's lock file, says so, and holds it until killed.
@@ -108,8 +108,7 @@ def test_reaper_never_redrives_a_run_another_live_process_holds(pipeline, plans_
     run = pipeline.create(plans_dir / "rooftop.json")
     run.append_event("script", "begin", 1)
     other = holder(run.dir)
-    reaper = Reaper(pipeline.engine.store, pipeline.engine.dispatcher, pipeline.engine.client,
-                    pipeline.broker, pipeline.engine.settings)
+    reaper = pipeline.app.reaper
     # When the reaper looks (however long the stage has been running)
     while_alive = reaper.run_once(older_than=0)
     kill(other)

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparkle import runstore
+from sparkle import runstore, runsummary
 from sparkle.review_state import ReviewState, write_review
 from sparkle.runstore import (
     SUMMARY_FILE,
@@ -92,13 +92,13 @@ def store(tmp_path: Path) -> RunStore:
 def count_derivations(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     """Counts the runs whose summary was derived from their files (cache misses)."""
     derived: Counter[str] = Counter()
-    original = runstore._derive
+    original = runsummary._derive
 
     def counting(run: Run, sources: list[Any]) -> Any:
         derived[run.run_id] += 1
         return original(run, sources)
 
-    monkeypatch.setattr(runstore, "_derive", counting)
+    monkeypatch.setattr(runsummary, "_derive", counting)
     yield derived
 
 
@@ -173,7 +173,7 @@ def _manifest_only_success(run: Run) -> None:
 
 
 def _open_review(run: Run) -> None:
-    from sparkle.review import open_review
+    from sparkle.review_gates import open_review
 
     open_review(run, "qa", "qa_escalate")
 

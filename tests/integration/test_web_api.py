@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sparkle.settings import get_settings
+from sparkle.app import installed
 from sparkle.web.app import create_app
 from sparkle.web.config import UiConfig
 from sparkle.web.site import Mode, Site
@@ -19,7 +19,7 @@ BASE = "http://127.0.0.1:8321"
 
 
 def dashboard(worker_threads: int | None = 2, **config: Any) -> TestClient:
-    site = Site.for_process(get_settings(), worker_threads=worker_threads)
+    site = Site.for_app(installed(), worker_threads=worker_threads)
     return TestClient(create_app(site, UiConfig(**config)), base_url=BASE)
 
 
@@ -186,7 +186,7 @@ def test_the_inbox_page_shows_rejected_files_with_their_problems(pipeline, tmp_p
     from sparkle.inbox import Inbox
 
     # Given a bad plan rejected by the real inbox
-    settings = get_settings()
+    settings = installed().settings
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     (settings.inbox_dir / "broken.json").write_text('{"title": "x", "shots": []}')
     inbox = Inbox.from_settings(pipeline.engine.dispatcher.kick, settings=settings)
@@ -212,7 +212,7 @@ def test_manifest_events_stream_to_a_client_as_they_are_appended(three_runs):
 
     run = three_runs["queued"]
     port = free_port()
-    site = Site.for_process(get_settings(), worker_threads=2)
+    site = Site.for_app(installed(), worker_threads=2)
     server = start_in_background(site, UiConfig(port=port))
     try:
         seen = len(run.events())
@@ -245,11 +245,11 @@ def test_dead_letters_are_listed_and_replayed_through_the_api(redis_server, tmp_
     import redis
     from conftest import _teardown_pipeline, make_pipeline
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = redis.Redis.from_url(redis_server.url)
-    broker = build_broker(Settings(redis_url=redis_server.url), client=client)
+    broker = build_redis_broker(Settings(redis_url=redis_server.url), client=client)
     pipeline = make_pipeline(tmp_path, monkeypatch, broker=broker, client=client,
                              SPARKLE_REDIS_URL=redis_server.url)
     try:

@@ -151,7 +151,7 @@ def test_a_plan_uploaded_on_the_new_run_page_renders_live_and_its_movie_plays(
     a reload, every keyframe loads, the movie can play and is as long as the file says."""
     from selenium.webdriver.common.by import By
 
-    from sparkle.adapters.media import probe
+    from sparkle.adapters.probe import probe
 
     base, runs = served
     driver = browser
@@ -250,7 +250,7 @@ def _dashboard(pipeline: Any, worker_threads: int | None) -> tuple[str, Any, Any
     """A dashboard on a free port for the pipeline's engine, and a stage worker."""
     import dramatiq
 
-    from sparkle.settings import get_settings
+    from sparkle.app import installed
     from sparkle.web.config import UiConfig
     from sparkle.web.server import start_in_background
     from sparkle.web.site import Site
@@ -258,7 +258,7 @@ def _dashboard(pipeline: Any, worker_threads: int | None) -> tuple[str, Any, Any
     worker = dramatiq.Worker(pipeline.broker, worker_threads=2, worker_timeout=100)
     worker.start()
     port = free_port()
-    site = Site.for_process(get_settings(), worker_threads=worker_threads)
+    site = Site.for_app(installed(), worker_threads=worker_threads)
     server = start_in_background(site, UiConfig(port=port))
     return f"http://127.0.0.1:{port}", server, worker
 
@@ -328,11 +328,11 @@ def test_a_dead_letter_is_replayed_from_the_operations_page(
     from selenium.webdriver.common.by import By
 
     from sparkle.adapters.testing import FIXED
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = redis.Redis.from_url(redis_server.url)
-    broker = build_broker(Settings(redis_url=redis_server.url), client=client)
+    broker = build_redis_broker(Settings(redis_url=redis_server.url), client=client)
     pipeline = make_pipeline(tmp_path, monkeypatch, broker=broker, client=client,
                              SPARKLE_REDIS_URL=redis_server.url)
     try:

@@ -14,9 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from sparkle.adapters.testing import read_trace
+from sparkle.app import installed
 from sparkle.review_state import read_review
 from sparkle.runstore import RunStatus
-from sparkle.settings import get_settings
 from sparkle.web.app import create_app
 from sparkle.web.config import UiConfig
 from sparkle.web.site import Site
@@ -28,7 +28,7 @@ BROWSER = {"origin": BASE, "sec-fetch-site": "same-origin"}
 
 
 def dashboard(worker_threads: int | None = 2, **config: Any) -> TestClient:
-    site = Site.for_process(get_settings(), worker_threads=worker_threads)
+    site = Site.for_app(installed(), worker_threads=worker_threads)
     return TestClient(create_app(site, UiConfig(**config)), base_url=BASE)
 
 
@@ -198,7 +198,7 @@ def test_a_decision_on_a_run_held_by_a_worker_is_refused_to_try_again(pipeline, 
     from sparkle.lease import Lease
 
     run = gated_run(pipeline, plans_dir)
-    site = Site.for_process(get_settings(), worker_threads=2)
+    site = Site.for_app(installed(), worker_threads=2)
     site.settings = site.settings.model_copy(update={"decision_wait_sec": 0.2})
     web = TestClient(create_app(site, UiConfig()), base_url=BASE)
     settings = pipeline.engine.settings
@@ -222,11 +222,11 @@ def test_with_redis_a_decision_queues_the_run_for_the_workers(redis_server, tmp_
     import redis
     from conftest import _teardown_pipeline, make_pipeline
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = redis.Redis.from_url(redis_server.url)
-    broker = build_broker(Settings(redis_url=redis_server.url), client=client)
+    broker = build_redis_broker(Settings(redis_url=redis_server.url), client=client)
     pipeline = make_pipeline(tmp_path, monkeypatch, broker=broker, client=client,
                              SPARKLE_REDIS_URL=redis_server.url)
     try:

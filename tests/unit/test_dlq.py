@@ -208,12 +208,12 @@ def test_dead_letters_are_kept_as_long_as_the_setting_says():
     vanish from `sparkle dlq list`. The broker keeps them SPARKLE_DEAD_LETTER_DAYS."""
     import fakeredis
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    assert build_broker(Settings(), client=client).dead_message_ttl == 30 * 86_400_000
-    broker = build_broker(Settings(dead_letter_days=2.5), client=client)  # type: ignore[call-arg]
+    assert build_redis_broker(Settings(), client=client).dead_message_ttl == 30 * 86_400_000
+    broker = build_redis_broker(Settings(dead_letter_days=2.5), client=client)  # type: ignore[call-arg]
     assert broker.dead_message_ttl == 2.5 * 86_400_000
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sparkle import atomic
-from sparkle.adapters import media
+from sparkle.adapters import ffmpeg
 from sparkle.infrastructure import (
     InfrastructureError,
     bookkeeping,
@@ -154,7 +154,7 @@ def test_a_run_folder_left_without_a_plan_is_completed(tmp_path):
     (0, None),
 ])
 def test_ffmpeg_exit_codes_carrying_an_errno_are_read_back(code, expected):
-    assert media.exit_errno(code) == expected
+    assert ffmpeg.exit_errno(code) == expected
 
 
 def test_ffmpeg_out_of_disk_says_so(tmp_path, monkeypatch):
@@ -166,10 +166,10 @@ def test_ffmpeg_out_of_disk_says_so(tmp_path, monkeypatch):
                     "for i in $(seq 20); do echo \"[libx264] stats line $i\" >&2; done\n"
                     "exit 228\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(media, "ffmpeg_exe", lambda: str(fake))
+    monkeypatch.setattr(ffmpeg, "ffmpeg_exe", lambda: str(fake))
     # When it encodes a clip
-    with pytest.raises(media.FFmpegResourceError) as caught:
-        media.run_ffmpeg(["-i", "in.png", str(tmp_path / "clip.mp4")], doing="encoding clip")
+    with pytest.raises(ffmpeg.FFmpegResourceError) as caught:
+        ffmpeg.run_ffmpeg(["-i", "in.png", str(tmp_path / "clip.mp4")], doing="encoding clip")
     # Then the message says what happened and where, first
     first = str(caught.value).splitlines()[0]
     assert first.startswith("ffmpeg failed: No space left on device (ENOSPC, exit 228) writing "
@@ -182,9 +182,9 @@ def test_other_ffmpeg_failures_are_unchanged(tmp_path, monkeypatch):
     fake = tmp_path / "ffmpeg"
     fake.write_text("#!/bin/sh\necho 'Invalid data found when processing input' >&2\nexit 183\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(media, "ffmpeg_exe", lambda: str(fake))
-    with pytest.raises(media.FFmpegError, match=r"ffmpeg failed \(exit 183\) while probing"):
-        media.run_ffmpeg(["-i", "x"], doing="probing")
+    monkeypatch.setattr(ffmpeg, "ffmpeg_exe", lambda: str(fake))
+    with pytest.raises(ffmpeg.FFmpegError, match=r"ffmpeg failed \(exit 183\) while probing"):
+        ffmpeg.run_ffmpeg(["-i", "x"], doing="probing")
 
 
 # -- sparkle status ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def sample(name: str, **labels: str) -> float:
 def test_no_endpoint_unless_a_port_is_set(pipeline):
     engine = pipeline.engine
     assert engine.settings.metrics_port is None
-    assert metrics.serve(engine.settings, engine.store, pipeline.broker, engine.client) is None
+    assert metrics.serve(engine.settings, engine.store, pipeline.app.backend) is None
 
 
 def test_endpoint_serves_stage_metrics_and_run_gauges_on_loopback(pipeline, plans_dir):
@@ -30,7 +30,7 @@ def test_endpoint_serves_stage_metrics_and_run_gauges_on_loopback(pipeline, plan
     run = pipeline.create(plans_dir / "rooftop.json", fault_images="transient:1")
     assert pipeline.work(run).status.value == "succeeded"
     settings = engine.settings.model_copy(update={"metrics_port": free_port()})
-    server = metrics.serve(settings, engine.store, pipeline.broker, engine.client)
+    server = metrics.serve(settings, engine.store, pipeline.app.backend)
     assert server is not None and server.host == "127.0.0.1"
     try:
         url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
@@ -84,7 +84,7 @@ def test_gauges_count_runs_awaiting_review_and_the_longest_wait(pipeline, plans_
     assert waiting is not None  # (as if it had been waiting for 100 s)
     write_review(str(run.dir), waiting.model_copy(update={"requested_at": time.time() - 100}))
     engine = pipeline.engine
-    collector = metrics.StateCollector(engine.store, pipeline.broker, engine.client,
+    collector = metrics.StateCollector(engine.store, pipeline.app.backend,
                                        engine.settings.namespace)
     families = {family.name: family for family in collector.collect()}
     runs = {s.labels["status"]: s.value for s in families["sparkle_runs"].samples}

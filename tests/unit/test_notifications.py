@@ -170,7 +170,7 @@ def test_in_process_notifiers_come_from_the_entry_point_group(tmp_path, plans_di
 
 def test_webhook_urls_are_checked_at_start():
     from sparkle.errors import ConfigError
-    from sparkle.settings import _read
+    from sparkle.settings import load_settings as _read
 
     with pytest.raises(ConfigError, match="SPARKLE_WEBHOOK_URL"):
         _read(webhook_url="https://ok.example/hook, file:///etc/passwd")

@@ -18,7 +18,7 @@ from conftest import _teardown_pipeline, make_pipeline
 
 from sparkle import keys
 from sparkle.adapters.testing import read_trace
-from sparkle.broker import build_broker
+from sparkle.broker import build_redis_broker
 from sparkle.lease import Lease
 from sparkle.redrive import MAX_REDRIVES_WITHOUT_PROGRESS, Reaper, RedriveReason
 from sparkle.schemas import STAGES
@@ -28,7 +28,7 @@ from sparkle.settings import Settings
 def reaper_for(pipeline, **overrides):
     engine = pipeline.engine
     settings = engine.settings.model_copy(update=overrides) if overrides else engine.settings
-    return Reaper(engine.store, engine.dispatcher, engine.client, pipeline.broker, settings)
+    return Reaper(engine.store, engine.dispatcher, settings)
 
 
 def lose_messages(pipeline, run):
@@ -235,7 +235,7 @@ def redis_pipeline(tmp_path, monkeypatch, redis_server):
     """A pipeline on a RedisBroker against a private redis-server (no worker running)."""
     settings = Settings(redis_url=redis_server.url)
     client = redis.Redis.from_url(redis_server.url)
-    pipeline = make_pipeline(tmp_path, monkeypatch, broker=build_broker(settings),
+    pipeline = make_pipeline(tmp_path, monkeypatch, broker=build_redis_broker(settings),
                              client=client, SPARKLE_REDIS_URL=redis_server.url)
     yield pipeline
     _teardown_pipeline()

@@ -12,6 +12,7 @@ import fakeredis
 import pytest
 
 from sparkle import keys
+from sparkle.backends.redis import RedisBackend
 from sparkle.retention import (
     PRUNED_FILE,
     TRASH_PREFIX,
@@ -233,7 +234,7 @@ def test_retention_setting_is_checked_at_start():
         with pytest.raises(RetentionError):
             parse_policy(bad)
     from sparkle.errors import ConfigError
-    from sparkle.settings import _read
+    from sparkle.settings import load_settings as _read
 
     with pytest.raises(ConfigError, match="SPARKLE_RETENTION"):
         _read(retention="30d:everything")
@@ -247,10 +248,11 @@ def test_reapers_apply_retention_at_most_once_an_hour(pipeline, finished):
         for path in run.dir.rglob("*"):
             os.utime(path, (old, old), follow_symlinks=False)
     client = fakeredis.FakeRedis()
+    backend = RedisBackend(pipeline.broker, client, "shared (fakeredis)")
     store = pipeline.engine.store
     # When both apply SPARKLE_RETENTION=30d
-    first = apply_retention(store, client, "sparkle", "30d", embedded=False)
-    second = apply_retention(store, client, "sparkle", "30d", embedded=False)
+    first = apply_retention(store, backend, "sparkle", "30d")
+    second = apply_retention(store, backend, "sparkle", "30d")
     # Then the first prunes the three finished runs and the second does not run at all
     assert first is not None and first.runs == 3
     assert second is None
@@ -269,7 +271,7 @@ def test_the_reaper_applies_sparkle_retention(pipeline, finished):
             os.utime(path, (old, old), follow_symlinks=False)
     engine = pipeline.engine
     settings = engine.settings.model_copy(update={"retention": "2d", "reaper_interval_sec": 0.05})
-    reaper = Reaper(engine.store, engine.dispatcher, engine.client, pipeline.broker, settings)
+    reaper = Reaper(engine.store, engine.dispatcher, settings)
     # When it runs in the background
     reaper.start()
     try:

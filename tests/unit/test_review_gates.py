@@ -15,7 +15,7 @@ from sparkle.errors import ConfigError, PlanError
 from sparkle.plans import parse_plan_bytes
 from sparkle.review_state import ReviewState, write_review
 from sparkle.runstore import Run, RunStatus, RunStore, cached_entry, run_id_for
-from sparkle.settings import Settings, configure
+from sparkle.settings import Settings, load_settings
 from sparkle.timeline import timeline
 
 PLANS = Path(__file__).parents[1] / "data" / "plans"
@@ -51,7 +51,7 @@ def test_the_default_gates_come_from_sparkle_review_after(monkeypatch: pytest.Mo
     assert Settings(review_after="qa,images").review_after_stages == ("images", "qa")
     monkeypatch.setenv("SPARKLE_REVIEW_AFTER", "images,sound")
     with pytest.raises(ConfigError, match="SPARKLE_REVIEW_AFTER names no stage: sound"):
-        configure()
+        load_settings()
 
 
 def waiting_run(tmp_path: Path, waited_sec: float, status: str = "awaiting_review") -> Run:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import shutil
 
+from sparkle.app import installed
 from sparkle.runindex import listing
 from sparkle.runindex_folder import INDEX_DIR, FolderRunIndex
 from sparkle.service import requeue_unfinished
-from sparkle.settings import get_settings
 
 
 def test_a_queued_run_is_in_the_index_and_leaves_it_once_found_finished(pipeline, plans_dir):
@@ -37,12 +37,12 @@ def test_readers_look_only_at_the_runs_the_index_names(pipeline, plans_dir):
     FolderRunIndex(pipeline.runs_dir).rebuild(store)
     unnamed = pipeline.create(plans_dir / "rooftop.json")
     # When: `sparkle runs --status queued` (embedded) and a serve start list them
-    listed = [s.run_id for s in listing(store, "queued", get_settings())]
+    listed = [s.run_id for s in listing(store, "queued", installed().settings)]
     requeued = requeue_unfinished(pipeline.engine)
     # Then: only the named run was read and re-queued; every status still reads all folders
     assert listed == [named.run_id]
     assert [run.run_id for run in requeued] == [named.run_id]
-    assert {s.run_id for s in listing(store, None, get_settings())} == {
+    assert {s.run_id for s in listing(store, None, installed().settings)} == {
         named.run_id, unnamed.run_id}
 
 

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkle import atomic, unique
+from sparkle import atomic, history_cache, unique
 from sparkle.errors import RunConflictError, RunNotFoundError, UnsafePathError
 from sparkle.plans import load_plan_file
 from sparkle.runstore import (
@@ -987,7 +987,7 @@ def test_an_append_waits_for_the_lock_on_the_run(run: Run):
 
 
 class _CountingEventList:
-    """Stands in for runstore._EVENT_LIST, counting the manifest lines it validates."""
+    """Stands in for history_cache._EVENT_LIST, counting the manifest lines it validates."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
@@ -1004,10 +1004,8 @@ def test_reading_a_history_again_parses_only_the_lines_appended_since(
 ):
     """Every stage message reads its run's whole history; the lines parsed by an earlier
     read are not parsed again while the file still begins with them."""
-    from sparkle import runstore
-
-    counting = _CountingEventList(runstore._EVENT_LIST)
-    monkeypatch.setattr(runstore, "_EVENT_LIST", counting)
+    counting = _CountingEventList(history_cache._EVENT_LIST)
+    monkeypatch.setattr(history_cache, "_EVENT_LIST", counting)
     for stage in STAGES[:3]:
         run.append_event(stage, "begin", 1)
         run.append_event(stage, "success", 1)

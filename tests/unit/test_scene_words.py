@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sparkle.adapters.ambience import bed_for
-from sparkle.adapters.scene import find_elements
+from sparkle.adapters.scene_words import find_elements
 from sparkle.adapters.subtitles import Cue, cues_from_timing, parse_cues, srt_text, vtt_text
 from sparkle.adapters.visemes import Viseme, from_phonemes, shape_at, shape_for
 from sparkle.schemas import MoviePlan

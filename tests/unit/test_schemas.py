@@ -8,11 +8,13 @@ reading the source.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import json
+from typing import Any, get_args
 
 import pytest
 
 from sparkle.errors import PlanError, Problem
+from sparkle.names import REVIEW_EVENTS, STAGES, CheckpointStatus, EventKind, StageName
 from sparkle.plans import shorten, validate_plan
 from sparkle.schemas import (
     AssetRefs,
@@ -625,3 +627,23 @@ def test_qa_report_refuses_unknown_decision_or_negative_issue_count(key: str, va
     doc = {"decision": "approve", "issues_found": 0} | {key: value}
     with pytest.raises(ValueError, match=key):
         QAReport.model_validate(doc)
+
+
+def test_checkpoint_status_and_event_kind_are_read_as_enums_and_written_as_strings():
+    """A status read from a file is a member of its enum (compared and matched by type, not
+    by spelling); written back, the file holds the same string it did."""
+    checkpoint = Checkpoint.model_validate_json(json.dumps(checkpoint_doc()))
+    assert checkpoint.status is CheckpointStatus.success
+    event = StageEvent.model_validate_json(json.dumps(
+        {"run_id": "r1", "stage": "qa", "status": "review_requested", "timestamp": 2.0,
+         "attempt": 1}))
+    assert event.status is EventKind.review_requested
+    assert event.status in REVIEW_EVENTS
+    assert json.loads(checkpoint.model_dump_json())["status"] == "success"
+    assert json.loads(event.model_dump_json())["status"] == "review_requested"
+
+
+def test_the_stage_list_is_the_stage_name_type_itself():
+    """STAGES is read from the StageName type, not written out a second time."""
+    assert STAGES is get_args(StageName)
+    assert Checkpoint.model_fields["stage"].annotation == StageName

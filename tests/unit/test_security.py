@@ -345,7 +345,8 @@ def test_rediss_works_through_build_client_and_build_broker(tls_redis: TlsRedis)
     broker over TLS: a key round-trips and an actor on that broker runs a message."""
     import dramatiq
 
-    from sparkle.broker import build_broker, build_client
+    from sparkle.backends.redis import coordination_client as build_client
+    from sparkle.broker import build_redis_broker
 
     settings = Settings(redis_url=tls_redis.url(), namespace="tls-test")
     # When I use the coordination client
@@ -355,7 +356,7 @@ def test_rediss_works_through_build_client_and_build_broker(tls_redis: TlsRedis)
     assert client.get("tls-test:probe") == b"over tls"
     assert client.connection_pool.connection_class.__name__ == "SSLConnection"
     # When I send a message through a broker built from the same settings
-    broker = build_broker(settings)
+    broker = build_redis_broker(settings)
     seen: list[str] = []
 
     def record(value: str) -> None:
@@ -392,7 +393,7 @@ def test_rediss_checks_the_certificate_and_the_host_name(
     """Certificate verification and host name checking are on by default: a server whose
     CA is not trusted, or whose certificate names another host, is refused (and the error
     does not show the password)."""
-    from sparkle.broker import build_client
+    from sparkle.backends.redis import coordination_client as build_client
 
     client = build_client(Settings(redis_url=tls_redis.url(host=host, ca=ca)))
     with pytest.raises(redis.ConnectionError) as info:
@@ -421,13 +422,14 @@ def redis_pipeline(redis_server: Any, tmp_path: Path, monkeypatch: pytest.Monkey
     """The actors on a RedisBroker on a private real redis-server."""
     from conftest import _teardown_pipeline, make_pipeline
 
-    from sparkle.broker import build_broker, build_client
+    from sparkle.backends.redis import coordination_client as build_client
+    from sparkle.broker import build_redis_broker
 
     settings = Settings(redis_url=redis_server.url)
     pipeline = make_pipeline(
         tmp_path,
         monkeypatch,
-        broker=build_broker(settings),
+        broker=build_redis_broker(settings),
         client=build_client(settings),
         SPARKLE_REDIS_URL=redis_server.url,
     )

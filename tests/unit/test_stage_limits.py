@@ -54,7 +54,7 @@ def test_limits_are_checked_at_start():
         with pytest.raises(ValueError):
             parse_limits(bad)
     from sparkle.errors import ConfigError
-    from sparkle.settings import _read
+    from sparkle.settings import load_settings as _read
 
     with pytest.raises(ConfigError, match="SPARKLE_STAGE_CONCURRENCY"):
         _read(stage_concurrency="gpu=1")
