@@ -150,3 +150,14 @@ def test_every_lazy_import_in_the_cli_says_why() -> None:
 def test_no_cli_module_is_over_500_lines() -> None:
     sizes = {path.name: len(path.read_text().splitlines()) for path in CLI_DIR.glob("*.py")}
     assert {name: size for name, size in sizes.items() if size > 500} == {}
+
+
+@pytest.mark.parametrize("command", ["status", "resume", "timeline", "cancel"])
+def test_a_hostile_run_id_is_bad_input_for_every_command(command: str, tmp_path: Path) -> None:
+    """docs/SECURITY.md §7: a run id that is not path-safe exits 2 with one line, whichever
+    area's command reads it (they share the one guard)."""
+    result = CliRunner().invoke(main, [command, "../outside", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == exits.EXIT_USAGE
+    assert "error: run id '../outside' is not a path-safe id" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []
