@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from sparkle.errors import ConfigError
+from sparkle.retention_policy import parse_policy
+from sparkle.webhooks import webhook_urls
 
 
 class Settings(BaseSettings):
@@ -152,8 +154,6 @@ class Settings(BaseSettings):
     @classmethod
     def _retention_policy(cls, value: str | None) -> str | None:
         if value:
-            from sparkle.retention import parse_policy
-
             parse_policy(value)  # raises a ValueError naming the problem
         return value or None
 
@@ -161,8 +161,6 @@ class Settings(BaseSettings):
     @classmethod
     def _webhook_urls(cls, value: str | None) -> str | None:
         if value:
-            from sparkle.notifications import webhook_urls
-
             webhook_urls(value)  # raises a ValueError naming the bad URL
         return value or None
 
