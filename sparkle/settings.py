@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from sparkle.errors import ConfigError
 from sparkle.retention_policy import parse_policy
 from sparkle.webhooks import webhook_urls
+from sparkle.wording import house_wording
 
 
 class Settings(BaseSettings):
@@ -245,11 +246,12 @@ def load_settings(**overrides: Any) -> Settings:
 
 def describe_error(exc: ValidationError) -> str:
     """Settings that failed validation, by environment variable: ``SPARKLE_LEASE_TTL_SEC:
-    Input should be a valid number (got 'abc')``. (The CLI options that set some of them
+    must be a number (got 'abc')``. (The CLI options that set some of them
     carry the same names.)"""
     parts = []
     for error in exc.errors(include_url=False):
-        message = error["msg"].removeprefix("Value error, ")
+        message = house_wording(error["type"], error.get("ctx") or {}) \
+            or error["msg"].removeprefix("Value error, ")
         if error["loc"]:
             field = str(error["loc"][0])
             info = Settings.model_fields.get(field)
