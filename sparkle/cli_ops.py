@@ -322,7 +322,12 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
     --from script`.
     """
     _configure(runs_dir)
-    from sparkle.retention import RetentionError, RetentionPolicy, parse_keep, parse_statuses
+    from sparkle.retention_policy import (
+        RetentionError,
+        RetentionPolicy,
+        parse_keep,
+        parse_statuses,
+    )
 
     try:
         policy = RetentionPolicy(older_than_sec=older_than, statuses=parse_statuses(statuses),
