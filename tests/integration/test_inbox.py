@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import redis
 
-from sparkle.inbox import ERROR_SUFFIX, Inbox
+from sparkle.inbox import Inbox
+from sparkle.inbox_names import ERROR_SUFFIX
 from sparkle.plans import load_plan_file
 from sparkle.runstore import Run, RunStore
 
@@ -530,7 +531,7 @@ def test_a_crash_at_any_point_loses_nothing_and_duplicates_no_run(
     assert names(inbox.processed_dir) == ["crash.json"]
     assert len(store.runs()) == 1
     assert recorder.run_ids == [store.runs()[0].run_id]
-    assert os.listdir(inbox.claimed_dir) == [f".owner-{inbox._owner_id}.lock"]
+    assert os.listdir(inbox.claimed_dir) == [f".owner-{inbox.claims.owner_id}.lock"]
     expected = "created" if point == "after-claim" else "resumed"
     assert f"crash.json -> run {store.runs()[0].run_id} ({expected})" in caplog.text
 
@@ -744,7 +745,7 @@ def test_an_empty_file_is_never_taken_and_is_reported_once(
     # taken whole: an empty file is left in the inbox, reported once, and taken once
     # written. (Claimed empty, the writer's open file would follow it into rejected/.)
     caplog.set_level(logging.WARNING, logger="sparkle.inbox")
-    monkeypatch.setattr("sparkle.inbox.EMPTY_WARN_SEC", 0.6)
+    monkeypatch.setattr("sparkle.inbox_stability.EMPTY_WARN_SEC", 0.6)
     inbox = make_inbox(Recorder())
     with open(inbox_dir / "late.json", "wb") as writer:
         wait_until(lambda: "late.json is still empty" in caplog.text, what="the warning")
@@ -815,17 +816,17 @@ def test_the_inbox_worker_survives_an_error_while_claiming(
     # or read-only disk) once killed the only worker thread; later files piled up.
     recorder = Recorder()
     inbox = make_inbox(recorder)
-    claim = Inbox._claim
+    claim = inbox.claims.claim
     broken = threading.Event()
     broken.set()
 
-    def claim_once_broken(self: Inbox, path: Path) -> Path | None:
+    def claim_once_broken(path: Path) -> Path | None:
         if broken.is_set():
             broken.clear()
             raise OSError(28, "No space left on device")
-        return claim(self, path)
+        return claim(path)
 
-    monkeypatch.setattr(Inbox, "_claim", claim_once_broken)
+    monkeypatch.setattr(inbox.claims, "claim", claim_once_broken)
     (inbox_dir / "first.json").write_bytes(plan_bytes("First"))
     wait_until(lambda: inbox.failed == 1, what="the failed claim")
     (inbox_dir / "second.json").write_bytes(plan_bytes("Second"))
@@ -858,7 +859,7 @@ def test_an_owner_lock_that_cannot_be_checked_counts_as_alive(
             raise OSError(9, "Bad file descriptor")
         flock(fd, operation)
 
-    monkeypatch.setattr("sparkle.inbox.fcntl.flock", nfs_flock)
+    monkeypatch.setattr("sparkle.inbox_claims.fcntl.flock", nfs_flock)
     inbox.scan()  # does not raise
     assert claimed.exists() and lock.exists()
 
@@ -876,7 +877,7 @@ def test_without_hard_links_a_name_taken_meanwhile_is_never_overwritten(
     def no_links(*args: Any, **kwargs: Any) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr("sparkle.inbox.os.link", no_links)
+    monkeypatch.setattr("sparkle.inbox_settle.os.link", no_links)
     write_json = atomic.write_json
     competitor: list[bool] = []
 
@@ -980,8 +981,8 @@ def test_another_users_lock_file_is_checked_read_only_when_it_cannot_be_opened_t
                 raise PermissionError(errno.EACCES, "Permission denied")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("sparkle.inbox.os.open", open_as_another_user)
-    assert inbox._owner_alive(other) is False  # nobody holds it: gone
+    monkeypatch.setattr("sparkle.inbox_claims.os.open", open_as_another_user)
+    assert inbox.claims.owner_alive(other) is False  # nobody holds it: gone
     assert opened == [os.O_RDWR, os.O_RDONLY]
 
 
@@ -1011,9 +1012,9 @@ def test_an_owner_lock_name_holding_no_lock_file_means_that_watcher_is_gone(
             raise PermissionError(errno.EACCES, "Permission denied")  # another user's
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("sparkle.inbox.os.open", refuse_writing)
+    monkeypatch.setattr("sparkle.inbox_claims.os.open", refuse_writing)
     answers: list[bool] = []
-    checker = threading.Thread(target=lambda: answers.append(inbox._owner_alive(other)),
+    checker = threading.Thread(target=lambda: answers.append(inbox.claims.owner_alive(other)),
                                daemon=True)
     checker.start()
     checker.join(5)
