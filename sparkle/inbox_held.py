@@ -50,17 +50,17 @@ class HeldFiles:
         (callers of the ``*_locked`` methods hold it).
       stopping: set when the inbox stops: a backoff sleep ends and the file stays claimed.
       process: tries a held file again.
-      count: counts an outcome (``retried``, ``failed``) in the inbox's statistics.
+      record: counts an outcome (``retried``, ``failed``) in the inbox's statistics.
       retry_initial, retry_max: seconds before the first retry, and at most between two.
     """
 
     def __init__(self, cond: threading.Condition, stopping: threading.Event, process: Process,
-                 count: Callable[[str], None], *, retry_initial: float,
+                 record: Callable[[str], None], *, retry_initial: float,
                  retry_max: float) -> None:
         self._cond = cond
         self._stopping = stopping
         self._process = process
-        self._count = count
+        self._record = record
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._held: collections.deque[_Held] = collections.deque()
@@ -78,7 +78,7 @@ class HeldFiles:
         with self._cond:
             self._held.append(_Held(claimed, exc.created))
             self._cond.notify_all()
-        self._count("retried")
+        self._record("retried")
         name = parse_claim_name(claimed.name)[1]
         if exc.cause is None:
             log.info("inbox: %s held behind files waiting for the broker", printable(name))
@@ -101,7 +101,7 @@ class HeldFiles:
             except _Stopping:
                 return
             except Exception:
-                self._count("failed")
+                self._record("failed")
                 log.exception(
                     "inbox: %s failed unexpectedly; it stays in %s for the next start",
                     printable(parse_claim_name(item.claimed.name)[1]),
@@ -120,10 +120,10 @@ class HeldFiles:
                 self._process(item.claimed, item.created)
             except InfraError as exc:
                 item.created = exc.created
-                self._count("retried")
+                self._record("retried")
                 return
             except Exception:
-                self._count("failed")
+                self._record("failed")
                 log.exception(
                     "inbox: %s failed unexpectedly; it stays in %s",
                     printable(parse_claim_name(item.claimed.name)[1]),
@@ -161,7 +161,7 @@ class HeldFiles:
             raise _Stopping
 
     def _log_retry(self, item: _Held, state: tenacity.RetryCallState) -> None:
-        self._count("retried")
+        self._record("retried")
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
