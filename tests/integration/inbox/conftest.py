@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inbox_support import STABLE
 
 from sparkle.inbox import Inbox
 from sparkle.runstore import Run, RunStore
+
+from .inbox_support import STABLE
 
 
 @pytest.fixture

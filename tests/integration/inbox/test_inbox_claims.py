@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inbox_support import REPO, Recorder, names, plan_bytes, wait_until
 
 from sparkle.inbox import Inbox
 from sparkle.runstore import RunStore
+
+from .inbox_support import REPO, Recorder, names, plan_bytes, wait_until
 
 
 def test_two_watchers_on_one_folder_never_take_the_same_file(

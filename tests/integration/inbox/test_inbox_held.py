@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 import redis
-from inbox_support import Recorder, names, plan_bytes, wait_until
+from prometheus_client import REGISTRY
 
 from sparkle.inbox import Inbox
 from sparkle.runstore import Run, RunStore
+
+from .inbox_support import Recorder, names, plan_bytes, wait_until
 
 
 def test_files_wait_in_claimed_while_the_broker_is_down_and_flow_when_it_returns(
@@ -170,3 +172,26 @@ def test_a_permanent_redis_reply_fails_its_file_without_holding_the_others(
     wait_until(lambda: inbox.processed == 1, what="the next plan processed")
     assert inbox.stats().held == 0
     assert [n.split("_", 1)[1] for n in names(inbox.claimed_dir)] == ["clash.json"]
+
+
+def test_every_attempt_held_back_is_counted_in_the_metric_as_in_the_stats(
+    make_inbox: Callable[..., Inbox], inbox_dir: Path
+) -> None:
+    # Protects: sparkle_inbox_plans_total{outcome="retried"} agrees with InboxStats.retried
+    # (each failed attempt counts), the first hold of a file included.
+    def retried_metric() -> float:
+        return REGISTRY.get_sample_value("sparkle_inbox_plans_total", {"outcome": "retried"}) or 0.0
+
+    # Given a running inbox whose broker is down, and the metric's value before
+    recorder = Recorder()
+    recorder.down.set()
+    inbox = make_inbox(recorder)
+    before = retried_metric()
+
+    # When a plan is held and retried a few times, and the inbox stops
+    (inbox_dir / "held.json").write_bytes(plan_bytes("Held"))
+    wait_until(lambda: inbox.retried >= 3, what="three held-back attempts")
+    inbox.stop()
+
+    # Then the metric grew by exactly the attempts the stats count
+    assert retried_metric() - before == inbox.retried

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inbox_support import LIGHTHOUSE, Recorder, names, plan, plan_bytes, wait_until
 
 from sparkle.inbox import Inbox
 from sparkle.inbox_names import ERROR_SUFFIX
 from sparkle.plans import load_plan_file
 from sparkle.runstore import RunStore
+
+from .inbox_support import LIGHTHOUSE, Recorder, names, plan, plan_bytes, wait_until
 
 
 def _bad(**changes: Any) -> bytes:

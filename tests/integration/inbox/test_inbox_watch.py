@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inbox_support import STABLE, Recorder, names, plan_bytes, wait_until
 
 from sparkle.inbox import Inbox
 from sparkle.inbox_names import ERROR_SUFFIX
 from sparkle.runstore import RunStore
+
+from .inbox_support import STABLE, Recorder, names, plan_bytes, wait_until
 
 
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
