@@ -48,7 +48,7 @@ BAD_PLANS = [
         "shots[1].dialogue[0].character_id",
         "names no character",
     ),
-    ("zero-duration", _bad(shots=_shots(duration_sec=0)), "shots[0].duration_sec", "greater"),
+    ("zero-duration", _bad(shots=_shots(duration_sec=0)), "shots[0].duration_sec", "more than 0"),
     ("no-shots", _bad(shots=[]), "shots", "at least 1"),
     ("missing-title", json.dumps(_NO_TITLE).encode(), "title", "missing"),
     ("wrong-type", _bad(shots=_shots(duration_sec="long")), "shots[0].duration_sec", "number"),
