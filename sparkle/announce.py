@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sparkle.inbox import InboxStats
+from sparkle.inbox_stats import InboxStats
 from sparkle.runstore import Run, RunStatus
 
 log = logging.getLogger(__name__)

@@ -61,9 +61,16 @@ class App:
 
     @cached_property
     def backend(self) -> Backend:
-        from sparkle.backends import build_backend
+        """``SPARKLE_REDIS_URL`` set: Redis; unset: embedded, in this process."""
+        if self.given_backend is not None:
+            return self.given_backend
+        if self.settings.redis_url_value() is None:
+            from sparkle.backends.embedded import EmbeddedBackend
 
-        return self.given_backend or build_backend(self.settings)
+            return EmbeddedBackend()
+        from sparkle.backends.redis import RedisBackend
+
+        return RedisBackend.from_settings(self.settings)
 
     @cached_property
     def store(self) -> RunStore:

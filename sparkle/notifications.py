@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sparkle import atomic, webhooks
 from sparkle.runstore import PLAN_FILE, Run
 from sparkle.settings import Settings
+from sparkle.webhooks import webhook_urls
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +129,6 @@ def targets(settings: Settings) -> list[str]:
     """The configured targets: webhook URLs, then ``notifier:<name>`` per entry point."""
     return [*webhook_urls(settings.webhook_url),
             *(NOTIFIER_PREFIX + name for name in sorted(_notifiers()))]
-
-
-def webhook_urls(value: str | None) -> list[str]:
-    """The URLs of ``SPARKLE_WEBHOOK_URL`` (comma-separated).
-
-    Raises:
-      ValueError: one is not an http(s) URL.
-    """
-    return [webhooks.check_url(part.strip()) for part in (value or "").split(",") if part.strip()]
 
 
 def run_targets(run: Run) -> list[str]:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sparkle import base_image_plan
 from sparkle.errors import PlanError, Problem
 from sparkle.schemas import MoviePlan, reference_problems
+from sparkle.wording import house_wording
 
 #: Offending values are shown in error messages up to this many characters.
 MAX_SHOWN_VALUE = 60
@@ -186,7 +187,8 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
         elif error["type"] == "string_pattern_mismatch" and ctx.get("pattern") == r"\S":
             message = "must not be blank"
         else:
-            message = f"{message} (got {shorten(error.get('input'))})"
+            message = f"{house_wording(error['type'], ctx) or message} " \
+                      f"(got {shorten(error.get('input'))})"
         problems.append(Problem(path, message))
     return problems
 

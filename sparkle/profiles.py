@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from sparkle import inbox
+from sparkle import inbox, inbox_names
 from sparkle.errors import ConfigError
 from sparkle.priority import PRIORITIES
 from sparkle.schemas import STAGES, split_stages
@@ -50,10 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The settings file that makes an inbox sub-folder a profile.
-PROFILE_FILE: Final = inbox.PROFILE_FILE
+PROFILE_FILE: Final = inbox_names.PROFILE_FILE
 
 #: Sub-folders of the inbox that are the hot folder's own, never profiles.
-RESERVED_NAMES: Final = frozenset({inbox.CLAIMED_DIR, inbox.PROCESSED_DIR, inbox.REJECTED_DIR})
+RESERVED_NAMES: Final = frozenset(
+    {inbox_names.CLAIMED_DIR, inbox_names.PROCESSED_DIR, inbox_names.REJECTED_DIR})
 
 #: A profile's name (its folder's): never mistaken for a plan file by the inbox above it.
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

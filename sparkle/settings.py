@@ -13,6 +13,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from sparkle.errors import ConfigError
+from sparkle.retention_policy import parse_policy
+from sparkle.webhooks import webhook_urls
+from sparkle.wording import house_wording
 
 
 class Settings(BaseSettings):
@@ -152,8 +155,6 @@ class Settings(BaseSettings):
     @classmethod
     def _retention_policy(cls, value: str | None) -> str | None:
         if value:
-            from sparkle.retention import parse_policy
-
             parse_policy(value)  # raises a ValueError naming the problem
         return value or None
 
@@ -161,8 +162,6 @@ class Settings(BaseSettings):
     @classmethod
     def _webhook_urls(cls, value: str | None) -> str | None:
         if value:
-            from sparkle.notifications import webhook_urls
-
             webhook_urls(value)  # raises a ValueError naming the bad URL
         return value or None
 
@@ -247,11 +246,12 @@ def load_settings(**overrides: Any) -> Settings:
 
 def describe_error(exc: ValidationError) -> str:
     """Settings that failed validation, by environment variable: ``SPARKLE_LEASE_TTL_SEC:
-    Input should be a valid number (got 'abc')``. (The CLI options that set some of them
+    must be a number (got 'abc')``. (The CLI options that set some of them
     carry the same names.)"""
     parts = []
     for error in exc.errors(include_url=False):
-        message = error["msg"].removeprefix("Value error, ")
+        message = house_wording(error["type"], error.get("ctx") or {}) \
+            or error["msg"].removeprefix("Value error, ")
         if error["loc"]:
             field = str(error["loc"][0])
             info = Settings.model_fields.get(field)

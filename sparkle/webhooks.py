@@ -131,3 +131,12 @@ def post(url: str, body: bytes, notification_id: str, event: str, secret: str | 
     if 200 <= status < 300:
         return Answer(True, status, None)
     return Answer(False, status, f"HTTP {status}")
+
+
+def webhook_urls(value: str | None) -> list[str]:
+    """The URLs of ``SPARKLE_WEBHOOK_URL`` (comma-separated).
+
+    Raises:
+      ValueError: one is not an http(s) URL.
+    """
+    return [check_url(part.strip()) for part in (value or "").split(",") if part.strip()]

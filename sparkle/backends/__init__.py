@@ -22,7 +22,6 @@ import dramatiq
 import redis
 
 from sparkle.runlock import Holder
-from sparkle.settings import Settings
 
 if TYPE_CHECKING:
     from sparkle.dispatch import Dispatcher
@@ -98,14 +97,3 @@ class Backend(ABC):
 
     def close(self) -> None:
         self.broker.close()
-
-
-def build_backend(settings: Settings) -> Backend:
-    """The backend ``settings`` choose."""
-    if settings.redis_url_value() is None:
-        from sparkle.backends.embedded import EmbeddedBackend
-
-        return EmbeddedBackend()
-    from sparkle.backends.redis import RedisBackend
-
-    return RedisBackend.from_settings(settings)

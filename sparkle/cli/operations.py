@@ -20,6 +20,7 @@ from sparkle.cli import wiring
 from sparkle.cli.exits import fail, guard
 from sparkle.cli.options import DURATION, json_option, runs_dir_option, stage_option
 from sparkle.names import STAGES
+from sparkle.retention_policy import RetentionError, RetentionPolicy, parse_keep, parse_statuses
 
 if TYPE_CHECKING:
     from sparkle.dlq import DeadLetterQueue
@@ -272,9 +273,7 @@ def prune(older_than: float, statuses: str, keep: str | None, dry_run: bool, as_
     --from script`.
     """
     wiring.configure(runs_dir=runs_dir)
-    # (redis and pydantic models: see module doc)
-    from sparkle.retention import RetentionError, RetentionPolicy, parse_keep, parse_statuses
-    from sparkle.retention import prune as prune_runs
+    from sparkle.retention import prune as prune_runs  # (redis and pydantic models: see module doc)
 
     try:
         policy = RetentionPolicy(older_than_sec=older_than, statuses=parse_statuses(statuses),

@@ -14,7 +14,7 @@ import redis
 
 from sparkle import keys
 from sparkle.errors import SparkleError
-from sparkle.inbox import CLAIMED_DIR, ERROR_SUFFIX, PROCESSED_DIR, REJECTED_DIR
+from sparkle.inbox_names import CLAIMED_DIR, ERROR_SUFFIX, PROCESSED_DIR, REJECTED_DIR
 from sparkle.runstore import Run
 from sparkle.web.listing import RunListing
 from sparkle.web.site import Mode, Site

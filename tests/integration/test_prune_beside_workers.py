@@ -14,7 +14,8 @@ import pytest
 import redis
 from worker_group import BIN, WorkerGroup
 
-from sparkle.retention import TRASH_PREFIX, RetentionPolicy, prune
+from sparkle.retention import TRASH_PREFIX, prune
+from sparkle.retention_policy import RetentionPolicy
 from sparkle.runstore import RunStore
 
 pytestmark = pytest.mark.redis

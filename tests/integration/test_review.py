@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sparkle import review
+from sparkle import review, review_gates
 from sparkle.adapters.testing import read_trace
 from sparkle.errors import DecisionConflictError, ReviewError
 from sparkle.review_state import read_review
@@ -339,7 +339,7 @@ def test_a_worker_dying_between_success_and_gate_still_stops_the_run(pipeline, p
     # Given a gated run whose images succeeded without its review being opened
     run = pipeline.create(plans_dir / "lighthouse.json", review_after="images")
     with monkeypatch.context() as patch:
-        patch.setattr(review, "after_success", lambda *args: (False, None))
+        patch.setattr(review_gates, "after_success", lambda *args: (False, None))
         pipeline.engine.execute("script", run.run_id)
         pipeline.engine.execute("images", run.run_id)
     assert read_review(str(run.dir)) is None

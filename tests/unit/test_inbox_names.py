@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparkle.inbox import candidate_names, claim_name, is_plan_name, parse_claim_name
+from sparkle.inbox_names import candidate_names, claim_name, is_plan_name, parse_claim_name
 
 
 @pytest.mark.parametrize(

@@ -174,7 +174,7 @@ def test_webhook_urls_are_checked_at_start():
 
     with pytest.raises(ConfigError, match="SPARKLE_WEBHOOK_URL"):
         _read(webhook_url="https://ok.example/hook, file:///etc/passwd")
-    assert notifications.webhook_urls("https://a.example/x, http://b.example:8080/y") == [
+    assert webhooks.webhook_urls("https://a.example/x, http://b.example:8080/y") == [
         "https://a.example/x", "http://b.example:8080/y"]
 
 

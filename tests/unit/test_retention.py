@@ -17,14 +17,11 @@ from sparkle.retention import (
     PRUNED_FILE,
     TRASH_PREFIX,
     PruneAction,
-    RetentionError,
-    RetentionPolicy,
     apply_retention,
-    parse_policy,
-    parse_statuses,
     prune,
     sweep_trash,
 )
+from sparkle.retention_policy import RetentionError, RetentionPolicy, parse_policy, parse_statuses
 from sparkle.runindex_folder import INDEX_DIR
 from sparkle.runstore import Run, RunStore
 from sparkle.settings import Settings

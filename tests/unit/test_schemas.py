@@ -335,7 +335,27 @@ def test_metadata_values_must_be_strings(value: Any):
     doc["metadata"]["note"] = value
     problem = only_problem(doc)
     assert problem.path == "metadata.note"
-    assert "valid string" in problem.message
+    assert "must be text" in problem.message
+
+
+def test_type_errors_are_worded_as_sparkles_own_messages():
+    """A plan's wrong types and ranges read like the hand-written rules ("must be ..."), not
+    in pydantic's words ("Input should be a valid string")."""
+    doc = plan_doc()
+    doc["title"] = 3
+    doc["shots"][0]["duration_sec"] = "long"
+    doc["shots"][1]["duration_sec"] = -1
+    doc["shots"][0]["dialogue"] = "hello"
+    doc["characters"][0]["name"] = ["x"]
+    with pytest.raises(PlanError) as caught:
+        validate_plan(doc, "plan.json")
+    messages = {p.path: p.message for p in caught.value.problems}
+    assert messages["title"].startswith("must be text")
+    assert messages["shots[0].duration_sec"].startswith("must be a number")
+    assert messages["shots[1].duration_sec"].startswith("must be more than 0")
+    assert messages["shots[0].dialogue"].startswith("must be a list")
+    assert messages["characters[0].name"].startswith("must be text")
+    assert not any("should" in m or "Input" in m for m in messages.values()), messages
 
 
 @pytest.mark.parametrize("seed", ["0", "42", "-3", "123456789"])

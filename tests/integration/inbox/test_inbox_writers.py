@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sparkle.inbox import Inbox, json_ends_early
+from sparkle.inbox import Inbox
+from sparkle.inbox_stability import json_ends_early
 from sparkle.runstore import Run, RunStore
 
-PLAN = Path(__file__).resolve().parents[1] / "data" / "plans" / "lighthouse.json"
+PLAN = Path(__file__).resolve().parents[2] / "data" / "plans" / "lighthouse.json"
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:

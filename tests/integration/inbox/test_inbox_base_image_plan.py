@@ -10,7 +10,7 @@ from pathlib import Path
 from sparkle.inbox import Inbox
 from sparkle.runstore import Run, RunStore
 
-PLAN = Path(__file__).parents[1] / "data" / "plans" / "harbour-base-images.json"
+PLAN = Path(__file__).parents[2] / "data" / "plans" / "harbour-base-images.json"
 
 
 def test_a_base_image_plan_dropped_in_the_inbox_becomes_a_run(tmp_path: Path) -> None:
