@@ -14,9 +14,10 @@ run), else the next worker or command that takes it.
   holder records the ``cancel`` event naming that id unless the history has it already.
   A marker without an id (written by an older Sparkle) asks for nothing more.
 - **resume**: ``.requests/<time>-<random>.json`` names the stages to reset and the cancel
-  request the resume lifts. The holder records a pending cancel first, resets the stages,
-  removes the marker when it is still the one the resume lifted (a cancel asked after the
-  resume stands), then deletes the request. Requests are carried out in the order made.
+  request the resume lifts. The holder records that cancel's event if nobody did, resets
+  the stages, removes the marker when it is still the one the resume lifted (a cancel
+  asked after the resume stands), then deletes the request. Requests are carried out in
+  the order made, then the marker's pending cancel, so the history keeps their order.
 
 Only the lease holder calls :func:`carry_out`; the lease makes it the only one at a time,
 so a request needs no claim. A holder that dies half-way leaves the request for the next
@@ -30,7 +31,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sparkle import atomic, unique
@@ -68,8 +69,8 @@ class ResumeRequest:
     #: The stages to reset, in order, and why (``--from``, ``--only``).
     stages: list[str]
     reason: str
-    #: The cancel request the resume lifts (its id); None: the run was not cancelled.
-    lifts: str | None
+    #: The cancel request the resume lifts; None: the run was not cancelled.
+    lifts: CancelRequest | None
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,13 @@ def cancel_request(run: Run) -> CancelRequest | None:
     except FileNotFoundError:
         return None
     try:
-        fields = json.loads(data) if data.strip() else {}
+        return _cancel_from(json.loads(data) if data.strip() else {})
+    except ValueError:
+        return CancelRequest(request="")
+
+
+def _cancel_from(fields: Any) -> CancelRequest:
+    try:
         return CancelRequest(request=str(fields["request"]), by=str(fields.get("by", "")),
                              previous_status=str(fields.get("previous_status", "")),
                              requested_at=float(fields.get("requested_at", 0.0)))
@@ -153,7 +160,7 @@ def request_cancel(run: Run, by: str, previous_status: str) -> CancelRequest:
     ``cancel`` event is the lease holder's to record (:func:`carry_out`)."""
     request = CancelRequest(request=unique.hex_token(64), by=by,
                             previous_status=previous_status, requested_at=time.time())
-    atomic.write_bytes(run.dir / CANCELLED_FILE, json.dumps(request.__dict__).encode())
+    atomic.write_bytes(run.dir / CANCELLED_FILE, json.dumps(asdict(request)).encode())
     return request
 
 
@@ -176,12 +183,14 @@ def record_cancel(run: Run, request: CancelRequest) -> None:
 # -- resume --------------------------------------------------------------------------------
 
 
-def request_resume(run: Run, stages: list[str], reason: str, lifts: str | None) -> str:
+def request_resume(run: Run, stages: list[str], reason: str,
+                   lifts: CancelRequest | None) -> str:
     """Leave a resume for the lease holder; returns the request's name."""
     folder = run.dir / REQUESTS_DIR
     folder.mkdir(exist_ok=True)
     name = f"{time.time_ns():020d}-{unique.hex_token(32)}.json"
-    body = {"stages": stages, "reason": reason, "lifts": lifts}
+    body = {"stages": stages, "reason": reason,
+            "lifts": None if lifts is None else asdict(lifts)}
     atomic.write_bytes(folder / name, json.dumps(body).encode())
     return name
 
@@ -191,9 +200,10 @@ def resume_pending(run: Run, name: str) -> bool:
     return os.path.exists(f"{run.dir}/{REQUESTS_DIR}/{name}")
 
 
-def resume_requests(run: Run) -> list[ResumeRequest]:
+def resume_requests(run: Run, set_aside: bool = False) -> list[ResumeRequest]:
     """The resume requests waiting, in the order they were made. One that cannot be read
-    is moved aside (logged), so it does not stop the others."""
+    is left out; with ``set_aside`` (the lease holder) it is moved aside (logged), so it
+    does not stop the others."""
     folder = f"{run.dir}/{REQUESTS_DIR}"
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
@@ -206,10 +216,12 @@ def resume_requests(run: Run) -> list[ResumeRequest]:
             stages = [check_stage(str(s)) for s in body["stages"]]
             lifts = body.get("lifts")
             found.append(ResumeRequest(name, stages, str(body.get("reason", "")),
-                                       None if lifts is None else str(lifts)))
+                                       None if lifts is None else _cancel_from(lifts)))
         except FileNotFoundError:
             continue
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+            if not set_aside:
+                continue
             log.error("run %s: resume request %s/%s cannot be read (%s); moved aside",
                       run.run_id, folder, name, exc)
             with contextlib.suppress(OSError):
@@ -217,16 +229,27 @@ def resume_requests(run: Run) -> list[ResumeRequest]:
     return found
 
 
-def resume_here(run: Run, stages: list[str], reason: str, lifts: str | None) -> None:
-    """Carry out a resume (the lease holder only): reset ``stages``, then lift the cancel
-    request ``lifts`` if the marker still holds that one."""
-    reset_stages(run, stages, reason)
+def resume_here(run: Run, stages: list[str], reason: str, lifts: CancelRequest | None) -> None:
+    """Carry out a resume (the lease holder only): record the cancel it lifts unless that
+    is recorded, reset ``stages``, then lift the cancellation if the marker still holds
+    that request (a cancel asked after the resume stands)."""
     if lifts is None:
+        reset_stages(run, stages, reason)
         return
+    if lifts.request and not cancel_recorded(run, lifts.request):
+        record_cancel(run, lifts)
+    reset_stages(run, stages, reason)
     marker = cancel_request(run)
-    if marker is not None and marker.request == lifts:
+    if marker is not None and marker.request == lifts.request:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{run.dir}/{CANCELLED_FILE}")
+
+
+def lifted_by_a_resume(run: Run, marker: CancelRequest) -> bool:
+    """Whether a resume waiting for the lease holder lifts the cancel ``marker`` holds
+    (a cancel asked now is then a new one, not "already cancelled")."""
+    return any(r.lifts is not None and r.lifts.request == marker.request
+               for r in resume_requests(run))
 
 
 # -- the holder ----------------------------------------------------------------------------
@@ -241,18 +264,19 @@ def waiting(run: Run) -> bool:
 
 def carry_out(run: Run) -> CarriedOut:
     """Do what commands left for the lease holder (call only holding the run's lease):
-    record a pending cancel, then each resume request in order."""
+    each resume request in order, then the marker's pending cancel (a cancel a resume
+    lifted came before that resume; one it did not lift came after it)."""
+    resumed = 0
+    for request in resume_requests(run, set_aside=True):
+        resume_here(run, request.stages, request.reason, request.lifts)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{run.dir}/{REQUESTS_DIR}/{request.name}")
+        resumed += 1
     cancelled = False
     marker = cancel_request(run)
     if marker is not None and marker.request and not cancel_recorded(run, marker.request):
         record_cancel(run, marker)
         cancelled = True
-    resumed = 0
-    for request in resume_requests(run):
-        resume_here(run, request.stages, request.reason, request.lifts)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{run.dir}/{REQUESTS_DIR}/{request.name}")
-        resumed += 1
     return CarriedOut(cancelled, resumed)
 
 

@@ -153,13 +153,12 @@ def reset_for_resume(run: Run, leases: Leases, from_stage: str | None = None,
     stages, reason = handover.stages_to_reset(run, from_stage, only)
     with leases.holding(run) as held:
         marker = handover.cancel_request(run)
-        lifts = None if marker is None else marker.request
         if held is not None:
-            handover.resume_here(run, stages, reason, lifts)
+            handover.resume_here(run, stages, reason, marker)
             return stages, True
-        if not stages and lifts is None:  # (nothing to change: the holder goes on)
+        if not stages and marker is None:  # (nothing to change: the holder goes on)
             return [], False
-        name = handover.request_resume(run, stages, reason, lifts)
+        name = handover.request_resume(run, stages, reason, marker)
     deadline = time.monotonic() + wait_sec
     while handover.resume_pending(run, name) and time.monotonic() < deadline:
         time.sleep(HANDOVER_POLL_SEC)
@@ -208,7 +207,9 @@ def cancel_run(run: Run, by: str | None = None, settings: Settings | None = None
     """
     state = run.state()
     status = state.status()
-    if status is RunStatus.cancelled:
+    marker = handover.cancel_request(run)
+    if status is RunStatus.cancelled and not (
+            marker is not None and handover.lifted_by_a_resume(run, marker)):
         return Cancelled(CancelResult.already_cancelled, None)
     if status is RunStatus.succeeded:
         return Cancelled(CancelResult.already_succeeded, None)
