@@ -511,6 +511,9 @@ class Engine:
         }
         checkpointed = False
         try:
+            # (a cancel asked while the adapter ran goes before the success, as it happened)
+            if handover.waiting(run):
+                handover.record_pending_cancel(run)
             run.merge_asset_refs(base, refs)
             run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                             attempt=attempt, metadata=success_meta))

@@ -10,9 +10,11 @@ holds the lease next carries it out: the worker holding it now (before it releas
 run), else the next worker or command that takes it.
 
 - **cancel**: the ``cancelled`` marker is the request. It takes effect at once (no stage
-  starts on a run that has it) and carries an id, who asked and the status before; the
-  holder records the ``cancel`` event naming that id unless the history has it already.
-  A marker without an id (written by an older Sparkle) asks for nothing more.
+  starts on a run that has it) and carries an id, who asked, the status before and the
+  stage running or next then; the holder records the ``cancel`` event naming that id
+  unless the history has it already (a stage's worker, before the stage's outcome, so
+  the history reads as it happened). A marker without an id (written by an older
+  Sparkle) asks for nothing more.
 - **resume**: ``.requests/<time>-<random>.json`` names the stages to reset and the cancel
   request the resume lifts. The holder records that cancel's event if nobody did, resets
   the stages, removes the marker when it is still the one the resume lifted (a cancel
@@ -57,6 +59,8 @@ class CancelRequest:
     request: str
     by: str = ""
     previous_status: str = ""
+    #: The stage running or next when it was asked ("": the run's next stage when recorded).
+    stage: str = ""
     requested_at: float = 0.0
 
 
@@ -150,16 +154,18 @@ def _cancel_from(fields: Any) -> CancelRequest:
     try:
         return CancelRequest(request=str(fields["request"]), by=str(fields.get("by", "")),
                              previous_status=str(fields.get("previous_status", "")),
+                             stage=str(fields.get("stage", "")),
                              requested_at=float(fields.get("requested_at", 0.0)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return CancelRequest(request="")  # (an older Sparkle's empty marker)
 
 
-def request_cancel(run: Run, by: str, previous_status: str) -> CancelRequest:
+def request_cancel(run: Run, by: str, previous_status: str, stage: str) -> CancelRequest:
     """Write the cancel marker with a new request: the run is cancelled from now on; its
     ``cancel`` event is the lease holder's to record (:func:`carry_out`)."""
     request = CancelRequest(request=unique.hex_token(64), by=by,
-                            previous_status=previous_status, requested_at=time.time())
+                            previous_status=previous_status, stage=stage,
+                            requested_at=time.time())
     atomic.write_bytes(run.dir / CANCELLED_FILE, json.dumps(asdict(request)).encode())
     return request
 
@@ -171,10 +177,10 @@ def cancel_recorded(run: Run, request: str) -> bool:
 
 
 def record_cancel(run: Run, request: CancelRequest) -> None:
-    """Record the ``cancel`` event of ``request`` (the lease holder only): on the stage the
-    run stopped before, naming who asked and the status before."""
+    """Record the ``cancel`` event of ``request`` (the lease holder only): on the stage
+    running or next when it was asked, naming who asked and the status before."""
     state = run.state()
-    stage = state.next_stage() or STAGES[-1]
+    stage = request.stage if request.stage in STAGES else state.next_stage() or STAGES[-1]
     run.append_event(stage, "cancel", max(1, state.attempts(stage)), metadata={
         "by": request.by, "previous_status": request.previous_status,
         "request": request.request, "requested_at": request.requested_at})
@@ -272,12 +278,22 @@ def carry_out(run: Run) -> CarriedOut:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{run.dir}/{REQUESTS_DIR}/{request.name}")
         resumed += 1
-    cancelled = False
+    return CarriedOut(record_pending_cancel(run), resumed)
+
+
+def record_pending_cancel(run: Run) -> bool:
+    """Record the cancels asked and not recorded yet (the lease holder only), in the order
+    asked: those the waiting resumes lift, then the marker's. Returns whether it recorded
+    the marker's."""
+    for request in resume_requests(run):
+        if request.lifts is not None and request.lifts.request \
+                and not cancel_recorded(run, request.lifts.request):
+            record_cancel(run, request.lifts)
     marker = cancel_request(run)
-    if marker is not None and marker.request and not cancel_recorded(run, marker.request):
-        record_cancel(run, marker)
-        cancelled = True
-    return CarriedOut(cancelled, resumed)
+    if marker is None or not marker.request or cancel_recorded(run, marker.request):
+        return False
+    record_cancel(run, marker)
+    return True
 
 
 def _read_small(path: str) -> bytes:

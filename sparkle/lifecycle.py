@@ -103,8 +103,8 @@ def fence(run: Run, held: lease.Lease) -> None:
         raise LeaseLostError(f"lease of run {run.run_id} lost before writing; nothing written")
 
 
-#: Seconds a command waits, by default, for the worker holding a run to carry out its
-#: cancel or resume (or to let go of the run, so the command can).
+#: Seconds ``sparkle resume`` waits, by default, for the worker holding a run to carry out
+#: the resume (or to let go of the run, so the command does it and queues the next stage).
 HANDOVER_WAIT_SEC = 2.0
 
 #: Seconds between two looks while waiting.
@@ -193,7 +193,7 @@ class Cancelled:
 
 def cancel_run(run: Run, by: str | None = None, settings: Settings | None = None,
                notify_in_background: bool = True, leases: Leases | None = None,
-               wait_sec: float = HANDOVER_WAIT_SEC) -> Cancelled:
+               wait_sec: float = 0.0) -> Cancelled:
     """Cancel ``run``: a running stage finishes, no further stage starts; only a resume
     continues it. Records a ``cancel`` event naming who asked (``by``, default user@host)
     and, given ``settings``, writes the run's ``cancelled`` notification to the outbox
@@ -202,8 +202,9 @@ def cancel_run(run: Run, by: str | None = None, settings: Settings | None = None
 
     The event is written holding the run's lease (``leases``, default this process's).
     When a worker holds it, the cancel marker alone is written (it stops the run) and the
-    worker records the event; this waits up to ``wait_sec`` for that, or for the run to be
-    free and records it then.
+    worker records the event when its stage ends (``recorded`` False: the caller says the
+    stage is running and finishes); given ``wait_sec``, this waits up to that long for
+    the event, or for the run to be free and records it then.
     """
     state = run.state()
     status = state.status()
@@ -220,7 +221,7 @@ def cancel_run(run: Run, by: str | None = None, settings: Settings | None = None
     stage = state.next_stage() or STAGES[-1]
     who = by or f"{getpass.getuser()}@{socket.gethostname()}"
     with leases.holding(run) as held:
-        request = handover.request_cancel(run, who, status.value)
+        request = handover.request_cancel(run, who, status.value, stage)
         if held is not None:
             handover.record_cancel(run, request)
     recorded = held is not None

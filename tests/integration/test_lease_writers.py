@@ -174,15 +174,16 @@ def test_cancel_from_another_host_while_a_stage_runs_is_recorded_by_the_stage_s_
     assert not any(e.status == "cancel" for e in there.events())
     # When videos ends
     assert videos.finish().value == "succeeded"
-    # Then its worker recorded the cancel, naming who asked and the status before; no
-    # later stage was queued or began, and every write was the lease holder's
+    # Then its worker recorded the cancel, before videos' success (as it happened), naming
+    # who asked and the status before; no later stage was queued or began, and every
+    # write was the lease holder's
     cancel = [e for e in run.events() if e.status == "cancel"]
     assert len(cancel) == 1
-    assert cancel[0].stage == "tts"
-    assert (cancel[0].metadata["by"], cancel[0].metadata["previous_status"]) == (
-        "ops@host-b", "running")
-    assert [(w.thread, w.what) for w in writes.seen[before:]][-1] == (
-        "worker-on-host-a", "cancel")
+    assert (cancel[0].stage, cancel[0].metadata["by"], cancel[0].metadata["previous_status"]
+            ) == ("videos", "ops@host-b", "running")
+    assert [e.status for e in run.events() if e.stage == "videos"] == [
+        "begin", "cancel", "success"]
+    assert ("worker-on-host-a", "cancel") in [(w.thread, w.what) for w in writes.seen[before:]]
     assert writes.by_others() == []
     assert run.status().value == "cancelled"
     assert pipeline.engine.dispatcher.pending(run.run_id) is None
@@ -240,7 +241,7 @@ def test_cancel_then_resume_while_held_leave_the_history_in_order(
     assert there.cancelled  # (lifted by the holder, not by B)
     assert images.finish().value == "succeeded"
     assert not run.cancelled
-    assert [e.status for e in run.events()][-2:] == ["success", "cancel"]
+    assert [e.status for e in run.events()][-2:] == ["cancel", "success"]
     assert pipeline.engine.dispatcher.pending(run.run_id)[0] == "videos"
     assert writes.by_others() == []
     work_to_the_end(pipeline, run)
