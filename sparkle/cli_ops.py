@@ -238,12 +238,13 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
     _configure(runs_dir)
 
     def body() -> None:
-        from sparkle.lifecycle import CancelResult, cancel_run
+        from sparkle.lifecycle import CancelResult, Leases, cancel_run
         from sparkle.notifications import flush
         from sparkle.runstore import RunStore
 
         run = RunStore(_app().settings.runs_dir).run(run_id)
-        done = cancel_run(run, settings=_app().settings, notify_in_background=False)
+        done = cancel_run(run, Leases.of(_app().dispatcher), settings=_app().settings,
+                          notify_in_background=False)
         if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return

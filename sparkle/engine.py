@@ -36,9 +36,19 @@ import redis
 import tenacity
 from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
 
-from sparkle import atomic, contract, metrics, notifications, retrying, review_gates, takes
+from sparkle import (
+    atomic,
+    contract,
+    handover,
+    metrics,
+    notifications,
+    retrying,
+    review_gates,
+    takes,
+)
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
+from sparkle.handover import reset_stages
 from sparkle.infrastructure import (
     InfrastructureError,
     bookkeeping,
@@ -138,15 +148,6 @@ def worker_id() -> str:
     return f"{HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
 
 
-def reset_stages(run: Run, stages: list[str], reason: str) -> None:
-    """Force ``stages`` to run again: a ``reset`` event each, and their checkpoints removed."""
-    for stage in stages:
-        run.append_event(
-            stage, "reset", max(1, run.attempts(stage)), metadata={"reason": reason}
-        )
-        run.remove_checkpoint(stage)
-
-
 @dataclass
 class Engine:
     """Executes stages. One per process, shared by all worker threads."""
@@ -221,9 +222,14 @@ class Engine:
         follow_up: str | None = None
         delay_ms: int | None = None
         options: dict[str, Any] = {}
+        outcome: Outcome | None = None
+        failed: StageFailed | None = None
         try:
             lease.start_heartbeat()
+            self._carry_out_handed_over(run, lease)
             outcome, follow_up = self._execute_leased(run, stage, lease)
+        except StageFailed as exc:
+            failed = exc  # (raised once the lease is released and a resume's stage sent)
         except (OSError, InfrastructureError) as exc:
             if not is_infrastructure(exc):
                 raise
@@ -238,6 +244,10 @@ class Engine:
             if lease_holder(self.client, self.settings.namespace, run_id) is None:
                 follow_up = stage
         finally:
+            # A cancel or resume asked meanwhile by someone without the lease: this worker
+            # records it before letting go (a resume: the run goes on as it now stands).
+            if self._carry_out_handed_over(run, lease):
+                follow_up = None if run.cancelled else self._unqueued_next(run, run.state())
             # The next stage's pending mark goes with the release: one round trip, in order.
             marked = lease.release(
                 also=() if follow_up is None else (self.dispatcher.mark_command(run_id, follow_up),)
@@ -248,7 +258,25 @@ class Engine:
             else:
                 self.dispatcher.send(run_id, follow_up, delay_ms, options)
             log.debug("run %s: queued %s", run_id, follow_up)
+        if failed is not None:
+            raise failed
+        assert outcome is not None
         return outcome
+
+    def _carry_out_handed_over(self, run: Run, lease: Lease) -> bool:
+        """Do what ``sparkle cancel``/``resume`` left for the lease holder, if anything
+        (:mod:`sparkle.handover`), fenced like every write. Returns whether a resume was
+        carried out. Best effort: what is left waits for the next holder."""
+        if not handover.waiting(run) or lease.lost.is_set():
+            return False
+        try:
+            if not lease.held():
+                return False
+            return handover.carry_out(run).resumed > 0
+        except (OSError, redis.RedisError, SparkleError) as exc:
+            log.warning("run %s: what a cancel or resume left for this worker is not carried "
+                        "out (%s); the run's next holder does it", run.run_id, exc)
+            return False
 
     def _held_back(self, run: Run, stage: str, exc: OSError | InfrastructureError
                    ) -> tuple[int, dict[str, Any]]:
@@ -491,6 +519,9 @@ class Engine:
         }
         checkpointed = False
         try:
+            # (a cancel asked while the adapter ran goes before the success, as it happened)
+            if handover.waiting(run):
+                handover.record_pending_cancel(run)
             run.merge_asset_refs(base, refs)
             run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
                                             attempt=attempt, metadata=success_meta))

@@ -14,8 +14,8 @@ import pytest
 from sparkle.adapters.testing import FIXED, read_trace
 from sparkle.engine import Outcome
 from sparkle.errors import ConfigError
+from sparkle.handover import force_rerun
 from sparkle.lease import holder as lease_holder
-from sparkle.runner import force_rerun
 from sparkle.runstore import Run
 from sparkle.schemas import STAGES, Checkpoint
 from sparkle.stages import Adapter
