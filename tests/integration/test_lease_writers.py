@@ -60,12 +60,12 @@ class Writes:
 def redis_pipeline(redis_server, tmp_path, monkeypatch) -> Iterator[Any]:
     from conftest import _teardown_pipeline, make_pipeline
 
-    from sparkle.broker import build_broker
+    from sparkle.broker import build_redis_broker
     from sparkle.settings import Settings
 
     client = redis.Redis.from_url(redis_server.url)
     monkeypatch.setenv("SPARKLE_REDIS_URL", redis_server.url)
-    broker = build_broker(Settings(), client=client)
+    broker = build_redis_broker(Settings(), client=client)
     yield make_pipeline(tmp_path, monkeypatch, broker=broker, client=client)
     _teardown_pipeline()
 
