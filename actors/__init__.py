@@ -15,8 +15,8 @@ import dramatiq
 
 from sparkle.app import installed
 from sparkle.broker import MESSAGE_MAX_RETRIES
-from sparkle.engine import StageFailed
 from sparkle.keys import actor_name, queue_name, stage_queue_names
+from sparkle.outcomes import StageFailed
 from sparkle.schemas import STAGES
 
 #: The broker the actors below are declared on.

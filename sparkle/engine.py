@@ -22,11 +22,8 @@ finds the run still held by its predecessor.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,30 +31,41 @@ from typing import Any
 
 import redis
 import tenacity
-from dramatiq.middleware import CurrentMessage, Interrupt, TimeLimitExceeded
+from dramatiq.middleware import CurrentMessage
 
-from sparkle import atomic, contract, metrics, notifications, retrying, review_gates, takes
+from sparkle import (
+    handover,
+    metrics,
+    notifications,
+    review_gates,
+    takes,
+)
+from sparkle.attempt import fence, run_attempt
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, SparkleError
+from sparkle.handover import reset_stages
 from sparkle.infrastructure import (
     InfrastructureError,
-    bookkeeping,
     from_os_error,
     is_infrastructure,
 )
 from sparkle.lease import Lease
 from sparkle.lease import holder as lease_holder
 from sparkle.logs import log_context
+from sparkle.outcomes import (
+    Outcome,
+    Permanent,
+    StageFailed,
+    Transient,
+    error_text,
+)
 from sparkle.runstore import Run, RunState, RunStore
-from sparkle.schemas import STAGES, AssetRefs, Checkpoint
+from sparkle.schemas import STAGES, Checkpoint
 from sparkle.settings import Settings
 from sparkle.stagelimits import StageLimits, parse_limits
-from sparkle.stages import Adapter, normalize_result
+from sparkle.stages import Adapter
 
 log = logging.getLogger(__name__)
-
-#: Error texts stored in checkpoints and events are cut to this many characters.
-MAX_ERROR_CHARS = 2000
 
 #: Manifest ``reset`` reason recorded when QA's decision re-runs stages.
 QA_REGENERATE = "qa_regenerate"
@@ -72,79 +80,6 @@ INFRA_RETRY_MAX_SEC = float(os.environ.get("SPARKLE_INFRA_RETRY_MAX_SEC", "60"))
 
 #: Message option counting the infrastructure failures in a row of the stage it carries.
 INFRA_FAILURES_OPTION = "sparkle_infra_failures"
-
-
-class StageFailed(SparkleError):
-    """A stage failed permanently. Raised out of the actor so the message is dead-lettered."""
-
-
-class Outcome(enum.StrEnum):
-    """What one stage message came to."""
-
-    #: The adapter ran and succeeded.
-    succeeded = "succeeded"
-    #: The stage was already done; nothing ran.
-    skipped = "skipped"
-    #: Another worker holds the run; nothing ran.
-    busy = "busy"
-    #: An earlier stage is not done; that one was queued instead.
-    out_of_order = "out_of_order"
-    #: The run is cancelled; nothing ran.
-    cancelled = "cancelled"
-    #: The lease was lost mid-stage; results were not written.
-    lease_lost = "lease_lost"
-    #: The run folder does not exist.
-    missing = "missing"
-    #: A copy of a message sent before the stage failed (a crashed worker's message that
-    #: dramatiq redelivered late); nothing ran.
-    stale = "stale"
-    #: Every cluster-wide slot of the stage was taken (``SPARKLE_STAGE_CONCURRENCY``); the
-    #: message was sent again with a delay.
-    throttled = "throttled"
-    #: The storage under the run's bookkeeping failed (full, read-only, I/O error): the
-    #: stage is sent again after a backoff, no attempt counted (:mod:`sparkle.infrastructure`).
-    infrastructure = "infrastructure"
-    #: The run waits for a person's review decision (or was rejected); nothing ran.
-    awaiting_review = "awaiting_review"
-
-
-class _Transient(Exception):
-    """Wraps an adapter error worth another attempt (tenacity retries on this type)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _Permanent(Exception):
-    """Wraps an adapter error that no retry can fix."""
-
-    def __init__(self, cause: BaseException, recorded: bool = False) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.recorded = recorded
-
-
-def error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-
-
-#: The host's name, read once: the system call would cost every stage a switch of threads.
-HOSTNAME = socket.gethostname()
-
-
-def worker_id() -> str:
-    return f"{HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
-
-
-def reset_stages(run: Run, stages: list[str], reason: str) -> None:
-    """Force ``stages`` to run again: a ``reset`` event each, and their checkpoints removed."""
-    for stage in stages:
-        run.append_event(
-            stage, "reset", max(1, run.attempts(stage)), metadata={"reason": reason}
-        )
-        run.remove_checkpoint(stage)
 
 
 @dataclass
@@ -221,9 +156,14 @@ class Engine:
         follow_up: str | None = None
         delay_ms: int | None = None
         options: dict[str, Any] = {}
+        outcome: Outcome | None = None
+        failed: StageFailed | None = None
         try:
             lease.start_heartbeat()
+            self._carry_out_handed_over(run, lease)
             outcome, follow_up = self._execute_leased(run, stage, lease)
+        except StageFailed as exc:
+            failed = exc  # (raised once the lease is released and a resume's stage sent)
         except (OSError, InfrastructureError) as exc:
             if not is_infrastructure(exc):
                 raise
@@ -238,6 +178,10 @@ class Engine:
             if lease_holder(self.client, self.settings.namespace, run_id) is None:
                 follow_up = stage
         finally:
+            # A cancel or resume asked meanwhile by someone without the lease: this worker
+            # records it before letting go (a resume: the run goes on as it now stands).
+            if self._carry_out_handed_over(run, lease):
+                follow_up = None if run.cancelled else self._unqueued_next(run, run.state())
             # The next stage's pending mark goes with the release: one round trip, in order.
             marked = lease.release(
                 also=() if follow_up is None else (self.dispatcher.mark_command(run_id, follow_up),)
@@ -248,7 +192,25 @@ class Engine:
             else:
                 self.dispatcher.send(run_id, follow_up, delay_ms, options)
             log.debug("run %s: queued %s", run_id, follow_up)
+        if failed is not None:
+            raise failed
+        assert outcome is not None
         return outcome
+
+    def _carry_out_handed_over(self, run: Run, lease: Lease) -> bool:
+        """Do what ``sparkle cancel``/``resume`` left for the lease holder, if anything
+        (:mod:`sparkle.handover`), fenced like every write. Returns whether a resume was
+        carried out. Best effort: what is left waits for the next holder."""
+        if not handover.waiting(run) or lease.lost.is_set():
+            return False
+        try:
+            if not lease.held():
+                return False
+            return handover.carry_out(run).resumed > 0
+        except (OSError, redis.RedisError, SparkleError) as exc:
+            log.warning("run %s: what a cancel or resume left for this worker is not carried "
+                        "out (%s); the run's next holder does it", run.run_id, exc)
+            return False
 
     def _held_back(self, run: Run, stage: str, exc: OSError | InfrastructureError
                    ) -> tuple[int, dict[str, Any]]:
@@ -377,7 +339,7 @@ class Engine:
                 max=self.settings.retry_max_sec,
                 jitter=self.settings.retry_base_sec,
             ),
-            retry=tenacity.retry_if_exception_type(_Transient),
+            retry=tenacity.retry_if_exception_type(Transient),
             sleep=self.sleep,
             reraise=True,
         )
@@ -385,147 +347,28 @@ class Engine:
         def one_attempt() -> None:
             nonlocal attempt
             attempt += 1
-            self._attempt(run, stage, adapter, attempt, lease, shots)
+            run_attempt(run, stage, adapter, attempt, lease, self.settings, shots)
+            self.infrastructure_failures.pop(run.run_id, None)
 
         try:
             # (called, not iterated: the same policy for about two thirds of the cost)
             retrying(one_attempt)
-        except _Transient as exc:
+        except Transient as exc:
             message = (
                 f"gave up after {self.settings.retry_attempts} attempt(s); "
                 f"last error: {error_text(exc.cause)}"
             )
             self._record_failure(run, stage, attempt, message, lease, event=False)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
-        except _Permanent as exc:
+        except Permanent as exc:
             message = error_text(exc.cause)
             self._record_failure(run, stage, attempt, message, lease, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
 
-    def _attempt(self, run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lease,
-                 shots: list[str] | None = None) -> None:
-        if lease.lost.is_set():
-            raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
-        begin_meta = {"adapter": adapter.name, "worker": worker_id()}
-        # A lost ``begin`` (power cut) only means a crash goes uncounted: not worth fsyncs.
-        run.write_checkpoint(Checkpoint(stage=stage, status="begin", timestamp=time.time(),  # type: ignore[arg-type]
-                                        attempt=attempt, metadata=begin_meta), durable=False)
-        run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
-        metrics.attempt_started(stage)
-        log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
-        started = time.monotonic()
-        try:
-            # (the bytes: what the stage changes is saved as a merge against them)
-            with bookkeeping("cannot read"):
-                plan, (refs_before, base) = run.plan(), run.asset_refs_as_read()
-            # (read before the adapter runs: adapters may change the refs they are given)
-            before = set(_local_paths(refs_before))
-            # (the stage is made current for sparkle.retry, which records in its manifest)
-            with retrying.stage_context(run, stage, attempt, lease.lost, self.settings):
-                # (an absolute run folder: a path the adapter builds from it and stores,
-                # as the seed contract's example does, is then one the engine can place)
-                if shots is None:
-                    result = adapter.fn(plan, refs_before, run.dir.absolute())
-                else:
-                    result = takes.run_narrowed(adapter.fn, stage, plan, refs_before,
-                                                run.dir.absolute(), shots)
-            refs, metadata = normalize_result(result)
-            contract.relative_refs(refs, run.dir, stage)
-            outputs = self._check_paths(run, refs)
-            # The success recorded next survives a power cut: so must what it names.
-            if outputs:
-                # Changed since the refs' last save (only the engine saves them, never
-                # during the adapter): any attempt since, a failed one too, may have
-                # rewritten a file they name. By the file system's own clock.
-                saved = run.asset_refs_saved_at()
-                with bookkeeping("cannot flush to disk"):
-                    atomic.sync_outputs([run.dir / p for p in outputs if p not in before],
-                                        run.dir, since=saved,
-                                        named_before=[run.dir / p for p in outputs if p in before])
-        except InfrastructureError as exc:
-            _record_held_back(run, stage, attempt, exc, started)
-            raise
-        except TimeLimitExceeded:
-            raise _Permanent(
-                TimeoutError(f"{stage} exceeded its time limit (SPARKLE_STAGE_TIME_LIMIT_SEC)")
-            ) from None
-        except Interrupt:
-            raise
-        except Exception as exc:
-            storage = _run_storage_error(run, exc)
-            if storage is not None:
-                # The adapter met the run folder's disk full (or read-only, or failing):
-                # the same infrastructure failure as the engine's own writes, not the stage's.
-                _fence(run, lease, f"attempt {attempt} held back")
-                failure = from_os_error(storage)
-                _record_held_back(run, stage, attempt, failure, started)
-                raise failure from exc
-            duration = round(time.monotonic() - started, 3)
-            transient = adapter.is_transient(exc)
-            log.warning("run %s stage %s: attempt %d failed (%s): %s", run.run_id, stage,
-                        attempt, "transient" if transient else "permanent", error_text(exc))
-            _fence(run, lease, f"attempt {attempt} failed")
-            try:
-                run.append_event(stage, "fail", attempt, error=error_text(exc),
-                                 metadata={"transient": transient, "duration_sec": duration})
-            except OSError as record_exc:
-                if not is_infrastructure(record_exc):
-                    raise
-                # (the adapter's own error is probably the same full disk: it is not held
-                # against the stage, and it is the more telling cause)
-                failure = from_os_error(record_exc)
-                log.warning("run %s stage %s: attempt %d failed (%s) and its failure cannot "
-                            "be recorded: %s", run.run_id, stage, attempt, error_text(exc),
-                            failure)
-                raise failure from exc
-            metrics.attempt_finished(stage, duration, "transient" if transient else "permanent")
-            raise (_Transient(exc) if transient else _Permanent(exc, recorded=True)) from exc
-        duration = round(time.monotonic() - started, 3)
-        # Fencing: a worker paused past its lease must not overwrite the new owner's work.
-        _fence(run, lease, f"attempt {attempt} succeeded")
-        success_meta: dict[str, Any] = {
-            **metadata,
-            "adapter": adapter.name,
-            "duration_sec": duration,
-            "attempt": attempt,
-        }
-        checkpointed = False
-        try:
-            run.merge_asset_refs(base, refs)
-            run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
-                                            attempt=attempt, metadata=success_meta))
-            checkpointed = True
-            # Not flushed: the success checkpoint, flushed just before, is what resume needs
-            # (the either-or rule; a success checkpoint of the begun attempt counts, see
-            # contract.engine_recorded), and flushing the manifest's rename cost 2 fsyncs a hop.
-            run.append_event(stage, "success", attempt, metadata={
-                "duration_sec": duration, **({"shots": shots} if shots is not None else {})},
-                durable=False)
-        except OSError as exc:
-            if not is_infrastructure(exc):
-                raise
-            failure = from_os_error(exc)
-            if not checkpointed:  # (else the stage is done: its checkpoint says so)
-                _record_held_back(run, stage, attempt, failure, started)
-            raise failure from exc
-        self.infrastructure_failures.pop(run.run_id, None)
-        metrics.attempt_finished(stage, duration)
-        log.info("run %s stage %s: succeeded in %.2fs (attempt %d)", run.run_id, stage,
-                 duration, attempt)
-
-    @staticmethod
-    def _check_paths(run: Run, refs: AssetRefs) -> list[str]:
-        """Every path an adapter reports must lie inside the run folder. Returns them as
-        named (URIs of remote assets left out)."""
-        local = _local_paths(refs)
-        for path in local:
-            run.path(path)  # raises UnsafePathError
-        return local
-
     def _record_failure(self, run: Run, stage: str, attempt: int, message: str, lease: Lease,
                         event: bool, reason: str = "error") -> None:
         attempt = max(1, attempt)
-        _fence(run, lease, f"{stage} failed for good")
+        fence(run, lease, f"{stage} failed for good")
         if event:
             run.append_event(stage, "fail", attempt, error=message)
         run.write_checkpoint(Checkpoint(stage=stage, status="failed", timestamp=time.time(),  # type: ignore[arg-type]
@@ -533,54 +376,6 @@ class Engine:
         log.error("run %s stage %s: failed permanently: %s", run.run_id, stage, message)
         metrics.stage_failed(stage, reason)
         notifications.run_ended(run, self.settings, "failed", error=f"{stage}: {message}")
-
-
-def _run_storage_error(run: Run, exc: BaseException) -> OSError | None:
-    """The OSError of the storage (:mod:`sparkle.infrastructure`) naming a file inside the
-    run folder that ``exc`` is, or was raised from (``raise ... from``: an adapter may wrap
-    it in its own error); None when there is none."""
-    inside = os.path.abspath(run.dir) + os.sep
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and is_infrastructure(current) \
-                and current.filename is not None \
-                and os.path.abspath(os.fsdecode(current.filename)).startswith(inside):
-            return current
-        current = current.__cause__
-    return None
-
-
-def _record_held_back(run: Run, stage: str, attempt: int, failure: InfrastructureError,
-                      started: float) -> None:
-    """Close the attempt with a ``fail`` event marked ``infrastructure`` when the disk takes
-    it (best effort): a ``begin`` left without an outcome would count as a crash."""
-    try:
-        run.append_event(stage, "fail", attempt, error=error_text(failure),
-                         metadata={"transient": True, "infrastructure": True,
-                                   "duration_sec": round(time.monotonic() - started, 3)})
-    except OSError as exc:
-        log.debug("run %s stage %s: the held-back attempt %d cannot be recorded either (%s)",
-                  run.run_id, stage, attempt, exc)
-
-
-def _local_paths(refs: AssetRefs) -> list[str]:
-    """The paths ``refs`` names, as written there, without URIs of remote assets (those
-    are the adapter's business)."""
-    paths: list[str] = list(refs.extras.values())
-    for shot in refs.shots.values():
-        paths += [p for p in (shot.start_frame, shot.end_frame, shot.raw_clip,
-                              shot.final_video_clip) if p]
-        paths += shot.dialogue_audio
-    return [path for path in paths if "://" not in path]
-
-
-def _fence(run: Run, lease: Lease, what: str) -> None:
-    """Raise LeaseLostError unless the lease is still ours: a worker paused past its lease
-    must not record anything over the new owner's work (a success, or a failure)."""
-    if lease.lost.is_set() or not lease.held():
-        raise LeaseLostError(f"lease of run {run.run_id} lost ({what}); nothing recorded")
 
 
 def _sent_before_failure(state: RunState, stage: str) -> bool:

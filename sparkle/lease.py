@@ -236,15 +236,19 @@ WRITE_LEASE_SEC = 30.0
 
 
 @contextlib.contextmanager
-def for_a_write(client: redis.Redis, namespace: str, run_id: str) -> Iterator[bool]:
+def for_a_write(client: redis.Redis, namespace: str, run_id: str,
+                lock_dir: Path | None = None) -> Iterator[Lease | None]:
     """Hold the run's lease around one short write to its files by someone who runs no
-    stage (a reaper recording a re-drive): yields whether it was taken. Not taken means
-    a worker holds the run: write nothing then, so that two hosts never write one run's
-    files at once."""
-    taken = Lease(client, namespace, run_id, WRITE_LEASE_SEC)
+    stage (a reaper recording a re-drive, ``sparkle cancel``): yields the lease taken, or
+    None when a worker holds the run. Write nothing then, so that two hosts never write one
+    run's files at once; with the lease, check :meth:`Lease.held` (fencing) before writing.
+
+    ``lock_dir``: the run folder, in embedded mode (the lease then also holds its lock
+    file, which keeps other processes out, as a stage's does)."""
+    taken = Lease(client, namespace, run_id, WRITE_LEASE_SEC, lock_dir=lock_dir)
     ours = taken.acquire()
     try:
-        yield ours
+        yield taken if ours else None
     finally:
         if ours:
             taken.release()

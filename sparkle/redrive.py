@@ -215,7 +215,8 @@ class Reaper:
         # worker dying again is seen as a new death (see _open_begin). It is written
         # holding the run's lease, as every write to a run's files is: a worker that took
         # the run meanwhile (on another host) is left to it.
-        with lease.for_a_write(self.client, self.namespace, run.run_id) as ours:
+        with lease.for_a_write(self.client, self.namespace, run.run_id,
+                               lock_dir=self.backend.lock_dir(run.dir)) as ours:
             if not ours:
                 log.debug("run %s: taken by a worker meanwhile; not re-driven", run.run_id)
                 return False

@@ -261,7 +261,8 @@ def _deciding(services: Services, run: Run, review_id: str | None) -> Iterator[R
     """
     _waiting(run, review_id)  # refuse at once, without waiting for a lease, when not waiting
     settings = services.settings
-    lease = Lease(services.client, settings.namespace, run.run_id, settings.lease_ttl_sec)
+    lease = Lease(services.client, settings.namespace, run.run_id, settings.lease_ttl_sec,
+                  lock_dir=services.dispatcher.backend.lock_dir(run.dir))
     deadline = time.monotonic() + settings.decision_wait_sec
     # A worker may still hold the run for a moment after opening the review; so may a
     # decision made at the same time (which then wins).

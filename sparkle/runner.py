@@ -32,16 +32,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from sparkle import lease, runlock
+from sparkle import lease, lifecycle, runlock
 from sparkle.app import App
 from sparkle.dispatch import Dispatcher
-from sparkle.engine import reset_stages
-from sparkle.errors import ConfigError
 from sparkle.infrastructure import InfrastructureError
 from sparkle.runstore import Run, RunStatus
-from sparkle.schemas import STAGES
 from sparkle.settings import Settings
-from sparkle.stages import check_stage
 from sparkle.workqueue import build_worker
 
 #: Seconds between looks at the run folder while a run is worked.
@@ -50,32 +46,6 @@ POLL_SEC = 0.1
 #: Statuses at which a run has come to rest.
 RESTING = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled,
            RunStatus.awaiting_review, RunStatus.rejected)
-
-
-def force_rerun(run: Run, from_stage: str | None = None, only: str | None = None) -> list[str]:
-    """Reset stages so they run again; returns the stages reset.
-
-    ``from_stage``: that stage and every later one. ``only``: that one stage, refused when
-    an earlier stage is not done (its inputs would be missing).
-    """
-    if from_stage and only:
-        raise ConfigError("use --from or --only, not both")
-    if only:
-        check_stage(only)
-        missing = [s for s in STAGES[: STAGES.index(only)] if not run.stage_done(s)]
-        if missing:
-            raise ConfigError(
-                f"cannot re-run only {only!r} of run {run.run_id}: earlier stage(s) "
-                f"{', '.join(missing)} not done; use --from {missing[0]} instead"
-            )
-        stages = [only]
-    elif from_stage:
-        check_stage(from_stage)
-        stages = list(STAGES[STAGES.index(from_stage):])
-    else:
-        return []
-    reset_stages(run, stages, reason="--only" if only else "--from")
-    return stages
 
 
 def resume_command(run_id: str, settings: Settings) -> str:
@@ -88,16 +58,6 @@ def resume_command(run_id: str, settings: Settings) -> str:
     if settings.adapters != Settings.model_fields["adapters"].default:
         parts += ["--adapters", settings.adapters]
     return shlex.join(parts)
-
-
-def cancel(run: Run, by: str) -> None:
-    """Stop ``run`` after its running stage: the cancel marker and a ``cancel`` event (what
-    ``sparkle cancel`` records). Only ``sparkle resume`` continues it."""
-    state = run.state()
-    stage = state.next_stage() or STAGES[-1]
-    run.set_cancelled(True)
-    run.append_event(stage, "cancel", max(1, state.attempts(stage)),
-                     metadata={"by": by, "previous_status": state.status().value})
 
 
 @dataclass
@@ -146,8 +106,9 @@ def work_in_foreground(
     :attr:`~sparkle.engine.Engine.infrastructure_failures`): a full disk stops the run at
     once instead of leaving it retrying in silence.
 
-    ``from_stage``/``only``: re-run those stages first (:func:`force_rerun`). Embedded,
-    only once this process holds the run (see the module's docstring).
+    ``from_stage``/``only``: re-run those stages first (and lift a cancellation), holding
+    the run's lease (:func:`sparkle.lifecycle.reset_for_resume`). Embedded, only once this
+    process holds the run (see the module's docstring).
 
     Ctrl-C (SIGINT) cancels the run: the running stage finishes and no other starts; the
     run is then ``cancelled``, which ``sparkle resume`` continues. A second Ctrl-C stops
@@ -172,12 +133,11 @@ def work_in_foreground(
         if followed is not None and from_stage is None and only is None \
                 and run.status() in RESTING:
             return RunResult(run.status(), time.monotonic() - started, followed)
-        force_rerun(run, from_stage, only)
+        leases = lifecycle.Leases.of(dispatcher)
+        lifecycle.reset_for_resume(run, leases, from_stage, only)
         worker = build_worker(broker, threads, 100)
         worker.start()
         try:
-            if run.cancelled:
-                run.set_cancelled(False)
             display = _Display(run, console, started)  # (what was done before: before the kick)
             with display, _quiet_stage_logs(run.run_id), _on_ctrl_c(interrupted):
                 dispatcher.kick(run)
@@ -191,7 +151,7 @@ def work_in_foreground(
                         display.update()
                         if interrupted.is_set() and not cancelled:
                             cancelled = True
-                            _stop_after_running_stage(run, display)
+                            _stop_after_running_stage(run, display, leases)
                         failure = failures.get(run.run_id) if stop_on_infrastructure else None
                         if failure is not None:
                             break
@@ -242,10 +202,12 @@ def _running_stage(run: Run) -> str | None:
     return next((v.stage for v in run.stage_views() if v.status == "begin"), None)
 
 
-def _stop_after_running_stage(run: Run, display: _Display) -> None:
+def _stop_after_running_stage(run: Run, display: _Display, leases: lifecycle.Leases) -> None:
     if run.next_stage() is None:
         return  # finished already
-    cancel(run, by="Ctrl-C")
+    # (not waiting: the stage's worker records the cancel when it ends, and the display
+    # goes on meanwhile)
+    lifecycle.cancel_run(run, by="Ctrl-C", leases=leases, wait_sec=0)
     running = _running_stage(run)
     display.say(f"Ctrl-C: stopping after {running} finishes (Ctrl-C again to stop at once)"
                 if running else "Ctrl-C: stopping; no further stage starts")

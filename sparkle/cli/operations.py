@@ -190,11 +190,12 @@ def cancel(run_id: str, runs_dir: Path | None) -> None:
 
     def body() -> None:
         # (pydantic models: see module doc)
-        from sparkle.lifecycle import CancelResult, cancel_run
+        from sparkle.lifecycle import CancelResult, Leases, cancel_run
         from sparkle.notifications import flush
 
         run = wiring.app().store.run(run_id)
-        done = cancel_run(run, settings=wiring.app().settings, notify_in_background=False)
+        done = cancel_run(run, Leases.of(wiring.app().dispatcher), settings=wiring.app().settings,
+                          notify_in_background=False)
         if done.result is CancelResult.already_cancelled:
             click.echo(f"{run_id} is already cancelled; `sparkle resume {run_id}` continues it")
             return

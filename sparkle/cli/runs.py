@@ -200,6 +200,10 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
         reset, stage = resumed.reset, resumed.queued
         if reset:
             click.echo(f"reset: {', '.join(reset)}")
+        if resumed.handed_over:
+            click.echo(f"{run_id}: handed to the worker holding it, which carries the "
+                       "resume out when its stage ends and goes on")
+            return EXIT_OK
         click.echo(f"{run_id}: queued {stage}" if stage
                    else f"{run_id}: nothing to queue ({the_run.status().value})")
         return EXIT_OK

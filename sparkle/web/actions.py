@@ -58,18 +58,27 @@ def resume(site: Site, run: Run, from_stage: str | None) -> tuple[int, dict[str,
         return 409, {"error": "no queue reachable from this `sparkle ui` (no SPARKLE_REDIS_URL):"
                               f" run `sparkle resume {run.run_id}`, or use `sparkle serve --ui`"}
     try:
-        done = lifecycle.resume_run(run, site.dispatcher, from_stage)
+        # (not waiting for a worker holding the run: it carries the resume out itself)
+        done = lifecycle.resume_run(run, site.dispatcher, from_stage, wait_sec=0)
     except ConfigError as exc:
         return 422, {"error": str(exc)}
     except redis.RedisError as exc:
         return 503, {"error": f"Redis: {exc}"}
-    return 200, {"run_id": run.run_id, "reset": done.reset, "queued": done.queued}
+    body: dict[str, Any] = {"run_id": run.run_id, "reset": done.reset, "queued": done.queued}
+    if done.handed_over:  # (a worker holds the run: it resets the stages and goes on)
+        body["handed_over"] = True
+    return 200, body
 
 
 def cancel(site: Site, run: Run, by: str) -> tuple[int, dict[str, Any]]:
-    """Cancel ``run``: what `sparkle cancel` does (its notification sent in the background)."""
-    done = lifecycle.cancel_run(run, by=by, settings=site.settings)
-    return 200, {"run_id": run.run_id, "result": done.result.value, "stage": done.stage}
+    """Cancel ``run``: what `sparkle cancel` does (its notification sent in the background).
+    ``recorded`` False: a worker holds the run and records the cancel when its stage ends;
+    the run is cancelled all the same."""
+    leases = (lifecycle.Leases.of(site.dispatcher) if site.dispatcher is not None
+              else lifecycle.Leases.without_redis(site.settings.namespace))
+    done = lifecycle.cancel_run(run, by=by, settings=site.settings, leases=leases, wait_sec=0)
+    return 200, {"run_id": run.run_id, "result": done.result.value, "stage": done.stage,
+                 "recorded": done.recorded}
 
 
 def replay(site: Site, run_id: str | None, stage: str | None,

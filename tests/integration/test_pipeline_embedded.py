@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from sparkle.adapters.testing import FIXED, read_trace
-from sparkle.engine import Outcome
 from sparkle.errors import ConfigError
+from sparkle.handover import force_rerun
 from sparkle.lease import holder as lease_holder
-from sparkle.runner import force_rerun
+from sparkle.outcomes import Outcome
 from sparkle.runstore import Run
 from sparkle.schemas import STAGES, Checkpoint
 from sparkle.stages import Adapter
@@ -440,7 +440,7 @@ def test_crash_loop_is_failed_instead_of_redelivered_forever(pipeline, plans_dir
     run = pipeline.create(plans_dir / "rooftop.json")
     for attempt in (1, 2, 3):
         run.append_event("script", "begin", attempt)
-    from sparkle.engine import StageFailed
+    from sparkle.outcomes import StageFailed
 
     with pytest.raises(StageFailed, match="crash loop"):
         pipeline.engine.execute("script", run.run_id)

@@ -21,7 +21,7 @@ import pytest
 
 from sparkle import runlock
 from sparkle.adapters.testing import read_trace
-from sparkle.engine import Outcome
+from sparkle.outcomes import Outcome
 from sparkle.redrive import RedriveReason
 from sparkle.service import requeue_unfinished
 

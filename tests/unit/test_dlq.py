@@ -185,7 +185,7 @@ def test_a_resume_dropped_as_busy_is_carried_on_by_the_lease_holder(
     the holder, finding its own stage done, sends the failed stage again, so the resume
     is not lost. (The other side of it: a replayed earlier message restarts a failed
     stage without a resume.)"""
-    from sparkle.engine import Outcome
+    from sparkle.outcomes import Outcome
 
     pipeline = fake_redis_pipeline
     (run,) = failed_runs(pipeline, plans_dir, 1)
