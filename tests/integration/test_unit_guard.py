@@ -1,7 +1,8 @@
 """The guard of tests/unit (tests/unit_guard.py) trips: a unit test that starts a dramatiq
 Worker or a redis-server, opens a connection to Redis or starts a `sparkle worker` process
 fails with the rule in its message, even if it swallows the error; fakeredis and a
-StubBroker without a worker pass, and the same code outside tests/unit is left alone."""
+StubBroker without a worker pass, a thread an earlier test left running is not held against
+the next one, and the same code outside tests/unit is left alone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ TESTS = Path(__file__).parents[1]
 
 UNIT_TESTS = '''
 import sys
+import threading
+import time
 from pathlib import Path
 
 import dramatiq
@@ -59,6 +62,29 @@ def test_fakeredis_and_a_stub_broker_without_a_worker_are_fine():
     broker.declare_queue("q")
     broker.enqueue(dramatiq.Message("q", "a", (), {}, {}))
     assert client.get("k") == b"v" and broker.queues["q"].qsize() == 1
+
+
+go, seen = threading.Event(), []
+
+
+def connect_later():
+    go.wait(30)
+    try:
+        redis.Redis(port=free_port(), socket_connect_timeout=1).ping()
+    except Exception as exc:
+        seen.append(type(exc).__name__)
+
+
+def test_leaves_a_thread_behind():
+    threading.Thread(target=connect_later, daemon=True).start()
+
+
+def test_a_thread_an_earlier_test_left_is_not_this_tests_doing():
+    go.set()
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen == ["ConnectionError"]
 '''
 
 INTEGRATION_TEST = '''
@@ -107,7 +133,9 @@ def test_the_unit_guard_fails_unit_tests_that_start_a_worker_or_a_server(tmp_pat
         assert f"unit/test_forbidden.py::{test} {did}" in out, out
     assert "tests/unit is for tests that touch no server and no worker" in out
     assert "move this test to tests/integration" in out
-    # And the allowed ones pass
-    assert "PASSED tests/unit/test_forbidden.py::test_fakeredis_and_a_stub_broker_without_a_" \
-        "worker_are_fine" in out, out
+    # And the allowed ones pass, a thread an earlier test left connecting as well
+    for test in ("test_fakeredis_and_a_stub_broker_without_a_worker_are_fine",
+                 "test_leaves_a_thread_behind",
+                 "test_a_thread_an_earlier_test_left_is_not_this_tests_doing"):
+        assert f"PASSED tests/unit/test_forbidden.py::{test}" in out, out
     assert "PASSED tests/integration/test_allowed.py::test_a_worker_is_fine_here" in out, out
