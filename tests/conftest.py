@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from redis_server import RedisServer
+from unit_guard import no_server_and_no_worker_in_unit_tests  # noqa: F401 (autouse)
 
 PLANS = Path(__file__).parent / "data" / "plans"
 

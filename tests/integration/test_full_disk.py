@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import io
 import json
 import os
 import signal
@@ -19,11 +18,9 @@ from pathlib import Path
 
 import pytest
 from full_disk import ENOSPC_DOUBLE_DRAMATIQ, FULL_MARKER, fill, tmpfs
-from rich.console import Console
 
 from sparkle import keys
 from sparkle.adapters.testing import read_trace
-from sparkle.runner import work_in_foreground
 from sparkle.runstore import RunStore
 from sparkle.schemas import STAGES
 
@@ -137,60 +134,3 @@ def test_real_ffmpeg_out_of_disk_says_so(tmp_path):
         cause = caught.value.__cause__
         assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
         assert str(cause.filename).startswith(str(disk))
-
-
-def _disk_full_once(run_dir_of_call: list[Path]):  # type: ignore[no-untyped-def]
-    """An images adapter whose first call meets a full disk inside the run folder (wrapped in
-    its own error, as the media adapters do), then works."""
-    from sparkle.adapters.testing import FIXED
-    from sparkle.errors import TransientStageError
-
-    def images(plan, refs, run_dir):  # type: ignore[no-untyped-def]
-        run_dir_of_call.append(run_dir)
-        if len(run_dir_of_call) == 1:
-            cause = OSError(28, "No space left on device", str(run_dir / "frames" / "s1.png"))
-            raise TransientStageError(f"cannot write: {cause}") from cause
-        return FIXED["images"](plan, refs, run_dir)
-
-    return images
-
-
-def test_an_adapter_meeting_a_full_run_folder_is_held_back_not_failed(
-        pipeline, plans_dir, monkeypatch):
-    """An adapter's own ENOSPC on a file of the run folder is an infrastructure failure: the
-    stage is sent again after a backoff with no attempt spent on retries, and (worked as
-    `serve` does, without stopping on it) the run finishes."""
-    from sparkle import engine as engine_module
-    from sparkle.stages import Adapter
-
-    monkeypatch.setattr(engine_module, "INFRA_RETRY_MIN_SEC", 0.05)
-    calls: list[Path] = []
-    pipeline.engine.adapters["images"] = Adapter("images", "full-once", _disk_full_once(calls),
-                                                 ())
-    run = pipeline.create(plans_dir / "lighthouse.json")
-    # When the run is worked to its end, as serve works it (not stopping on the failure)
-    result = work_in_foreground(run, pipeline.app, 2, Console(file=io.StringIO()),
-                                stop_on_infrastructure=False)
-    # Then it succeeded; images ran twice, and its first attempt is a fail marked as the disk's
-    assert result.status.value == "succeeded"
-    assert len(calls) == 2
-    images = [(e.status, e.attempt, e.metadata.get("infrastructure")) for e in run.events()
-              if e.stage == "images"]
-    assert images == [("begin", 1, None), ("fail", 1, True), ("begin", 2, None),
-                      ("success", 2, None)]
-
-
-def test_the_foreground_run_stops_on_an_infrastructure_failure(pipeline, plans_dir):
-    """`sparkle run`'s loop returns the failure at once instead of waiting on the retries."""
-    from sparkle.stages import Adapter
-
-    calls: list[Path] = []
-    pipeline.engine.adapters["images"] = Adapter("images", "full-once", _disk_full_once(calls),
-                                                 ())
-    run = pipeline.create(plans_dir / "lighthouse.json")
-    # When it is worked in the foreground, watching for infrastructure failures
-    result = pipeline.work(run)
-    # Then it stopped on the first one, naming the file and the cause
-    assert result.infrastructure is not None
-    assert "frames/s1.png: No space left on device (ENOSPC)" in str(result.infrastructure)
-    assert result.status.value == "running" and len(calls) == 1
