@@ -25,16 +25,17 @@ from sparkle.infrastructure import InfrastructureError, from_os_error, is_infras
 #: The command did what it was asked.
 EXIT_OK = 0
 
-#: A stage failed (the message says how to resume), the run was cancelled or rejected, a
-#: review decision was refused, or Redis could not be reached.
+#: A stage failed (the message says how to resume), the run was cancelled or rejected, or
+#: a review decision was refused.
 EXIT_FAILED = 1
 
 #: Bad input or setting: the message names the file, the field and what to do.
 EXIT_USAGE = 2
 
-#: An infrastructure failure (:mod:`sparkle.infrastructure`): a full disk, a read-only
-#: folder, an I/O error under Sparkle's own files. Nothing is wrong with the plan or the
-#: stages; the run (if one was made) resumes once the cause is gone.
+#: An infrastructure failure: a full disk, a read-only folder, an I/O error under
+#: Sparkle's own files (:mod:`sparkle.infrastructure`), or a Redis that cannot be reached.
+#: Nothing is wrong with the plan or the stages; the run (if one was made) resumes once the
+#: cause is gone.
 EXIT_INFRASTRUCTURE = 3
 
 #: The run stopped at a review gate and waits for a person (``sparkle run``, an embedded
@@ -47,7 +48,8 @@ EXIT_CODE_MEANINGS: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "done"),
     (EXIT_FAILED, "a stage failed, the run was cancelled, or a decision was refused"),
     (EXIT_USAGE, "bad input or setting (the file, the field and what to do are named)"),
-    (EXIT_INFRASTRUCTURE, "the storage failed (full, read-only, I/O error; the path is named)"),
+    (EXIT_INFRASTRUCTURE, "the storage failed (full, read-only, I/O error; the path is named) "
+                          "or Redis cannot be reached"),
     (EXIT_AWAITING_REVIEW, "the run stopped at a review gate and waits for a person"),
 )
 
@@ -82,7 +84,7 @@ def guard(body: Callable[[], int | None]) -> NoReturn:
     try:
         code = body()
     except redis.RedisError as exc:
-        fail(redis_unreachable(exc), EXIT_FAILED)
+        fail(redis_unreachable(exc), EXIT_INFRASTRUCTURE)
     except InfrastructureError as exc:
         fail(f"{exc}; {exc.advice}", EXIT_INFRASTRUCTURE)
     except OSError as exc:

@@ -39,7 +39,7 @@ def _raise(exc: BaseException) -> Callable[[], int | None]:
 
 
 @pytest.mark.parametrize(("error", "code", "says"), [
-    (redis.ConnectionError("Connection refused"), exits.EXIT_FAILED,
+    (redis.ConnectionError("Connection refused"), exits.EXIT_INFRASTRUCTURE,
      "error: Redis: Connection refused (is SPARKLE_REDIS_URL right, and the server up?)"),
     (OSError(errno.ENOSPC, "No space left on device", "/srv/runs/r1/checkpoints/x.json"),
      exits.EXIT_INFRASTRUCTURE, "error: cannot write /srv/runs/r1/checkpoints/x.json: No space "
