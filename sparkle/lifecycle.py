@@ -28,7 +28,7 @@ import redis
 
 from sparkle import handover, lease, notifications
 from sparkle.dispatch import Dispatcher
-from sparkle.errors import LeaseLostError
+from sparkle.errors import LeaseLostError, ReviewError
 from sparkle.runstore import Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, MoviePlan
 from sparkle.settings import Settings
@@ -130,12 +130,24 @@ def resume_run(run: Run, dispatcher: Dispatcher, from_stage: str | None = None,
     stage (for workers of the dispatcher's broker), as :func:`reset_for_resume` says.
 
     Raises:
+      ReviewError: the run waits for a review decision or was rejected (a person decides).
       ConfigError: both ``from_stage`` and ``only``, an unknown stage, or ``only`` with
         earlier stages undone.
     """
+    check_resumable(run)
     stages, here = reset_for_resume(run, Leases.of(dispatcher), from_stage, only, wait_sec)
     # (after the lease's release: Dispatcher.kick leaves a held run to its holder)
     return Resumed(run, stages, dispatcher.kick(run), handed_over=not here)
+
+
+def check_resumable(run: Run) -> None:
+    """Raise ReviewError when ``run`` waits for a review decision or was rejected: resuming
+    it would decide for a person (``sparkle approve``/``redo``/``reject`` do)."""
+    status = run.status()
+    if status in (RunStatus.awaiting_review, RunStatus.rejected):
+        raise ReviewError(
+            f"run {run.run_id} is {status.value}: resume does not decide for a person; see "
+            f"`sparkle status {run.run_id}` (approve, redo or reject it)")
 
 
 def reset_for_resume(run: Run, leases: Leases, from_stage: str | None = None,

@@ -23,7 +23,7 @@ from sparkle.cli.options import (
     runs_dir_option,
     threads_option,
 )
-from sparkle.errors import PlanError, ReviewError, RunConflictError, RunNotFoundError
+from sparkle.errors import PlanError, RunConflictError, RunNotFoundError
 from sparkle.priority import set_run_priority
 
 # -- plans -------------------------------------------------------------------------------
@@ -186,14 +186,11 @@ def resume(run_id: str, from_stage: str | None, only: str | None, runs_dir: Path
     wiring.configure(runs_dir=runs_dir, adapters=adapters)
 
     def body() -> int:
-        from sparkle.lifecycle import resume_run  # (dramatiq: imported when used)
+        from sparkle.lifecycle import check_resumable, resume_run  # (dramatiq: when used)
 
         engine = wiring.engine()
         the_run = engine.store.run(run_id)
-        if the_run.status().value in ("awaiting_review", "rejected"):
-            raise ReviewError(
-                f"run {run_id} is {the_run.status().value}: resume does not decide for a "
-                f"person; see `sparkle status {run_id}` (approve, redo or reject it)")
+        check_resumable(the_run)
         if wiring.app().works_in_process:
             return work(the_run, from_stage, only, threads)
         resumed = resume_run(the_run, engine.dispatcher, from_stage, only)

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from sparkle import lifecycle
-from sparkle.errors import ConfigError, PlanError, Problem, RunConflictError
+from sparkle.errors import ConfigError, PlanError, Problem, ReviewError, RunConflictError
 from sparkle.names import STAGES
 from sparkle.plans import parse_plan_bytes
 from sparkle.runstore import Run, run_id_for
@@ -60,6 +60,8 @@ def resume(site: Site, run: Run, from_stage: str | None) -> tuple[int, dict[str,
     try:
         # (not waiting for a worker holding the run: it carries the resume out itself)
         done = lifecycle.resume_run(run, site.dispatcher, from_stage, wait_sec=0)
+    except ReviewError as exc:  # (a person decides: approve, redo or reject)
+        return 409, {"error": str(exc)}
     except ConfigError as exc:
         return 422, {"error": str(exc)}
     except redis.RedisError as exc:

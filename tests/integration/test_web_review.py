@@ -244,3 +244,20 @@ def test_with_redis_a_decision_queues_the_run_for_the_workers(redis_server, tmp_
         assert pipeline.work(run).status is RunStatus.succeeded
     finally:
         _teardown_pipeline()
+
+
+def test_the_dashboard_does_not_resume_a_run_waiting_for_review(pipeline, plans_dir):
+    """Resume decides nothing for a person: on a run awaiting review the dashboard answers
+    409 naming approve / redo / reject, and nothing is reset or queued (as `sparkle resume`
+    refuses)."""
+    # Given a run waiting for review after images
+    run = gated_run(pipeline, plans_dir)
+    events = len(run.events())
+    web = dashboard()
+    # When the dashboard is asked to resume it from images
+    answer = web.post(f"/api/runs/{run.run_id}/resume", json={"from": "images"})
+    # Then it is refused, saying who decides, and the run still waits, untouched
+    assert answer.status_code == 409
+    assert "approve, redo or reject" in answer.json()["error"]
+    assert run.status() is RunStatus.awaiting_review
+    assert len(run.events()) == events
