@@ -152,6 +152,8 @@ def main() -> None:
             child: dict[str, float] = {}
             child["interpreter"] = timed(lambda: subprocess.run(
                 [sys.executable, "-c", "import sparkle.entry"], check=True), args.repeat)
+            child["import redis"] = timed(lambda: subprocess.run(
+                [sys.executable, "-c", "import sparkle.entry, redis"], check=True), args.repeat)
             child["version"] = timed(cli("--version"), args.repeat)
             child["running"] = timed(cli("runs", "--status", "running"), args.repeat)
             child["queued"] = timed(cli("runs", "--status", "queued"), args.repeat)
@@ -180,6 +182,7 @@ def main() -> None:
     print(f"child processes (ratio to `python -c 'import sparkle.entry'`, "
           f"{floor * 1000:.0f} ms, the interpreter's start-up):")
     for key, what in (
+            ("import redis", "the same importing redis-py too (the Redis fast path's floor)"),
             ("version", "`sparkle --version` (the full CLI's start-up)"),
             ("running", "`sparkle runs --status running` (Redis index)"),
             ("queued", f"`sparkle runs --status queued` (Redis index, {args.active} listed)"),
