@@ -25,6 +25,7 @@ from typing import Final
 
 from sparkle import keys, statuscache
 from sparkle.names import RunStatus, is_safe_id
+from sparkle.runlayout import PLAN_FILE
 
 #: Seconds between two full rebuilds of the index from the run folders (by any reaper).
 REBUILD_INTERVAL_SEC: Final = 300.0
@@ -129,7 +130,7 @@ def _look(runs_dir: str, members: set[str], discard: Discard) -> list[Listed]:
         run_dir = f"{runs_dir}/{run_id}"
         entry = statuscache.fresh(run_dir)
         if entry is None:
-            if os.path.lexists(f"{run_dir}/{statuscache.PLAN_FILE}"):
+            if os.path.lexists(f"{run_dir}/{PLAN_FILE}"):
                 raise StepAside(f"run {run_id}: its summary cache is stale")
             discard(run_id, looked_at)  # gone
             continue
