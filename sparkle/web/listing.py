@@ -274,7 +274,7 @@ class RunListing:
               limit: int = DEFAULT_LIMIT, offset: int = 0) -> tuple[list[tuple[str, Known]], int]:
         """The runs matching ``status`` and ``q`` (in id or title, any case), newest first:
         ``limit`` of them from ``offset`` (each checked again now), and how many match."""
-        rows = self._in_flight(status) if status in FROM_INDEX else None
+        rows = self._in_flight() if status in FROM_INDEX else None
         if rows is None:
             rows = self.known()
         if status:
@@ -288,7 +288,7 @@ class RunListing:
                  rows[offset:offset + limit]]
         return [(run_id, entry) for run_id, entry in shown if entry.summary is not None], len(rows)
 
-    def _in_flight(self, status: str | None) -> list[tuple[str, Known]] | None:
+    def _in_flight(self) -> list[tuple[str, Known]] | None:
         """The runs the unfinished-run index names, each checked now, newest first; None
         without an index that can be read."""
         ids = self._unfinished() if self._unfinished is not None else None
