@@ -13,20 +13,22 @@ reaper pass (``Reaper.run_once(dry_run=True, older_than=0)``, median of ``--repe
    first): what every pass cost before the index, and what one pass in
    ``REBUILD_INTERVAL_SEC`` (by one reaper of all) still costs;
 
-and, as child processes, ``sparkle runs --status queued`` (from the index), ``sparkle
-runs`` (every folder) and ``sparkle --version`` (the CLI's start-up alone); and embedded
-(no Redis), ``sparkle runs --status queued`` from the runs folder's own index.
+and, as child processes, ``sparkle runs --status running|queued`` (from the index, the
+fast path of :mod:`sparkle.entry`, and the same through the full CLI), ``sparkle runs``
+(every folder) and ``sparkle --version`` (the CLI's start-up alone), each with its ratio to
+the interpreter's start-up; embedded (no Redis), the same from the runs folder's own index;
+and in process, the dashboard's runs listing (:mod:`sparkle.web.listing`) of the runs in
+flight (from the index) and of every run (its snapshot of every folder).
 
 Usage::
 
-    .venv/bin/python scripts/bench_run_index.py [--active 100] [--finished 20000] [--repeat 5]
+    .venv/bin/python scripts/bench_run_index.py [--active 100] [--finished 100000] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
@@ -61,26 +64,46 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+#: Runs that share one copy of the template's files (ext4 allows 65,000 links to a file).
+LINKS_PER_COPY = 50_000
+
+
 def add_finished(root: Path, count: int) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="template-", dir=root.parent))
-    template = build_template(RunStore(scratch), "succeeded", 0)
-    files = [(str(p.relative_to(template.dir)), p.read_bytes())
-             for p in sorted(template.dir.rglob("*")) if p.is_file()]
+    """Add ``count`` succeeded runs to ``root``, quickly enough for 100,000.
+
+    One run is made through the RunStore API; each copy is that folder's files hard-linked
+    (plan, asset refs, the seven checkpoints: nothing in them names the run; not its lock
+    or cache dotfiles) and its manifest written with the run id replaced: two directories,
+    nine links and one small file a run. Linked copies share inodes, so the page cache
+    holds one of each; a listing that reads every folder is measured a little faster than
+    over distinct files."""
+    template = build_template(RunStore(root.parent / "template"), "succeeded", 0)
+    linked = [str(p.relative_to(template.dir)) for p in sorted(template.dir.rglob("*"))
+              if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")]
+    manifest = (template.dir / MANIFEST_FILE).read_bytes()
+    old_id = template.run_id.encode()
+    sources: list[str] = []
     for number in range(count):
+        if number % LINKS_PER_COPY == 0:  # a fresh copy of the files to link to
+            copy = root.parent / f"template-files-{number}"
+            for name in linked:
+                (copy / name).parent.mkdir(parents=True, exist_ok=True)
+                (copy / name).write_bytes((template.dir / name).read_bytes())
+            sources = [str(copy / name) for name in linked]
         run_id = f"finished-{number:06d}"
-        folder = root / run_id
-        (folder / CHECKPOINTS_DIR).mkdir(parents=True)
-        for name, data in files:
-            if name == MANIFEST_FILE:
-                data = data.replace(template.run_id.encode(), run_id.encode())
-            (folder / name).write_bytes(data)
-    shutil.rmtree(scratch)
+        folder = f"{root}/{run_id}"
+        os.mkdir(folder)
+        os.mkdir(f"{folder}/{CHECKPOINTS_DIR}")
+        for source, name in zip(sources, linked, strict=True):
+            os.link(source, f"{folder}/{name}")
+        with open(f"{folder}/{MANIFEST_FILE}", "wb") as out:
+            out.write(manifest.replace(old_id, run_id.encode()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--active", type=int, default=100)
-    parser.add_argument("--finished", type=int, default=20_000)
+    parser.add_argument("--finished", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-run-index-") as tmp:
@@ -117,14 +140,32 @@ def main() -> None:
                 return lambda: subprocess.run([SPARKLE, *argv], env=env, check=True,
                                               capture_output=True, timeout=600)
 
-            startup = timed(cli("--version"), args.repeat)
-            running = timed(cli("runs", "--status", "queued"), args.repeat)
-            everything = timed(cli("runs"), args.repeat)
+            def full_cli(*argv: str) -> Callable[[], object]:
+                """The same command through sparkle.cli, never sparkle.entry's fast path."""
+                return lambda: subprocess.run(
+                    [sys.executable, "-c", "from sparkle.cli import main; main()", *argv],
+                    env=env, check=True, capture_output=True, timeout=600)
+
+            listed = subprocess.run([SPARKLE, "runs", "--status", "queued"], env=env,
+                                    check=True, capture_output=True, text=True).stdout
+            assert len(listed.splitlines()) == args.active + 1, listed[-500:]
+            child: dict[str, float] = {}
+            child["interpreter"] = timed(lambda: subprocess.run(
+                [sys.executable, "-c", "import sparkle.entry"], check=True), args.repeat)
+            child["import redis"] = timed(lambda: subprocess.run(
+                [sys.executable, "-c", "import sparkle.entry, redis"], check=True), args.repeat)
+            child["version"] = timed(cli("--version"), args.repeat)
+            child["running"] = timed(cli("runs", "--status", "running"), args.repeat)
+            child["queued"] = timed(cli("runs", "--status", "queued"), args.repeat)
+            child["full running"] = timed(full_cli("runs", "--status", "running"), args.repeat)
+            child["everything"] = timed(cli("runs"), args.repeat)
+            dashboard = dashboard_costs(engine, args.repeat)
             # Embedded (no SPARKLE_REDIS_URL): the runs folder's own index
             # (sparkle.runindex_folder), built once as a serve's reaper would
             FolderRunIndex(runs_dir).rebuild(engine.store)
             del env["SPARKLE_REDIS_URL"]
-            embedded_running = timed(cli("runs", "--status", "queued"), args.repeat)
+            child["embedded running"] = timed(cli("runs", "--status", "running"), args.repeat)
+            child["embedded queued"] = timed(cli("runs", "--status", "queued"), args.repeat)
         finally:
             server.stop()
     passes = REBUILD_INTERVAL_SEC / engine.settings.reaper_interval_sec
@@ -136,11 +177,51 @@ def main() -> None:
     print(f"  rebuilding the index every pass:  {rebuilding * 1000:8.1f} ms  "
           f"(ratio {rebuilding / only_active:.2f}; the cost of every pass before the index; "
           f"now one pass in {passes:.0f}, by one reaper of all)")
-    print(f"`sparkle runs --status queued` (child process): {running * 1000:.0f} ms; "
-          f"`sparkle runs` (all {args.active + args.finished}): {everything * 1000:.0f} ms; "
-          f"`sparkle --version` (start-up alone): {startup * 1000:.0f} ms")
-    print(f"embedded `sparkle runs --status queued` (the runs folder's index): "
-          f"{embedded_running * 1000:.0f} ms")
+    total = args.active + args.finished
+    floor = child["interpreter"]
+    print(f"child processes (ratio to `python -c 'import sparkle.entry'`, "
+          f"{floor * 1000:.0f} ms, the interpreter's start-up):")
+    for key, what in (
+            ("import redis", "the same importing redis-py too (the Redis fast path's floor)"),
+            ("version", "`sparkle --version` (the full CLI's start-up)"),
+            ("running", "`sparkle runs --status running` (Redis index)"),
+            ("queued", f"`sparkle runs --status queued` (Redis index, {args.active} listed)"),
+            ("full running", "the same `--status running` through the full CLI"),
+            ("embedded running", "embedded `sparkle runs --status running` (folder index)"),
+            ("embedded queued", "embedded `sparkle runs --status queued`"),
+            ("everything", f"`sparkle runs` (all {total})")):
+        print(f"  {what:<66} {child[key] * 1000:8.0f} ms  ({child[key] / floor:.1f})")
+    print("dashboard (in process, sparkle.web.listing.RunListing, Redis index):")
+    for what, seconds in dashboard.items():
+        print(f"  {what:<66} {seconds * 1000:8.1f} ms")
+
+
+def dashboard_costs(engine: Any, repeat: int) -> dict[str, float]:
+    """A dashboard's runs listing: the runs in flight (from the index) on a new listing, and
+    every run (the snapshot of every folder) on a new one and on one that has it."""
+    from sparkle.web.listing import RunListing, unfinished_reader
+    from sparkle.web.site import Mode, Site
+
+    site = Site(engine.settings, engine.store, Mode.redis, engine.dispatcher)
+    reader = unfinished_reader(site)
+
+    def listing() -> RunListing:
+        return RunListing(engine.store, refresh_sec=3600, unfinished=reader)
+
+    warm = listing()
+    warm.query()
+    return {
+        "status=running, a new listing (index)": timed(
+            lambda: listing().query(status="running"), repeat),
+        "status=queued, a new listing (index)": timed(
+            lambda: listing().query(status="queued"), repeat),
+        "every run, first page, a new listing (the snapshot taken)": timed(
+            lambda: listing().query(), repeat),
+        "every run, first page, the snapshot taken (a request's checks)": timed(
+            warm.query, repeat),
+        "every run, the snapshot checked through (a background pass)": timed(
+            warm.refresh, repeat),
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The ``sparkle`` executable: a fast path for ``sparkle status RUN``, else the full CLI.
+"""The ``sparkle`` executable: fast paths for ``sparkle status RUN`` and ``sparkle runs
+--status queued|running``, else the full CLI.
 
 Python start-up plus importing click, pydantic and the models takes about 180 ms, a hundred
 times the work of showing one run. ``sparkle status RUN [--json] [--runs-dir DIR]`` is
@@ -11,28 +12,39 @@ The fast path steps aside (to the full CLI) for any other option, ``--help``, an
 not path-safe, a run folder it cannot vouch for, a ``.env`` file it would have to parse, or
 text that click would print differently (escape sequences, non-ASCII characters).
 Unlike the full CLI it does not check unrelated ``SPARKLE_*`` settings.
+
+``sparkle runs --status queued|running [--json] [--runs-dir DIR]`` likewise lists the runs
+in flight from the unfinished-run index and their summary caches
+(:mod:`sparkle.runindex_fast`), under the same conditions, and when no cache is stale and
+no rebuild of the index is due.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 
 RUNS_DIR_VARIABLE = "sparkle_runs_dir"
+REDIS_URL_VARIABLE = "sparkle_redis_url"
+NAMESPACE_VARIABLE = "sparkle_namespace"
 
 
 def main() -> None:
     """Entry point of the ``sparkle`` console script."""
     argv = sys.argv[1:]
-    if argv[:1] == ["status"]:
+    fast = {"status": fast_status, "runs": fast_runs}.get(argv[0]) if argv else None
+    if fast is not None:
         try:
             cwd = os.getcwd()
         except OSError:  # the working folder was removed: the full CLI copes or explains
             cwd = None
-        shown = None if cwd is None else fast_status(argv[1:], os.environ, cwd)
+        shown = None if cwd is None else fast(argv[1:], os.environ, cwd)
         if shown is not None:
-            sys.stdout.write(shown + "\n")
+            sys.stdout.write(shown + "\n" if shown else "")  # (no runs, as JSON lines)
             sys.exit(0)
     from sparkle.cli import main as cli_main
     from sparkle.cli.exits import EXIT_USAGE
@@ -66,11 +78,47 @@ def fast_status(args: Sequence[str], environ: Mapping[str, str], cwd: str) -> st
     if as_json:
         shown = statuscache.render_json(entry.view)
     else:  # (the run folder named as the full CLI names it, from its settings' Path)
-        from pathlib import PurePath
-
         shown = statuscache.render_text(entry.view, str(PurePath(runs_dir, run_id)))
-    # click.echo strips escape sequences when stdout is not a terminal and re-encodes for
-    # the terminal: text that would be touched goes to the full CLI, so output never differs.
+    return _as_click_prints(shown)
+
+
+def fast_runs(args: Sequence[str], environ: Mapping[str, str], cwd: str) -> str | None:
+    """What ``sparkle runs`` prints for ``args``, or None when the full CLI must answer."""
+    from sparkle import runindex_fast, runs_table
+
+    parsed = _parse_runs(args)
+    if parsed is None:
+        return None
+    status, as_json, runs_dir = parsed
+    if runs_dir is None:
+        runs_dir = _runs_dir_from_environment(environ, cwd)
+    redis_url = _setting(environ, REDIS_URL_VARIABLE)
+    namespace = _setting(environ, NAMESPACE_VARIABLE)
+    # (a .env file may set any of them: the full CLI reads it)
+    if runs_dir is None or redis_url == "" or namespace == "" \
+            or os.path.lexists(os.path.join(cwd, ".env")):
+        return None
+    try:
+        listed = runindex_fast.unfinished_entries(runs_dir, redis_url, namespace or "sparkle")
+    except runindex_fast.StepAside:
+        return None
+    listed = [(run_id, entry) for run_id, entry in listed if entry.status.value == status]
+    if as_json:
+        lines = [json.dumps({"run_id": run_id, "status": entry.status.value,
+                             "qa_decision": entry.qa_decision, "next_stage": entry.next_stage})
+                 for run_id, entry in listed]
+        return _as_click_prints("\n".join(lines))
+    now = time.time()
+    rows = [runs_table.header_row()]
+    rows += [runs_table.entry_row(run_id, PurePath(runs_dir, run_id), entry, now)
+             for run_id, entry in listed]
+    return _as_click_prints("\n".join(rows))
+
+
+def _as_click_prints(shown: str) -> str | None:
+    """``shown``, or None when click.echo would print it differently: it strips escape
+    sequences when stdout is not a terminal and re-encodes for the terminal, so text it
+    would touch goes to the full CLI and output never differs."""
     if not shown.isascii() or "\x1b" in shown:
         return None
     return shown
@@ -97,6 +145,45 @@ def _parse(args: Sequence[str]) -> tuple[str, bool, str | None] | None:
     if run_id is None or runs_dir == "":
         return None
     return run_id, as_json, runs_dir
+
+
+def _parse_runs(args: Sequence[str]) -> tuple[str, bool, str | None] | None:
+    """``--status queued|running [--json] [--runs-dir DIR]`` in any order, or None for
+    anything else."""
+    status: str | None = None
+    as_json = False
+    runs_dir: str | None = None
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--json" and not as_json:
+            as_json = True
+        elif arg in ("--status", "--runs-dir") and rest:
+            value = rest.pop(0)
+            if arg == "--status" and status is None:
+                status = value
+            elif arg == "--runs-dir" and runs_dir is None:
+                runs_dir = value
+            else:
+                return None
+        elif arg.startswith("--status=") and status is None:
+            status = arg.removeprefix("--status=")
+        elif arg.startswith("--runs-dir=") and runs_dir is None:
+            runs_dir = arg.removeprefix("--runs-dir=")
+        else:
+            return None
+    if status not in ("queued", "running") or runs_dir == "":
+        return None
+    return status, as_json, runs_dir
+
+
+def _setting(environ: Mapping[str, str], variable: str) -> str | None:
+    """The value of ``variable`` as pydantic-settings reads it (any case); None when unset,
+    "" when ambiguous or empty (the full CLI decides what either means)."""
+    values = [value for key, value in environ.items() if key.lower() == variable]
+    if len(values) > 1:
+        return ""
+    return values[0] if values else None
 
 
 def _runs_dir_from_environment(environ: Mapping[str, str], cwd: str) -> str | None:

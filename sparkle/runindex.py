@@ -25,27 +25,12 @@ import redis
 
 from sparkle import keys
 from sparkle.errors import UnsafePathError
-from sparkle.runstore import Run, RunStatus, RunStore, RunSummary, cached_summary
+from sparkle.runindex_fast import DISCARD_IF_QUIET, UNFINISHED
+from sparkle.runindex_fast import REBUILD_INTERVAL_SEC as REBUILD_INTERVAL_SEC
+from sparkle.runstore import Run, RunStore, RunSummary, cached_summary
 from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Seconds between two full rebuilds of the index from the run folders (by any reaper).
-REBUILD_INTERVAL_SEC = 300.0
-
-#: Statuses whose runs the reaper must keep watching.
-UNFINISHED = (RunStatus.queued, RunStatus.running)
-
-#: SREM the run unless its pending mark was written at or after ARGV[2] (seconds).
-_DISCARD_IF_QUIET = """
-local mark = redis.call('GET', KEYS[2])
-if mark then
-  local sent = tonumber(string.match(mark, ' (.*)$') or '0') or 0
-  if sent >= tonumber(ARGV[2]) then return 0 end
-end
-return redis.call('SREM', KEYS[1], ARGV[1])
-"""
-
 
 class RunIndex:
     """The unfinished-run index of one namespace."""
@@ -75,7 +60,7 @@ class RunIndex:
             if summary is not None and summary.status in UNFINISHED:
                 found.append(summary)
                 continue
-            self.client.eval(_DISCARD_IF_QUIET, 2, self.key,
+            self.client.eval(DISCARD_IF_QUIET, 2, self.key,
                              keys.pending(self.namespace, run_id), run_id, f"{looked_at:.3f}")
         return found
 

@@ -14,7 +14,7 @@ runs in flight, across restarts and processes. The same rules as :mod:`sparkle.r
 - whoever reads the index drops a run it finds finished or gone, unless its file was
   touched since it looked (a resume just then);
 - the whole index is rebuilt from the run folders when the folder is missing and every
-  :data:`sparkle.runindex.REBUILD_INTERVAL_SEC` anyway (``.rebuilt``'s age says when), which
+  :data:`sparkle.runindex_fast.REBUILD_INTERVAL_SEC` anyway (``.rebuilt``'s age says when), which
   also catches a run whose first message was never sent (a crash between creating the run
   and queueing it).
 """
@@ -26,20 +26,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Final
 
 from sparkle.errors import UnsafePathError
-from sparkle.names import is_safe_id
-from sparkle.runindex import REBUILD_INTERVAL_SEC, UNFINISHED
+from sparkle.runindex_fast import INDEX_DIR as INDEX_DIR
+from sparkle.runindex_fast import (
+    REBUILT_FILE,
+    UNFINISHED,
+    folder_discard_if_quiet,
+    folder_members,
+    folder_rebuild_due,
+)
 from sparkle.runstore import Run, RunStore, RunSummary, cached_summary
 
 log = logging.getLogger(__name__)
-
-#: Folder, inside the runs folder, of the index: one empty file per run id.
-INDEX_DIR: Final = ".unfinished"
-
-#: File in it whose modification time is the last full rebuild.
-REBUILT_FILE: Final = ".rebuilt"
 
 
 class FolderRunIndex:
@@ -69,7 +68,7 @@ class FolderRunIndex:
         """The summaries of the runs that are queued or running, sorted by id: from the
         runs the index names, dropping those found finished or gone; from every run folder
         when a rebuild is due."""
-        if self._rebuild_due():
+        if folder_rebuild_due(str(self.dir)):
             return self.rebuild(store)
         found = []
         for run_id in sorted(self.members()):
@@ -81,7 +80,7 @@ class FolderRunIndex:
             if summary is not None and summary.status in UNFINISHED:
                 found.append(summary)
                 continue
-            self._discard_if_quiet(run_id, looked_at)
+            folder_discard_if_quiet(str(self.dir), run_id, looked_at)
         return found
 
     def rebuild(self, store: RunStore) -> list[RunSummary]:
@@ -99,22 +98,4 @@ class FolderRunIndex:
 
     def members(self) -> set[str]:
         """The run ids the index names."""
-        try:
-            with os.scandir(self.dir) as entries:
-                return {e.name for e in entries if is_safe_id(e.name)}
-        except FileNotFoundError:
-            return set()
-
-    def _rebuild_due(self) -> bool:
-        try:
-            rebuilt = os.stat(self.dir / REBUILT_FILE).st_mtime
-        except OSError:
-            return True
-        return time.time() - rebuilt >= REBUILD_INTERVAL_SEC
-
-    def _discard_if_quiet(self, run_id: str, looked_at: float) -> None:
-        """Remove ``run_id``'s file unless it was touched at or after ``looked_at``."""
-        path = self.dir / run_id
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_mtime < looked_at:
-                os.unlink(path)
+        return folder_members(str(self.dir))

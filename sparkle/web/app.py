@@ -86,7 +86,7 @@ def create_app(site: Site, config: UiConfig | None = None) -> Starlette:
                             RunNotFoundError: _unsafe_path},
     )
     app.state.site = site
-    app.state.index = listing.RunListing(site.store)
+    app.state.index = listing.RunListing(site.store, unfinished=listing.unfinished_reader(site))
     app.state.secrets = secrets_
     app.state.templates = Jinja2Templates(env=environment())
     app.state.config = config

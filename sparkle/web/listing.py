@@ -17,21 +17,38 @@ are checked again one by one (so a shown row is never stale); and a snapshot old
 thread (so a run that changed status while not shown moves between status filters within
 a few seconds; for 10,000 runs, some ten). Titles (for
 search) are read once per run: a run's plan never changes.
+
+The runs in flight (``status=queued`` or ``running``) come from the unfinished-run index
+instead (:mod:`sparkle.runindex` on Redis, :mod:`sparkle.runindex_folder` otherwise), each
+checked as a shown row is: such a request reads the runs the index names, never the
+snapshot of every folder, so with months of finished runs it costs what the work in flight
+costs. (The other filters, the counts per status and the operations page still use the
+snapshot.) An index that cannot be read (Redis down) falls back to the snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
+from sparkle import keys
 from sparkle.errors import SparkleError
 from sparkle.names import STAGES, is_safe_id
+from sparkle.runindex_fast import INDEX_DIR, UNFINISHED, folder_members, folder_rebuild_due
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runlayout import CHECKPOINTS_DIR, MANIFEST_FILE, PLAN_FILE
 from sparkle.runstore import Run, RunStore, RunSummary, cached_entry, cached_summary
+from sparkle.web.site import Mode, Site
+
+log = logging.getLogger(__name__)
 
 #: Rows per page unless the request says otherwise.
 DEFAULT_LIMIT = 50
@@ -48,6 +65,52 @@ REFRESH_DUTY = 10.0
 
 #: A run's identity as the index checks it (see the module docstring).
 Identity = tuple[int, ...]
+
+#: The ids of the runs that may be queued or running (the unfinished-run index), or None
+#: when it cannot be read.
+UnfinishedReader = Callable[[], list[str] | None]
+
+#: The statuses listed from the unfinished-run index.
+FROM_INDEX = frozenset(status.value for status in UNFINISHED)
+
+
+def unfinished_reader(site: Site) -> UnfinishedReader:
+    """How the dashboard of ``site`` reads the unfinished-run index: the Redis SET when it
+    queues on Redis, else the runs folder's own index. It only reads: it leaves dropping
+    finished runs to the reapers, and an index due for its rebuild (None) to the reapers
+    on Redis, to a background thread otherwise (a dashboard without a reaper beside it)."""
+    store = site.store
+    if site.mode is Mode.redis and site.dispatcher is not None:
+        client, namespace = site.dispatcher.client, site.settings.namespace
+
+        def from_redis() -> list[str] | None:
+            try:
+                if not client.exists(keys.unfinished_runs_fresh(namespace)):
+                    return None
+                return [m.decode() if isinstance(m, bytes) else str(m)
+                        for m in client.smembers(keys.unfinished_runs(namespace))]
+            except redis.RedisError as exc:
+                log.warning("run index unavailable (%s); listing from every run folder", exc)
+                return None
+        return from_redis
+    index_dir = str(store.root / INDEX_DIR)
+    rebuilding = threading.Lock()
+
+    def rebuild() -> None:
+        try:
+            with contextlib.suppress(OSError):
+                FolderRunIndex(store.root).rebuild(store)
+        finally:
+            rebuilding.release()
+
+    def from_folder() -> list[str] | None:
+        if folder_rebuild_due(index_dir):
+            if rebuilding.acquire(blocking=False):  # (one rebuild at a time)
+                threading.Thread(target=rebuild, name="sparkle-ui-run-index",
+                                 daemon=True).start()
+            return None
+        return sorted(folder_members(index_dir))
+    return from_folder
 
 
 @dataclass(frozen=True)
@@ -84,9 +147,11 @@ def _folder_stamp(root: str) -> tuple[int, int, int] | None:
 class RunListing:
     """Summaries of every run in a runs folder, kept in memory (see the module docstring)."""
 
-    def __init__(self, store: RunStore, refresh_sec: float = REFRESH_SEC) -> None:
+    def __init__(self, store: RunStore, refresh_sec: float = REFRESH_SEC,
+                 unfinished: UnfinishedReader | None = None) -> None:
         self.store = store
         self.refresh_sec = refresh_sec
+        self._unfinished = unfinished
         self._root = str(store.root)
         #: The snapshot, replaced whole (never changed in place): readers need no lock.
         self._known: dict[str, Known] | None = None
@@ -182,8 +247,8 @@ class RunListing:
                 self._sorted = found
         return found
 
-    def fresh(self, run_id: str, entry: Known) -> Known:
-        """``entry`` checked again now (for a row about to be shown)."""
+    def fresh(self, run_id: str, entry: Known | None) -> Known:
+        """``entry`` checked again now (for a row about to be shown; None: not seen yet)."""
         checked = self._check(run_id, entry)
         if checked is not entry:
             with self._lock:
@@ -209,7 +274,9 @@ class RunListing:
               limit: int = DEFAULT_LIMIT, offset: int = 0) -> tuple[list[tuple[str, Known]], int]:
         """The runs matching ``status`` and ``q`` (in id or title, any case), newest first:
         ``limit`` of them from ``offset`` (each checked again now), and how many match."""
-        rows = self.known()
+        rows = self._in_flight() if status in FROM_INDEX else None
+        if rows is None:
+            rows = self.known()
         if status:
             rows = [row for row in rows if row[1].summary is not None
                     and row[1].summary.status.value == status]
@@ -220,6 +287,18 @@ class RunListing:
         shown = [(run_id, self.fresh(run_id, entry)) for run_id, entry in
                  rows[offset:offset + limit]]
         return [(run_id, entry) for run_id, entry in shown if entry.summary is not None], len(rows)
+
+    def _in_flight(self) -> list[tuple[str, Known]] | None:
+        """The runs the unfinished-run index names, each checked now, newest first; None
+        without an index that can be read."""
+        ids = self._unfinished() if self._unfinished is not None else None
+        if ids is None:
+            return None
+        known = self._known or {}
+        found = [(run_id, checked) for run_id in ids if is_safe_id(run_id)
+                 and (checked := self.fresh(run_id, known.get(run_id))).summary is not None]
+        found.sort(key=lambda item: (-item[1].created, item[0]))
+        return found
 
     def counts(self) -> dict[str, int]:
         """Runs per status (from the snapshot)."""

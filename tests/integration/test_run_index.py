@@ -120,3 +120,36 @@ def test_runs_listing_of_unfinished_runs_comes_from_the_index(world, redis_serve
     # folders because it does not exist yet: the unfinished runs only
     assert ids(listing(store, "queued", Settings(runs_dir=tmp_path / "runs"))) == [
         "never-sent", "waiting"]
+
+
+def test_runs_fast_path_on_redis_lists_from_the_index_as_the_full_cli(world, redis_server,
+                                                                      tmp_path):
+    """`sparkle runs --status queued` answered by sparkle.entry (no pydantic, no click) from
+    the Redis index prints what the full CLI prints, and leaves a due rebuild to it."""
+    from click.testing import CliRunner
+
+    from sparkle.cli import main as cli
+    from sparkle.entry import fast_runs
+
+    client, dispatcher, store, make = world
+    make("old-finished", cancelled=True)
+    RunIndex(client, "sparkle").unfinished(store)  # (built)
+    for run_id in ("waiting", "also-waiting"):
+        dispatcher.send(make(run_id).run_id, "script")
+    make("never-sent")  # not in the index until its next rebuild
+    args = ["runs", "--status", "queued", "--runs-dir", str(store.root)]
+    environ = {"SPARKLE_REDIS_URL": redis_server.url}
+    full = CliRunner().invoke(cli, args, env=environ)
+    assert full.exit_code == 0, full.output
+    assert "waiting" in full.output and "never-sent" not in full.output
+    assert fast_runs(args[1:], environ, str(tmp_path)) + "\n" == full.output
+    # a run that finished since is dropped from the index by the fast path too
+    store.run("waiting").set_cancelled(True)
+    store.summaries()  # (its cache refreshed, as the reaper's pass leaves it)
+    shown = fast_runs(args[1:], environ, str(tmp_path))
+    assert shown is not None
+    assert [line.split()[0] for line in shown.splitlines()[1:]] == ["also-waiting"]
+    assert RunIndex(client, "sparkle").members() == {"also-waiting"}
+    # a rebuild due: the full CLI does it
+    client.delete(keys.unfinished_runs_fresh("sparkle"))
+    assert fast_runs(args[1:], environ, str(tmp_path)) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -9,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from sparkle.plans import load_plan_file
+from sparkle.runindex_fast import INDEX_DIR, REBUILT_FILE
+from sparkle.runindex_folder import FolderRunIndex
 from sparkle.runstore import RunStore
 from sparkle.schemas import AssetRefs, Checkpoint
-from sparkle.web.listing import RunListing, _identity, row
+from sparkle.settings import Settings
+from sparkle.web.listing import RunListing, _identity, row, unfinished_reader
+from sparkle.web.site import Mode, Site
 
 
 @pytest.fixture
@@ -89,3 +94,56 @@ def test_a_row_counts_stages_and_finds_the_thumbnail(store):
                                                                              "videos")
     assert line["thumbnail"] == "frames/s1_start.png"
     assert line["title"] == "The Lighthouse Keeper"
+
+
+def _finished_and_in_flight(store: RunStore, plans_dir: Path) -> None:
+    """run-0 stays queued, run-1 runs; run-2 and five more are finished."""
+    plan = load_plan_file(plans_dir / "lighthouse.json", 1 << 20)
+    for number in range(3, 8):
+        plan.metadata["run_id"] = f"run-{number}"
+        store.create(plan)
+    store.run("run-1").write_checkpoint(_success("script"))
+    for number in range(2, 8):
+        store.run(f"run-{number}").set_cancelled(True)
+
+
+def test_runs_in_flight_are_listed_from_the_index_without_reading_finished_runs(
+        store, plans_dir, monkeypatch):
+    """Issue 22: with months of finished runs, the dashboard's queued and running lists cost
+    what the work in flight costs: only the runs the unfinished-run index names are read."""
+    _finished_and_in_flight(store, plans_dir)
+    FolderRunIndex(store.root).rebuild(store)
+    site = Site(Settings(runs_dir=store.root), store, Mode.standalone)
+    index = RunListing(store, refresh_sec=3600, unfinished=unfinished_reader(site))
+    # Given: every path opened, stat-ed or listed is recorded
+    seen: list[str] = []
+    for name in ("open", "stat", "lstat", "scandir", "listdir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path, *a, _real=real, **k: (
+            seen.append(str(path)), _real(path, *a, **k))[1])
+    # When: the dashboard lists the running, then the queued runs
+    running, total = index.query(status="running")
+    queued, _ = index.query(status="queued")
+    # Then: the right runs, and no finished run's folder was looked at
+    assert [run_id for run_id, _ in running] == ["run-1"] and total == 1
+    assert [run_id for run_id, _ in queued] == ["run-0"]
+    looked_at = {Path(p).relative_to(store.root).parts[0] for p in seen
+                 if Path(p).is_relative_to(store.root) and Path(p) != store.root}
+    assert looked_at == {".unfinished", "run-0", "run-1"}
+    # while the unfiltered listing still reads every folder (the snapshot)
+    assert index.query(limit=100)[1] == 8
+
+
+def test_an_index_due_for_its_rebuild_lists_from_the_snapshot_and_is_rebuilt(store,
+                                                                            plans_dir):
+    _finished_and_in_flight(store, plans_dir)
+    reader = unfinished_reader(Site(Settings(runs_dir=store.root), store, Mode.standalone))
+    index = RunListing(store, refresh_sec=3600, unfinished=reader)
+    # When: there is no index yet
+    assert reader() is None
+    # Then: the same answer, from every folder, and the index is built in the background
+    assert [run_id for run_id, _ in index.query(status="running")[0]] == ["run-1"]
+    deadline = time.monotonic() + 30
+    while not (store.root / INDEX_DIR / REBUILT_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reader() == ["run-0", "run-1"]
