@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -28,7 +29,9 @@ from sparkle.errors import UnsafePathError
 from sparkle.runindex_fast import DISCARD_IF_QUIET, UNFINISHED
 from sparkle.runindex_fast import REBUILD_INTERVAL_SEC as REBUILD_INTERVAL_SEC
 from sparkle.runstore import Run, RunStore, RunSummary, cached_summary
-from sparkle.settings import Settings
+
+if TYPE_CHECKING:
+    from sparkle.app import App
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +80,16 @@ class RunIndex:
         return {_text(m) for m in self.client.smembers(self.key)}
 
 
-def listing(store: RunStore, status: str | None, settings: Settings) -> list[RunSummary]:
+def listing(app: App, status: str | None) -> list[RunSummary]:
     """What ``sparkle runs [--status S]`` lists (the caller filters by status): for
-    ``queued`` or ``running``, only the runs the index names (embedded, the runs folder's
-    own index, :mod:`sparkle.runindex_folder`); else every run.
-    A Redis that cannot be reached means every run, read from the folders."""
-    url = settings.redis_url_value()
+    ``queued`` or ``running``, only the runs the index of ``app``'s backend names (the
+    backend is built only then); else every run. An index that cannot be read (Redis
+    unreachable) means every run, read from the folders."""
+    store = app.store
     if status not in [s.value for s in UNFINISHED]:
         return store.summaries()
-    if url is None:
-        from sparkle.runindex_folder import FolderRunIndex
-
-        return FolderRunIndex(store.root).unfinished(store)
     try:
-        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        return RunIndex(client, settings.namespace).unfinished(store)
+        return app.backend.run_index(store.root, app.settings.namespace).unfinished(store)
     except redis.RedisError as exc:
         log.warning("run index unavailable (%s); listing every run folder", exc)
         return store.summaries()

@@ -251,7 +251,7 @@ def runs(only_status: str | None, as_json: bool, runs_dir: Path | None) -> None:
     # listing() answers from each run's stat-validated summary cache (10,000 runs in about
     # 0.5 s instead of 2.3 s, docs/BENCHMARKS.md); queued or running runs on Redis come
     # from the unfinished-run index, without reading the finished ones.
-    summaries = [summary for summary in listing(store, only_status, wiring.app().settings)
+    summaries = [summary for summary in listing(wiring.app(), only_status)
                  if not only_status or summary.status.value == only_status]
     if not as_json:
         for row in run_rows(store, summaries):

@@ -102,6 +102,7 @@ def test_a_run_resumed_while_the_reaper_looks_stays(world):
 
 
 def test_runs_listing_of_unfinished_runs_comes_from_the_index(world, redis_server, tmp_path):
+    from sparkle.app import App
     from sparkle.runindex import listing
     from sparkle.settings import Settings
 
@@ -111,14 +112,14 @@ def test_runs_listing_of_unfinished_runs_comes_from_the_index(world, redis_serve
     run = make("waiting")
     dispatcher.send(run.run_id, "script")
     make("never-sent")  # not in the index until its next rebuild
-    settings = Settings(redis_url=redis_server.url, runs_dir=tmp_path / "runs")
+    app = App(Settings(redis_url=redis_server.url, runs_dir=tmp_path / "runs"))
     # `sparkle runs --status queued` on Redis: only what the index names
-    assert ids(listing(store, "queued", settings)) == ["waiting"]
+    assert ids(listing(app, "queued")) == ["waiting"]
     # every other listing reads every folder
-    assert ids(listing(store, None, settings)) == ["never-sent", "old-finished", "waiting"]
+    assert ids(listing(app, None)) == ["never-sent", "old-finished", "waiting"]
     # embedded: the runs folder's own index (sparkle.runindex_folder), built here from the
     # folders because it does not exist yet: the unfinished runs only
-    assert ids(listing(store, "queued", Settings(runs_dir=tmp_path / "runs"))) == [
+    assert ids(listing(App(Settings(runs_dir=tmp_path / "runs")), "queued")) == [
         "never-sent", "waiting"]
 
 

@@ -37,12 +37,12 @@ def test_readers_look_only_at_the_runs_the_index_names(pipeline, plans_dir):
     FolderRunIndex(pipeline.runs_dir).rebuild(store)
     unnamed = pipeline.create(plans_dir / "rooftop.json")
     # When: `sparkle runs --status queued` (embedded) and a serve start list them
-    listed = [s.run_id for s in listing(store, "queued", installed().settings)]
+    listed = [s.run_id for s in listing(installed(), "queued")]
     requeued = requeue_unfinished(pipeline.engine)
     # Then: only the named run was read and re-queued; every status still reads all folders
     assert listed == [named.run_id]
     assert [run.run_id for run in requeued] == [named.run_id]
-    assert {s.run_id for s in listing(store, None, installed().settings)} == {
+    assert {s.run_id for s in listing(installed(), None)} == {
         named.run_id, unnamed.run_id}
 
 
