@@ -50,7 +50,7 @@ from sparkle.inbox_stability import (
 from sparkle.inbox_stats import InboxCounts, InboxStats
 from sparkle.logs import printable
 from sparkle.runstore import Run, RunStore
-from sparkle.settings import Settings, load_settings
+from sparkle.settings import Settings
 
 #: The hot folder's modules log as one logger, so its log is configured in one place.
 log = logging.getLogger("sparkle.inbox")
@@ -115,11 +115,14 @@ class Inbox:
         retry_max: float = RETRY_MAX_SEC,
         metadata_defaults: Mapping[str, str] | None = None,
     ) -> None:
-        if stable_seconds is None or glob is None or max_plan_bytes is None:
-            settings = load_settings()
-            stable_seconds = settings.stable_seconds if stable_seconds is None else stable_seconds
-            glob = settings.inbox_glob if glob is None else glob
-            max_plan_bytes = settings.max_plan_bytes if max_plan_bytes is None else max_plan_bytes
+        # (unset: the settings' defaults, as `sparkle serve` has them with nothing configured)
+        default = Settings.model_fields
+        stable_seconds = default["stable_seconds"].default if stable_seconds is None \
+            else stable_seconds
+        glob = default["inbox_glob"].default if glob is None else glob
+        max_plan_bytes = default["max_plan_bytes"].default if max_plan_bytes is None \
+            else max_plan_bytes
+        assert stable_seconds is not None and glob is not None and max_plan_bytes is not None
         if stable_seconds < 0 or max_plan_bytes <= 0 or not glob:
             raise ValueError("stable_seconds must be >= 0, max_plan_bytes > 0, glob non-empty")
         self.dir = Path(os.path.realpath(inbox_dir))
@@ -153,13 +156,13 @@ class Inbox:
 
     @classmethod
     def from_settings(
-        cls, enqueue: Enqueue, *, settings: Settings | None = None, poll: bool = False
+        cls, enqueue: Enqueue, store: RunStore, settings: Settings, *, poll: bool = False
     ) -> Inbox:
-        """An inbox on ``settings.inbox_dir`` creating runs in ``settings.runs_dir``."""
-        s = settings or load_settings()
+        """An inbox on ``settings.inbox_dir`` creating runs in ``store`` (the App's)."""
+        s = settings
         return cls(
             s.inbox_dir,
-            RunStore(s.runs_dir),
+            store,
             enqueue,
             poll=poll,
             stable_seconds=s.stable_seconds,

@@ -44,7 +44,7 @@ from sparkle.schemas import STAGES, split_stages
 from sparkle.webhooks import check_url
 
 if TYPE_CHECKING:
-    from sparkle.runstore import Run
+    from sparkle.runstore import Run, RunStore
     from sparkle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,10 @@ def discover(inbox_dir: Path) -> list[Profile]:
     return profiles
 
 
-def inbox_for(profile: Profile, enqueue: Callable[[Run], object], settings: Settings,
-              poll: bool = False) -> inbox.Inbox:
-    """The hot folder of ``profile``: the inbox's settings, the profile's plan metadata."""
-    from sparkle.runstore import RunStore
-
-    return inbox.Inbox(profile.folder, RunStore(settings.runs_dir), enqueue, poll=poll,
+def inbox_for(profile: Profile, enqueue: Callable[[Run], object], store: RunStore,
+              settings: Settings, poll: bool = False) -> inbox.Inbox:
+    """The hot folder of ``profile``, creating runs in ``store``: the inbox's settings,
+    the profile's plan metadata."""
+    return inbox.Inbox(profile.folder, store, enqueue, poll=poll,
                  stable_seconds=settings.stable_seconds, glob=settings.inbox_glob,
                  max_plan_bytes=settings.max_plan_bytes, metadata_defaults=profile.metadata)

@@ -146,9 +146,9 @@ def serve(app: App, inbox_dir: Path | None, poll: bool, threads: int,
                 "again")
         for run in resumed:
             announcer.watch(run)
-    inbox = Inbox.from_settings(engine.dispatcher.kick, settings=settings, poll=poll)
+    inbox = Inbox.from_settings(engine.dispatcher.kick, app.store, settings, poll=poll)
     inbox.on_processed = announcer.picked_up
-    profile_inboxes = [profile_inbox(profile, engine.dispatcher.kick, settings, poll)
+    profile_inboxes = [profile_inbox(profile, engine.dispatcher.kick, app.store, settings, poll)
                        for profile in profiles]
     for extra in profile_inboxes:
         extra.on_processed = announcer.picked_up

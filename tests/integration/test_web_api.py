@@ -189,7 +189,8 @@ def test_the_inbox_page_shows_rejected_files_with_their_problems(pipeline, tmp_p
     settings = installed().settings
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     (settings.inbox_dir / "broken.json").write_text('{"title": "x", "shots": []}')
-    inbox = Inbox.from_settings(pipeline.engine.dispatcher.kick, settings=settings)
+    inbox = Inbox.from_settings(pipeline.engine.dispatcher.kick, pipeline.engine.store,
+                                settings)
     inbox.stable_seconds = 0
     inbox.scan()
     assert inbox.process_pending(10)

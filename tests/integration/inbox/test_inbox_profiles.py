@@ -34,7 +34,7 @@ def test_a_plan_dropped_into_a_profile_folder_gets_the_profiles_settings(tmp_pat
     settings = Settings(inbox_dir=inbox_dir, runs_dir=runs_dir, stable_seconds=0)
     queued: list[Run] = []
     (profile,) = discover(inbox_dir)
-    rush = inbox_for(profile, queued.append, settings)
+    rush = inbox_for(profile, queued.append, RunStore(runs_dir), settings)
     top = Inbox(inbox_dir, RunStore(runs_dir), queued.append, stable_seconds=0)
     # When: both folders are processed
     for inbox in (top, rush):
