@@ -29,6 +29,7 @@ import redis
 from sparkle import handover, lease, notifications
 from sparkle.dispatch import Dispatcher
 from sparkle.errors import LeaseLostError, ReviewError
+from sparkle.priority import set_run_priority
 from sparkle.runstore import Run, RunStatus, RunStore
 from sparkle.schemas import STAGES, MoviePlan
 from sparkle.settings import Settings
@@ -45,16 +46,32 @@ class Created:
     queued: str | None
 
 
+class NotQueued(redis.ConnectionError):
+    """The run was created (or found) but its first stage could not be queued: Redis did
+    not answer. ``sparkle resume``, or the reaper of a running worker, queues it later."""
+
+    def __init__(self, run: Run, created: bool, cause: redis.RedisError) -> None:
+        super().__init__(str(cause))
+        self.run = run
+        self.created = created
+
+
 def create_run(store: RunStore, dispatcher: Dispatcher, plan: MoviePlan,
-               run_id: str | None = None) -> Created:
-    """Create the run of ``plan`` (or find it) and queue its first unfinished stage.
+               run_id: str | None = None, level: str | None = None) -> Created:
+    """Create the run of ``plan`` (or find it) and queue its first unfinished stage, at
+    priority ``level`` when given (else the plan's ``metadata.priority``).
 
     Raises:
       RunConflictError: a different plan already owns the run id.
-      redis.RedisError: the run was created but its stage could not be queued.
+      NotQueued: the run exists but its stage could not be queued (a redis.RedisError).
     """
     run, created = store.create(plan, run_id)
-    return Created(run, created, dispatcher.kick(run))
+    if level is not None:
+        set_run_priority(run.dir, level)
+    try:
+        return Created(run, created, dispatcher.kick(run))
+    except redis.RedisError as exc:
+        raise NotQueued(run, created, exc) from exc
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,8 @@ def submit(plans: tuple[Path, ...], level: str | None) -> None:
     """
 
     def body() -> int:
-        # (redis and pydantic models: imported when used)
-        import redis
-
-        from sparkle.lifecycle import copy_into_inbox
+        # (dramatiq, redis and pydantic models: imported when used)
+        from sparkle.lifecycle import NotQueued, copy_into_inbox, create_run
         from sparkle.plans import load_plan_file
 
         settings = wiring.app().settings
@@ -145,24 +143,21 @@ def submit(plans: tuple[Path, ...], level: str | None) -> None:
         engine = wiring.engine()
         for path in plans:
             try:
-                movie_plan = load_plan_file(path, settings.max_plan_bytes)
-                the_run, created = engine.store.create(movie_plan)
+                done = create_run(engine.store, engine.dispatcher,
+                                  load_plan_file(path, settings.max_plan_bytes), level=level)
             except (PlanError, RunConflictError) as exc:
                 click.echo(str(exc), err=True)
                 bad += 1
                 continue
-            if level is not None:
-                set_run_priority(the_run.dir, level)
-            try:
-                stage = engine.dispatcher.kick(the_run)
-            except redis.RedisError:
-                click.echo(f"{the_run.run_id} {'created' if created else 'existing'}, NOT "
-                           f"queued: `sparkle resume {the_run.run_id}` queues it once Redis "
+            except NotQueued as exc:
+                click.echo(f"{exc.run.run_id} {'created' if exc.created else 'existing'}, NOT "
+                           f"queued: `sparkle resume {exc.run.run_id}` queues it once Redis "
                            "answers (so does the reaper of a running worker); plans after it "
                            "were not submitted", err=True)
                 raise
+            the_run, stage = done.run, done.queued
             state = f"queued {stage}" if stage else f"nothing to queue ({the_run.status().value})"
-            click.echo(f"{the_run.run_id} {'created' if created else 'existing'}, {state}")
+            click.echo(f"{the_run.run_id} {'created' if done.created else 'existing'}, {state}")
         return EXIT_USAGE if bad else EXIT_OK
 
     guard(body)
