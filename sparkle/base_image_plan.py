@@ -29,8 +29,8 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
-from pydantic_core import PydanticCustomError
 
+from sparkle.schema_base import problems_error
 from sparkle.schemas import (
     EXPORTED_MODELS,
     FPS_RANGE,
@@ -149,11 +149,7 @@ class BaseImagePlan(_Model):
     def _check_plan(self) -> BaseImagePlan:
         problems = cross_problems(self.model_dump(mode="json"))
         if problems:
-            raise PydanticCustomError(
-                "plan_references",
-                "{summary}",
-                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
-            )
+            raise problems_error("plan_references", problems)
         return self
 
 

@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from sparkle.names import STAGES
 from sparkle.priority import PRIORITIES
-from sparkle.schema_base import SafeId, _Model, check_id
+from sparkle.schema_base import SafeId, _Model, check_id, problems_error
 from sparkle.webhooks import check_url
 
 #: Upper bound of a shot's duration in seconds (ten minutes).
@@ -130,11 +130,7 @@ def _check_metadata(metadata: dict[str, str]) -> dict[str, str]:
             bad("webhook", "must be an http:// or https:// URL to POST the run's "
                 "notifications to")
     if problems:
-        raise PydanticCustomError(
-            "bad_metadata",
-            "{summary}",
-            {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
-        )
+        raise problems_error("bad_metadata", problems)
     return metadata
 
 
@@ -266,11 +262,7 @@ class MoviePlan(_Model):
             [(shot.id, [line.character_id for line in shot.dialogue]) for shot in self.shots],
         )
         if problems:
-            raise PydanticCustomError(
-                "plan_references",
-                "{summary}",
-                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
-            )
+            raise problems_error("plan_references", problems)
         return self
 
     #: The plan as received, when it came in another format (:mod:`sparkle.base_image_plan`).

@@ -9,6 +9,7 @@ a plan is an error, not a silently ignored field.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
@@ -54,3 +55,12 @@ def values_schema(kind: type[enum.StrEnum]) -> WithJsonSchema:
     "type": "string"}``), as a ``Literal`` field's would be. The published schemas list
     the values in place; pydantic's own form for an enum is a ``$ref`` to a definition."""
     return WithJsonSchema({"enum": [member.value for member in kind], "type": "string"})
+
+
+def problems_error(kind: str, problems: Sequence[Sequence[str]]) -> PydanticCustomError:
+    """One validation error carrying several ``(path, message)`` problems: reported one by
+    one, each at its own path (:func:`sparkle.plans.problems_from_validation`)."""
+    return PydanticCustomError(
+        kind, "{summary}",
+        {"summary": "; ".join(f"{path}: {message}" for path, message in problems),
+         "problems": problems})

@@ -22,7 +22,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -35,21 +34,12 @@ import psutil
 import pytest
 import redis
 from redis_server import RedisServer, free_port
+from security_helpers import BIN, PLAIN_SECRET, SECRET, SECRET_IN_URL, sparkle, sparkle_env
 
 from sparkle.settings import Settings
 
 REPO = Path(__file__).parents[2]
-BIN = Path(sys.executable).parent
 PLANS = REPO / "tests" / "data" / "plans"
-
-#: A password with every character that needs care in a URL.
-SECRET = "Sp4rk:le@pass#w/rd?x%"
-
-#: The same password as it must appear in a URL (percent-encoded).
-SECRET_IN_URL = quote(SECRET, safe="")
-
-#: A password that is plain in a URL; its absence from output is easy to check.
-PLAIN_SECRET = "s3cr3tPlainPassw0rd"
 
 
 # -- a password-protected Redis --------------------------------------------------------------
@@ -69,31 +59,6 @@ def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = start_redis(tmp_path / "redis", "--requirepass", SECRET)
     yield server
     server.stop()
-
-
-def sparkle_env(tmp_path: Path, url: str | None) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "SPARKLE_RUNS_DIR": str(tmp_path / "runs"),
-        "SPARKLE_INBOX_DIR": str(tmp_path / "inbox"),
-        "SPARKLE_ADAPTERS": "test",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("SPARKLE_REDIS_URL", None)
-    if url is not None:
-        env["SPARKLE_REDIS_URL"] = url
-    return env
-
-
-def sparkle(tmp_path: Path, url: str | None, *args: str, timeout: float = 120) -> Any:
-    return subprocess.run(
-        [str(BIN / "sparkle"), *args],
-        env=sparkle_env(tmp_path, url),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def assert_no_secret(text: str, secret: str = SECRET) -> None:

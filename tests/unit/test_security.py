@@ -16,28 +16,15 @@ tests/integration/test_security_redis.py. In short, here:
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
+from security_helpers import PLAIN_SECRET, SECRET_IN_URL, sparkle
 
 from sparkle.settings import Settings
 
 REPO = Path(__file__).parents[2]
-BIN = Path(sys.executable).parent
-
-#: A password with every character that needs care in a URL.
-SECRET = "Sp4rk:le@pass#w/rd?x%"
-
-#: The same password as it must appear in a URL (percent-encoded).
-SECRET_IN_URL = quote(SECRET, safe="")
-
-#: A password that is plain in a URL; its absence from output is easy to check.
-PLAIN_SECRET = "s3cr3tPlainPassw0rd"
 
 
 # -- redaction -------------------------------------------------------------------------------
@@ -95,31 +82,6 @@ def test_the_settings_never_print_the_url():
 
 
 # -- the CLI as a child process --------------------------------------------------------------
-
-
-def sparkle_env(tmp_path: Path, url: str | None) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "SPARKLE_RUNS_DIR": str(tmp_path / "runs"),
-        "SPARKLE_INBOX_DIR": str(tmp_path / "inbox"),
-        "SPARKLE_ADAPTERS": "test",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("SPARKLE_REDIS_URL", None)
-    if url is not None:
-        env["SPARKLE_REDIS_URL"] = url
-    return env
-
-
-def sparkle(tmp_path: Path, url: str | None, *args: str, timeout: float = 120) -> Any:
-    return subprocess.run(
-        [str(BIN / "sparkle"), *args],
-        env=sparkle_env(tmp_path, url),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # -- deserialization -------------------------------------------------------------------------
