@@ -116,6 +116,9 @@ async def action_resume(request: Request) -> Response:
     if status != 200:
         return back_to(request, target, body["error"], error=True)
     queued = body["queued"]
+    if body.get("handed_over"):
+        return back_to(request, target, "resume handed to the worker running a stage: it "
+                                        "resets the stages when that stage ends, then goes on")
     return back_to(request, target, f"resumed: {queued} queued" if queued
                    else "resumed: nothing to queue")
 

@@ -278,6 +278,31 @@ def test_dead_letters_are_listed_and_replayed_through_the_api(redis_server, tmp_
 
 
 
+def test_the_resume_form_says_the_worker_holding_the_run_carries_it_out(three_runs, pipeline):
+    """Resume asked while a worker holds the run (its lease) writes nothing from the
+    dashboard: the page says the worker resets the stages when its stage ends."""
+    from sparkle.lease import Lease
+
+    web = dashboard()
+    csrf = web.app.state.secrets.csrf  # type: ignore[attr-defined]
+    browser = {"origin": BASE, "sec-fetch-site": "same-origin"}
+    run = three_runs["succeeded"]
+    events = len(run.events())
+    # Given a worker holding the run (its lease taken as a stage's is)
+    held = Lease(pipeline.engine.client, "sparkle", run.run_id, 30, lock_dir=run.dir)
+    assert held.acquire()
+    try:
+        # When I press Resume from stage qa
+        answer = web.post(f"/runs/{run.run_id}/resume", headers=browser,
+                          data={"csrf_token": csrf, "from": "qa"}, follow_redirects=False)
+        # Then the page says it was handed over, and nothing was written to the run
+        assert answer.status_code == 303
+        assert "handed%20to%20the%20worker" in answer.headers["location"]
+        assert len(run.events()) == events
+    finally:
+        held.release()
+
+
 def test_the_run_page_forms_resume_from_a_chosen_stage_and_cancel(three_runs, pipeline):
     web = dashboard()
     csrf = web.app.state.secrets.csrf  # type: ignore[attr-defined]
