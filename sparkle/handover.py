@@ -38,14 +38,12 @@ from typing import Any
 
 from sparkle import atomic, unique
 from sparkle.errors import ConfigError
+from sparkle.runlayout import REQUESTS_DIR
 from sparkle.runstore import CANCELLED_FILE, Run
 from sparkle.schemas import STAGES
 from sparkle.stages import check_stage
 
 log = logging.getLogger(__name__)
-
-#: The run's folder of resume requests left for the lease holder.
-REQUESTS_DIR = ".requests"
 
 #: Requests larger than this are not read (they are a few hundred bytes).
 MAX_REQUEST_BYTES = 64 * 1024

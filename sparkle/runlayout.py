@@ -57,6 +57,9 @@ MANIFEST_LOCK_FILE = ".manifest.lock"
 #: Held by the process that works the run (:mod:`sparkle.runlock`).
 LEASE_FILE = ".lease"
 
+#: Resume requests left for the holder of the run's lease (:mod:`sparkle.handover`).
+REQUESTS_DIR = ".requests"
+
 
 def checkpoint_file(stage: str) -> str:
     """The checkpoint of ``stage``, relative to the run folder."""
