@@ -93,11 +93,13 @@ class Settings(BaseSettings):
     #: stages still running then are left to the reaper, which re-drives them.
     worker_shutdown_timeout_sec: float = Field(default=600.0, gt=0)
     #: Longest wait, in milliseconds, between two polls of an idle stage queue by a worker
-    #: process (dramatiq's ``worker_timeout``, the same default there). Messages sent by
-    #: Sparkle wake an idle queue's consumer at once (:mod:`sparkle.doorbell`), so this
-    #: only bounds the pick-up of messages sent otherwise (by another dramatiq client, or
-    #: put back by dramatiq's maintenance); lower polls more while idle.
-    worker_poll_ms: int = Field(default=1000, ge=10, le=60_000)
+    #: process (dramatiq's ``worker_timeout``). Messages sent by Sparkle wake an idle
+    #: queue's consumer at once (:mod:`sparkle.doorbell`), so this only bounds the pick-up
+    #: of messages sent otherwise (by another dramatiq client, or put back by dramatiq's
+    #: maintenance) and how long a stopping worker's idle threads take to notice; lower
+    #: polls more while idle (42 consumers a worker process: 7 stages x 3 priority levels,
+    #: each with its delay queue).
+    worker_poll_ms: int = Field(default=3000, ge=10, le=60_000)
     #: Retention applied by the reaper at most once an hour: ``30d`` removes runs finished
     #: (succeeded, failed, rejected, cancelled) more than 30 days ago, ``30d:final`` only
     #: their intermediate media (see ``sparkle prune``). Unset: nothing is removed.
