@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sparkle.adapters.scene_words import find_elements
+from sparkle.adapters.scene_words import find_elements, shot_words
 from sparkle.schemas import MoviePlan, ShotSpec
 
 #: Sample rate of the generated bed in Hz (the adapters' audio rate).
@@ -69,14 +69,7 @@ class Bed:
 
 def bed_for(plan: MoviePlan, shot: ShotSpec) -> Bed:
     """The sounds a shot's words call for (indoors: room tone, and rain on the window)."""
-    text = " ".join(
-        [
-            shot.setting or "",
-            shot.visual_description,
-            shot.start_frame_prompt,
-            shot.end_frame_prompt,
-        ]
-    )
+    text = shot_words(shot)
     elements = find_elements(text)
     sounds: list[str] = []
     if "room" in elements and not {"rooftop", "street", "sea"} & set(elements):

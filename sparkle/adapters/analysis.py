@@ -93,7 +93,11 @@ STILL_MAX_DIFF = 3
 
 def _envelope(pcm: bytes) -> list[float]:
     samples = array("h", pcm[: len(pcm) - len(pcm) % 2])
-    step = round(ENVELOPE_RATE * ENVELOPE_WINDOW_SEC)
+    return dbfs_levels(samples, round(ENVELOPE_RATE * ENVELOPE_WINDOW_SEC))
+
+
+def dbfs_levels(samples: array[int], step: int) -> list[float]:
+    """The level in dBFS of each whole window of ``step`` 16-bit samples (-120 for silence)."""
     levels = []
     for start in range(0, len(samples) - step + 1, step):
         chunk = samples[start : start + step]

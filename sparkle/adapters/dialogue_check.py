@@ -20,7 +20,7 @@ import wave
 from array import array
 from pathlib import Path
 
-from sparkle.adapters.analysis import ENVELOPE_WINDOW_SEC
+from sparkle.adapters.analysis import ENVELOPE_WINDOW_SEC, dbfs_levels
 
 #: A window of a line's own audio louder than this (dBFS) counts as speech.
 SPEECH_DB = -40.0
@@ -47,13 +47,7 @@ def _wav_levels(path: Path) -> list[float]:
     if width != 2:
         return []
     samples = array("h", raw)[::channels]
-    step = max(1, round(rate * ENVELOPE_WINDOW_SEC))
-    levels = []
-    for start in range(0, len(samples) - step + 1, step):
-        chunk = samples[start : start + step]
-        power = sum(x * x for x in chunk) / step
-        levels.append(10 * math.log10(power / 32768**2) if power > 0 else -120.0)
-    return levels
+    return dbfs_levels(samples, max(1, round(rate * ENVELOPE_WINDOW_SEC)))
 
 
 def speech_levels(lines: list[tuple[float, Path]], windows: int) -> list[float | None]:

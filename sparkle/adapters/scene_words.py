@@ -178,30 +178,22 @@ def characters_in(plan: MoviePlan, shot: ShotSpec, text: str) -> list[CharacterS
     return found
 
 
+def shot_words(shot: ShotSpec) -> str:
+    """Everything a shot says of what is seen: its setting, description and frame prompts."""
+    return " ".join([shot.setting or "", shot.visual_description, shot.start_frame_prompt,
+                     shot.end_frame_prompt])
+
+
 def shot_time(plan: MoviePlan, shot: ShotSpec) -> str:
     """Time of day: the shot's words, else the title, earlier shots, mood, the seed."""
-    text = " ".join(
-        [
-            shot.setting or "",
-            shot.visual_description,
-            shot.start_frame_prompt,
-            shot.end_frame_prompt,
-        ]
-    )
+    text = shot_words(shot)
     for source in (text, plan.title):
         times = [e for e in find_elements(source) if element_kind(e) == "time"]
         if times:
             return times[0]
     index = next((i for i, s in enumerate(plan.shots) if s.id == shot.id), 0)
     for earlier in reversed(plan.shots[:index]):
-        words = " ".join(
-            [
-                earlier.setting or "",
-                earlier.visual_description,
-                earlier.start_frame_prompt,
-                earlier.end_frame_prompt,
-            ]
-        )
+        words = shot_words(earlier)
         times = [e for e in find_elements(words) if element_kind(e) == "time"]
         if times:
             return times[0]
