@@ -12,9 +12,14 @@ Starts a private redis-server, then measures, each with one worker process of 8 
 - **bare, 7 queues, DESIGN's records by hand** (the floor): as above, each hop first doing
   by hand, with nothing else, the Redis commands and file records that DESIGN's "Stage
   execution" asks of every stage (lease, fencing, release; a ``begin`` checkpoint and
-  event; durable asset refs, ``success`` checkpoint and event), without any of the
-  engine's checks, validation, logs or metrics. It shows how much of the gap to the
-  baseline is the design's contract and how much is Sparkle's engine;
+  event; durable asset refs and ``success`` checkpoint, and the ``success`` event), the
+  events in DESIGN's ``manifest.json``, without any of the engine's checks, validation,
+  logs or metrics. It shows how much of the gap to the baseline is the design's contract
+  and how much is Sparkle's engine;
+- **the floor as it was**: the same, its events appended to a ``manifest.jsonl`` as the
+  floor did until 2026-12-06 (written before Sparkle's manifest became DESIGN's
+  ``manifest.json``, rewritten whole per event): printed so that the ratio to either can
+  be read;
 - **Sparkle**: ``sparkle worker --processes 1 --threads 8`` as shipped, with no-op adapters
   for all seven stages, so a hop costs only the engine's work (lease, checkpoints, manifest,
   asset refs, pending marks, dispatch).
@@ -216,10 +221,12 @@ def bench_latency(server: RedisServer, runs: int, folder: Path,
 
 
 def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
-               thread_connections: bool = False, records: bool = False) -> float:
+               thread_connections: bool = False, records: bool = False,
+               jsonl: bool = False) -> float:
     """Hops per second through a bare chain of 7 dramatiq actors on 1 or 7 queues. With 7:
     ``thread_connections`` has the broker send its calls as Sparkle's does, and ``records``
-    has each hop do DESIGN's per-stage records by hand."""
+    has each hop do DESIGN's per-stage records by hand (``jsonl``: its events appended to a
+    ``manifest.jsonl``, as the floor did before)."""
     module, namespace = ("bench_hops_bare", "bare") if queues == 1 else ("bench_hops_bare7",
                                                                           "bare7")
     env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": PYTHONPATH}
@@ -229,6 +236,8 @@ def bench_bare(server: RedisServer, chains: int, folder: Path, queues: int = 1,
         env["BENCH_THREAD_CONNECTIONS"] = "1"
     if records:
         env["BENCH_RECORDS_DIR"] = str(folder / f"bare-records-{time.time_ns()}")
+    if jsonl:
+        env["BENCH_RECORDS_JSONL"] = "1"
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
@@ -271,7 +280,7 @@ def main() -> None:
                         help="measure only the hop latency and the idle traffic")
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"bare": [], "bare7": [], "bare7_conn": [], "floor": [],
-                                     "sparkle": []}
+                                     "floor_jsonl": [], "sparkle": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
@@ -283,6 +292,9 @@ def main() -> None:
                                                       thread_connections=True))
                 rates["floor"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
                                                  thread_connections=True, records=True))
+                rates["floor_jsonl"].append(bench_bare(server, args.runs, Path(tmp), queues=7,
+                                                       thread_connections=True, records=True,
+                                                       jsonl=True))
                 runs_dir = Path(tmp) / f"runs-{trial}"
                 runs_dir.mkdir()
                 rates["sparkle"].append(bench_sparkle(server, args.runs, runs_dir))
@@ -313,6 +325,7 @@ def _print_rates(rates: dict[str, list[float]], repeat: int) -> None:
         ("bare dramatiq, 7 actors on 7 queues, 250 ms polling", "bare7"),
         ("the same, with Sparkle's broker connections", "bare7_conn"),
         ("the same, each hop doing DESIGN's per-stage records by hand (the floor)", "floor"),
+        ("the floor as it was (events appended to a manifest.jsonl)", "floor_jsonl"),
         ("Sparkle, 7 stages, no-op adapters, `sparkle worker`", "sparkle"),
     ]
     floor = statistics.median(rates["floor"])
@@ -321,6 +334,9 @@ def _print_rates(rates: dict[str, list[float]], repeat: int) -> None:
     for label, key in rows:
         rate = statistics.median(rates[key])
         print(f"| {label} | {rate:.0f} | {rate / bare:.2f} | {rate / floor:.2f} |")
+    sparkle = statistics.median(rates["sparkle"])
+    print(f"\nSparkle / floor: {sparkle / floor:.2f} (target >= 0.5); Sparkle / the floor as "
+          f"it was: {sparkle / statistics.median(rates['floor_jsonl']):.2f}")
     print()
 
 

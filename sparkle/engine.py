@@ -64,6 +64,7 @@ from sparkle.schemas import STAGES, Checkpoint
 from sparkle.settings import Settings
 from sparkle.stagelimits import StageLimits, parse_limits
 from sparkle.stages import Adapter
+from sparkle.turn import Turn, away
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class Engine:
     #: next succeeds: what the foreground ``sparkle run`` reports and stops on.
     infrastructure_failures: dict[str, InfrastructureError] = field(
         init=False, repr=False, default_factory=dict)
+    #: The worker threads' turn at their bookkeeping (:mod:`sparkle.turn`).
+    turn: Turn = field(init=False, repr=False, default_factory=Turn)
 
     def __post_init__(self) -> None:
         self.stage_limits = StageLimits(
@@ -127,7 +130,8 @@ class Engine:
         """:meth:`_execute` holding one of the stage's cluster-wide slots, when the stage
         is limited; without a free slot the message goes back, delayed (not a retry)."""
         if not self.stage_limits.limited(stage):
-            return self._execute(stage, run_id)
+            with self.turn.taken():
+                return self._execute(stage, run_id)
         holder = self.stage_limits.try_acquire(stage)
         if holder is None:
             holder = self.stage_limits.wait_for_slot(stage)
@@ -137,7 +141,7 @@ class Engine:
             self.stage_limits.throttled += 1
             log.debug("run %s stage %s: every slot taken; trying again later", run_id, stage)
             return Outcome.throttled
-        with self.stage_limits.slot(stage, holder):
+        with self.stage_limits.slot(stage, holder), self.turn.taken():
             return self._execute(stage, run_id)
 
     def _execute(self, stage: str, run_id: str) -> Outcome:
@@ -271,7 +275,8 @@ class Engine:
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         # (a stage re-run for some shots only: the person's redo, or QA's)
         shots = takes.narrowed_shots(state.events, stage) if stage in takes.SHOT_FIELDS else None
-        self._run_attempts(run, stage, lease, state.attempts(stage), shots)
+        with away():
+            self._run_attempts(run, stage, lease, state.attempts(stage), shots)
         follow_up = self._after_success(run, stage, state)
         if follow_up is None and stage == STAGES[-1] and not run.cancelled:
             notifications.run_ended(run, self.settings, "succeeded")
@@ -340,7 +345,7 @@ class Engine:
                 jitter=self.settings.retry_base_sec,
             ),
             retry=tenacity.retry_if_exception_type(Transient),
-            sleep=self.sleep,
+            sleep=self._sleep_away,
             reraise=True,
         )
 
@@ -364,6 +369,11 @@ class Engine:
             message = error_text(exc.cause)
             self._record_failure(run, stage, attempt, message, lease, event=not exc.recorded)
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}") from exc.cause
+
+    def _sleep_away(self, seconds: float) -> None:
+        """A retry's backoff, away from the bookkeeping turn."""
+        with away():
+            self.sleep(seconds)
 
     def _record_failure(self, run: Run, stage: str, attempt: int, message: str, lease: Lease,
                         event: bool, reason: str = "error") -> None:
