@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sparkle import unique
+from sparkle import turn, unique
 from sparkle.infrastructure import naming
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ def sync_outputs(paths: Collection[Path], root: Path, *, named_before: Collectio
                 chosen.append(path)
     if not chosen:
         return 0
+    with turn.away():  # (the flushes wait on the disk: sparkle.turn)
+        return _sync(chosen, root)
+
+
+def _sync(chosen: list[Path], root: Path) -> int:
     real_root = Path(os.path.realpath(root))
     folders: dict[str, int] = {}  # real path -> depth
     done: set[str] = set()  # folders flushed already
@@ -141,8 +146,9 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     folder = folder or "."
     # Not mkstemp: it makes 0600 files. State files follow the umask like the media beside
     # them, so a team sharing a runs folder by group permissions can read checkpoints.
-    # (an error of os.write or os.fsync names no file: the one being written is named)
-    with naming(path):
+    # (an error of os.write or os.fsync names no file: the one being written is named;
+    # the flushes wait on the disk: away from the engine's turn, sparkle.turn)
+    with naming(path), (turn.away() if durable else contextlib.nullcontext()):
         tmp, fd = create_temp(folder, name)
         try:
             try:

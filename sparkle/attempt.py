@@ -28,6 +28,7 @@ from sparkle.runstore import Run
 from sparkle.schemas import AssetRefs, Checkpoint
 from sparkle.settings import Settings
 from sparkle.stages import Adapter, normalize_result
+from sparkle.turn import away
 
 log = logging.getLogger("sparkle.engine")
 
@@ -46,9 +47,11 @@ def run_attempt(run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lea
         raise LeaseLostError(f"lease of run {run.run_id} lost before attempt {attempt}")
     begin_meta = {"adapter": adapter.name, "worker": worker_id()}
     # A lost ``begin`` (power cut) only means a crash goes uncounted: not worth fsyncs.
-    run.write_checkpoint(Checkpoint(stage=stage, status="begin", timestamp=time.time(),  # type: ignore[arg-type]
-                                    attempt=attempt, metadata=begin_meta), durable=False)
-    run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
+    # (writes wait on the disk: away from the bookkeeping turn, sparkle.turn)
+    with away():
+        run.write_checkpoint(Checkpoint(stage=stage, status="begin", timestamp=time.time(),  # type: ignore[arg-type]
+                                        attempt=attempt, metadata=begin_meta), durable=False)
+        run.append_event(stage, "begin", attempt, metadata=begin_meta, durable=False)
     metrics.attempt_started(stage)
     log.debug("run %s stage %s: attempt %d with %s", run.run_id, stage, attempt, adapter.name)
     started = time.monotonic()
@@ -59,7 +62,8 @@ def run_attempt(run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lea
         # (read before the adapter runs: adapters may change the refs they are given)
         before = set(_local_paths(refs_before))
         # (the stage is made current for sparkle.retry, which records in its manifest)
-        with retrying.stage_context(run, stage, attempt, lease.lost, settings):
+        # (away from the bookkeeping turn: the other worker threads keep theirs meanwhile)
+        with away(), retrying.stage_context(run, stage, attempt, lease.lost, settings):
             # (an absolute run folder: a path the adapter builds from it and stores,
             # as the seed contract's example does, is then one the engine can place)
             if shots is None:
@@ -129,19 +133,21 @@ def run_attempt(run: Run, stage: str, adapter: Adapter, attempt: int, lease: Lea
     }
     checkpointed = False
     try:
-        # (a cancel asked while the adapter ran goes before the success, as it happened)
-        if handover.waiting(run):
-            handover.record_pending_cancel(run)
-        run.merge_asset_refs(base, refs)
-        run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
-                                        attempt=attempt, metadata=success_meta))
-        checkpointed = True
-        # Not flushed: the success checkpoint, flushed just before, is what resume needs
-        # (the either-or rule; a success checkpoint of the begun attempt counts, see
-        # contract.engine_recorded), and flushing the manifest's rename cost 2 fsyncs a hop.
-        run.append_event(stage, "success", attempt, metadata={
-            "duration_sec": duration, **({"shots": shots} if shots is not None else {})},
-            durable=False)
+        with away():  # (the writes wait on the disk)
+            # (a cancel asked while the adapter ran goes before the success, as it happened)
+            if handover.waiting(run):
+                handover.record_pending_cancel(run)
+            run.merge_asset_refs(base, refs)
+            run.write_checkpoint(Checkpoint(stage=stage, status="success", timestamp=time.time(),  # type: ignore[arg-type]
+                                            attempt=attempt, metadata=success_meta))
+            checkpointed = True
+            # Not flushed: the success checkpoint, flushed just before, is what resume
+            # needs (the either-or rule; a success checkpoint of the begun attempt counts,
+            # see contract.engine_recorded), and flushing the manifest's rename cost 2
+            # fsyncs a hop.
+            run.append_event(stage, "success", attempt, metadata={
+                "duration_sec": duration, **({"shots": shots} if shots is not None else {})},
+                durable=False)
     except OSError as exc:
         if not is_infrastructure(exc):
             raise

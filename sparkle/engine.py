@@ -275,8 +275,7 @@ class Engine:
             raise StageFailed(f"run {run.run_id} stage {stage}: {message}")
         # (a stage re-run for some shots only: the person's redo, or QA's)
         shots = takes.narrowed_shots(state.events, stage) if stage in takes.SHOT_FIELDS else None
-        with away():
-            self._run_attempts(run, stage, lease, state.attempts(stage), shots)
+        self._run_attempts(run, stage, lease, state.attempts(stage), shots)
         follow_up = self._after_success(run, stage, state)
         if follow_up is None and stage == STAGES[-1] and not run.cancelled:
             notifications.run_ended(run, self.settings, "succeeded")
