@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     #: maintenance) and how long a stopping worker's idle threads take to notice; lower
     #: polls more while idle (42 consumers a worker process: 7 stages x 3 priority levels,
     #: each with its delay queue).
-    worker_poll_ms: int = Field(default=1000, ge=10, le=60_000)
+    worker_poll_ms: int = Field(default=3000, ge=10, le=60_000)
     #: Retention applied by the reaper at most once an hour: ``30d`` removes runs finished
     #: (succeeded, failed, rejected, cancelled) more than 30 days ago, ``30d:final`` only
     #: their intermediate media (see ``sparkle prune``). Unset: nothing is removed.

@@ -292,6 +292,7 @@ def worker_process_main(argv: Sequence[str] | None = None) -> int:
 
     from sparkle.errors import ConfigError
     from sparkle.logs import FORMATS, configure_logging
+    from sparkle.workqueue import stop_worker
 
     parser = argparse.ArgumentParser(prog="python -m sparkle.supervisor",
                                      description="One worker process of `sparkle worker`.")
@@ -329,7 +330,7 @@ def worker_process_main(argv: Sequence[str] | None = None) -> int:
     code = watch(worker, stop, parent)
     log.info("worker process %d: draining (running stages finish, up to %.0f s)",
              os.getpid(), settings.worker_shutdown_timeout_sec)
-    worker.stop(timeout=int(settings.worker_shutdown_timeout_sec * 1000))
+    stop_worker(worker, int(settings.worker_shutdown_timeout_sec * 1000))
     broker.close()
     log.info("worker process %d: stopped", os.getpid())
     return code

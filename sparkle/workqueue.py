@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import queue
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,7 +58,23 @@ class PriorityWorkQueue(queue.PriorityQueue):  # type: ignore[type-arg]
         self.starvation_limit = starvation_limit
         #: Takes in a row that passed over a waiting lower-level message.
         self.streak = 0
+        #: The thread stopping the worker, once it drains (see :meth:`drain`).
+        self.drainer: int | None = None
         super().__init__()
+
+    def drain(self) -> None:
+        """From now on the worker's threads find no message here: the worker is stopping.
+
+        dramatiq's worker thread checks whether it should stop only between two waits for
+        a message, each up to the poll (``SPARKLE_WORKER_POLL_MS``), so a thread waiting
+        when the drain began could still take a message fetched afterwards (the next
+        stage of one that just finished) and start it. Only the calling thread still sees
+        the messages: the one that then stops the Worker, which gives them back to their
+        queues.
+        """
+        with self.mutex:
+            self.drainer = threading.get_ident()
+            self.not_empty.notify_all()
 
     # queue.Queue's hooks, called with its mutex held
     def _init(self, maxsize: int) -> None:
@@ -65,6 +82,8 @@ class PriorityWorkQueue(queue.PriorityQueue):  # type: ignore[type-arg]
         self.levels: list[list[Any]] = [[] for _ in PRIORITIES]
 
     def _qsize(self) -> int:
+        if self.drainer is not None and threading.get_ident() != self.drainer:
+            return 0
         return sum(len(level) for level in self.levels)
 
     def _put(self, item: Any) -> None:
@@ -80,6 +99,14 @@ class PriorityWorkQueue(queue.PriorityQueue):  # type: ignore[type-arg]
             chosen = top
             self.streak = self.streak + 1 if lower else 0
         return heapq.heappop(self.levels[chosen])
+
+
+def stop_worker(worker: dramatiq.Worker, timeout_ms: int) -> None:
+    """Stop ``worker`` (built by :func:`build_worker`): the stages running finish, none
+    starts, and the messages fetched and not started go back to their queues."""
+    if isinstance(worker.work_queue, PriorityWorkQueue):
+        worker.work_queue.drain()
+    worker.stop(timeout=timeout_ms)
 
 
 def build_worker(broker: dramatiq.Broker, threads: int, timeout_ms: int,

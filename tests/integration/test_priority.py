@@ -23,7 +23,7 @@ from sparkle import keys, priority
 from sparkle.errors import PlanError
 from sparkle.plans import parse_plan_bytes
 from sparkle.schemas import STAGES
-from sparkle.workqueue import PriorityWorkQueue, build_worker
+from sparkle.workqueue import PriorityWorkQueue, build_worker, stop_worker
 
 
 def _item(queue_name: str, tag: str) -> Any:
@@ -188,3 +188,60 @@ def test_a_worker_given_a_stage_queue_consumes_every_level_of_it():
     assert keys.worker_queues(["sparkle.videos.high"]) == ["sparkle.videos.high"]
     with pytest.raises(ValueError, match="unknown queue"):
         keys.worker_queues(["sparkle.vidoes"])
+
+
+# -- a stopping worker starts nothing new ----------------------------------------------------
+
+
+def test_a_draining_work_queue_gives_a_waiting_thread_nothing_and_the_stopper_everything():
+    """A worker thread already waiting for a message when the worker began to drain does
+    not get one fetched afterwards; the thread that stops the worker (and gives waiting
+    messages back to their queues) still does."""
+    work = PriorityWorkQueue()
+    got: list[Any] = []
+
+    def waiting_thread() -> None:
+        try:
+            got.append(work.get(timeout=2.0))
+        except Exception as exc:  # (what it raised is the assertion)
+            got.append(exc)
+
+    thread = threading.Thread(target=waiting_thread)
+    thread.start()
+    work.drain()
+    work.put(_item("sparkle.tts", "next stage"))
+    thread.join(10)
+    assert len(got) == 1 and type(got[0]).__name__ == "Empty", got
+    assert _drain(work) == ["next stage"]
+
+
+def test_a_stopping_worker_does_not_start_the_next_stage_of_one_that_finishes():
+    """SIGTERM's drain: the running message finishes and the message it sends is given
+    back to its queue, not started by an idle thread that was still waiting (each waits up
+    to the poll, here 3 s, before it looks whether to stop)."""
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    started, ran = threading.Event(), []
+
+    @dramatiq.actor(broker=broker, queue_name="first", max_retries=0)
+    def first() -> None:
+        started.set()
+        threading.Event().wait(0.5)
+        ran.append("first")
+        second.send()
+
+    @dramatiq.actor(broker=broker, queue_name="second", max_retries=0)
+    def second() -> None:
+        ran.append("second")
+
+    worker = build_worker(broker, threads=2, timeout_ms=3000)
+    worker.start()
+    try:
+        first.send()
+        assert started.wait(10)
+    finally:
+        stop_worker(worker, timeout_ms=30_000)
+    # (and given back to its queue: dramatiq's StubBroker forgets what it fetched, so
+    # that half is test_ops.py's, on Redis)
+    assert ran == ["first"]
+    broker.close()

@@ -109,7 +109,7 @@ def test_exit_descriptions(code, words):
 
 def test_worker_processes_poll_idle_queues_as_often_as_the_settings_say():
     """The worker's poll interval of idle queues (dramatiq's worker_timeout) is taken from
-    SPARKLE_WORKER_POLL_MS (1000 ms by default: doorbells, not polls, wake an idle queue
+    SPARKLE_WORKER_POLL_MS (3000 ms by default: doorbells, not polls, wake an idle queue
     for Sparkle's own messages), and queue and thread options pass through."""
     from dramatiq.brokers.stub import StubBroker
 
@@ -121,7 +121,7 @@ def test_worker_processes_poll_idle_queues_as_often_as_the_settings_say():
     assert worker.worker_timeout == 120
     assert worker.worker_threads == 3
     assert worker.consumer_whitelist == {"sparkle.videos"}
-    assert build_worker(broker, Settings(), 1, []).worker_timeout == 1000
+    assert build_worker(broker, Settings(), 1, []).worker_timeout == 3000
 
 
 def test_a_poll_interval_longer_than_the_heartbeat_timeout_is_refused():
