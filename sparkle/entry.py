@@ -47,8 +47,8 @@ def main() -> None:
             sys.stdout.write(shown + "\n" if shown else "")  # (no runs, as JSON lines)
             sys.exit(0)
     from sparkle.cli import main as cli_main
-    from sparkle.cli.exits import EXIT_USAGE
     from sparkle.errors import ConfigError
+    from sparkle.exit_codes import EXIT_USAGE
 
     try:
         cli_main()

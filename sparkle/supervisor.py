@@ -37,6 +37,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from sparkle.app import App
+from sparkle.exit_codes import EXIT_USAGE
 
 if TYPE_CHECKING:
     import dramatiq
@@ -55,9 +56,6 @@ EXIT_FORCED = 3
 #: Exit code of a worker process that lost one of dramatiq's threads (an exception escaped
 #: it): it drains and exits, and the supervisor starts a fresh one.
 EXIT_THREAD_DIED = 4
-
-#: Exit code of ``sparkle worker`` when a worker process reported a configuration error.
-EXIT_USAGE = 2
 
 #: Seconds a worker process must live before its deaths-in-a-row count starts again.
 STABLE_SEC = 60.0

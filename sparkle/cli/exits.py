@@ -1,7 +1,8 @@
 """How a ``sparkle`` command ends: the exit codes, :func:`fail` and the one error guard.
 
-Every command exits with one of the codes below; ``sparkle --help`` lists them
-(:data:`EXIT_CODES_HELP`) and README's command table says which ones each command uses.
+Every command exits with one of the codes of :mod:`sparkle.exit_codes`; ``sparkle --help``
+lists them (:data:`EXIT_CODES_HELP`) and README's command table says which ones each
+command uses.
 """
 
 from __future__ import annotations
@@ -20,28 +21,14 @@ from sparkle.errors import (
     SparkleError,
     UnsafePathError,
 )
+from sparkle.exit_codes import (
+    EXIT_AWAITING_REVIEW,
+    EXIT_FAILED,
+    EXIT_INFRASTRUCTURE,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from sparkle.infrastructure import InfrastructureError, from_os_error, is_infrastructure
-
-#: The command did what it was asked.
-EXIT_OK = 0
-
-#: A stage failed (the message says how to resume), the run was cancelled or rejected, or
-#: a review decision was refused.
-EXIT_FAILED = 1
-
-#: Bad input or setting: the message names the file, the field and what to do.
-EXIT_USAGE = 2
-
-#: An infrastructure failure: a full disk, a read-only folder, an I/O error under
-#: Sparkle's own files (:mod:`sparkle.infrastructure`), or a Redis that cannot be reached.
-#: Nothing is wrong with the plan or the stages; the run (if one was made) resumes once the
-#: cause is gone.
-EXIT_INFRASTRUCTURE = 3
-
-#: The run stopped at a review gate and waits for a person (``sparkle run``, an embedded
-#: ``approve``, ``redo`` or ``resume``): the files to look at and the commands that decide
-#: are printed.
-EXIT_AWAITING_REVIEW = 5
 
 #: What each exit code means, in the words of ``sparkle --help``.
 EXIT_CODE_MEANINGS: tuple[tuple[int, str], ...] = (

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sparkle.cli import wiring
-from sparkle.cli.exits import EXIT_AWAITING_REVIEW, EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_OK
+from sparkle.exit_codes import EXIT_AWAITING_REVIEW, EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_OK
 from sparkle.statuscache import decision_label
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sparkle.cli import wiring
-from sparkle.cli.exits import EXIT_OK, fail, guard
+from sparkle.cli.exits import fail, guard
 from sparkle.cli.foreground import work
 from sparkle.cli.options import (
     PER_SHOT_STAGE_CHOICE,
@@ -26,6 +26,7 @@ from sparkle.cli.options import (
     runs_dir_option,
     threads_option,
 )
+from sparkle.exit_codes import EXIT_OK
 
 if TYPE_CHECKING:
     from sparkle.engine import Engine

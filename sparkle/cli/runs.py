@@ -11,7 +11,7 @@ import click
 
 from sparkle import statuscache
 from sparkle.cli import wiring
-from sparkle.cli.exits import EXIT_OK, EXIT_USAGE, guard
+from sparkle.cli.exits import guard
 from sparkle.cli.foreground import work
 from sparkle.cli.options import (
     STATUS_CHOICE,
@@ -24,6 +24,7 @@ from sparkle.cli.options import (
     threads_option,
 )
 from sparkle.errors import PlanError, RunConflictError, RunNotFoundError
+from sparkle.exit_codes import EXIT_OK, EXIT_USAGE
 from sparkle.priority import set_run_priority
 
 # -- plans -------------------------------------------------------------------------------
