@@ -19,23 +19,27 @@ def _in_thread(body) -> threading.Thread:  # type: ignore[no-untyped-def]
     return thread
 
 
-def test_a_second_thread_waits_for_the_turn_until_the_first_gives_it():
-    """While one thread holds the turn, another that asks for it does not get it."""
-    shared = Turn(wait_sec=60)
-    inside, leave, second_in = threading.Event(), threading.Event(), threading.Event()
+def _taking(shared: Turn, hold: threading.Event | None = None
+            ) -> tuple[threading.Thread, threading.Event]:
+    """A thread that takes the turn (and keeps it until ``hold`` is set), and the event it
+    sets once it has the turn."""
+    inside = threading.Event()
 
-    def first() -> None:
+    def body() -> None:
         with shared.taken():
             inside.set()
-            leave.wait(WAIT)
+            if hold is not None:
+                hold.wait(WAIT)
 
-    def second() -> None:
-        with shared.taken():
-            second_in.set()
+    return _in_thread(body), inside
 
-    a = _in_thread(first)
-    assert inside.wait(WAIT)
-    b = _in_thread(second)
+
+def test_a_second_thread_waits_for_the_turn_until_the_first_gives_it():
+    """While one thread holds the turn, another that asks for it does not get it."""
+    shared, leave = Turn(wait_sec=60), threading.Event()
+    a, first_in = _taking(shared, hold=leave)
+    assert first_in.wait(WAIT)
+    b, second_in = _taking(shared)
     assert not second_in.wait(0.3)  # (held by the first)
     leave.set()
     assert second_in.wait(WAIT)
@@ -47,18 +51,12 @@ def test_away_lets_another_thread_have_the_turn_and_takes_it_back_after():
     """A thread waiting away from its turn (an adapter, a flush) lets another thread keep
     its books meanwhile, and holds the turn again when it comes back."""
     shared = Turn(wait_sec=60)
-    other_done = threading.Event()
     held_after: list[bool] = []
-
-    def other() -> None:
-        with shared.taken():
-            other_done.set()
-
     with shared.taken():
         with away():
             assert not turn.holding()
-            thread = _in_thread(other)
-            assert other_done.wait(WAIT)  # (it got the turn while this one was away)
+            thread, other_in = _taking(shared)
+            assert other_in.wait(WAIT)  # (it got the turn while this one was away)
         held_after.append(turn.holding())
     thread.join(WAIT)
     assert held_after == [True]
@@ -76,21 +74,10 @@ def test_away_without_a_turn_does_nothing():
 def test_a_thread_that_waited_too_long_starts_a_new_turn_and_goes_on():
     """A turn held past wait_sec (a holder stuck on a disk or on Redis) does not stop the
     others: the waiter starts a new turn; the old holder can still give its own back."""
-    shared = Turn(wait_sec=0.2)
-    inside, leave, second_in = threading.Event(), threading.Event(), threading.Event()
-
-    def stuck() -> None:
-        with shared.taken():
-            inside.set()
-            leave.wait(WAIT)
-
-    def second() -> None:
-        with shared.taken():
-            second_in.set()
-
-    a = _in_thread(stuck)
-    assert inside.wait(WAIT)
-    b = _in_thread(second)
+    shared, leave = Turn(wait_sec=0.2), threading.Event()
+    a, stuck_in = _taking(shared, hold=leave)
+    assert stuck_in.wait(WAIT)
+    b, second_in = _taking(shared)
     assert second_in.wait(WAIT)
     assert shared.restarts == 1
     leave.set()
@@ -106,13 +93,7 @@ def test_a_turn_left_held_by_an_exception_is_given_back_by_its_thread_next_time(
     shared._take()  # (taken and never given back: what such an exception leaves)
     with shared.taken():
         pass
-    got = threading.Event()
-
-    def other() -> None:
-        with shared.taken():
-            got.set()
-
-    thread = _in_thread(other)
+    thread, got = _taking(shared)
     assert got.wait(WAIT)
     thread.join(WAIT)
     assert shared.restarts == 0
