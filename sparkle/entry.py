@@ -126,55 +126,51 @@ def _as_click_prints(shown: str) -> str | None:
 
 def _parse(args: Sequence[str]) -> tuple[str, bool, str | None] | None:
     """``RUN_ID [--json] [--runs-dir DIR]`` in any order, or None for anything else."""
-    run_id: str | None = None
-    as_json = False
-    runs_dir: str | None = None
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--json" and not as_json:
-            as_json = True
-        elif arg == "--runs-dir" and runs_dir is None and rest:
-            runs_dir = rest.pop(0)
-        elif arg.startswith("--runs-dir=") and runs_dir is None:
-            runs_dir = arg.removeprefix("--runs-dir=")
-        elif not arg.startswith("-") and run_id is None:
-            run_id = arg
-        else:
-            return None
-    if run_id is None or runs_dir == "":
+    parsed = _arguments(args, ("--runs-dir",), positional=True)
+    if parsed is None:
         return None
-    return run_id, as_json, runs_dir
+    run_id, as_json, options = parsed
+    return None if run_id is None else (run_id, as_json, options.get("--runs-dir"))
 
 
 def _parse_runs(args: Sequence[str]) -> tuple[str, bool, str | None] | None:
     """``--status queued|running [--json] [--runs-dir DIR]`` in any order, or None for
     anything else."""
-    status: str | None = None
+    parsed = _arguments(args, ("--status", "--runs-dir"), positional=False)
+    if parsed is None:
+        return None
+    _, as_json, options = parsed
+    status = options.get("--status")
+    if status not in ("queued", "running"):
+        return None
+    return status, as_json, options.get("--runs-dir")
+
+
+def _arguments(args: Sequence[str], valued: tuple[str, ...], positional: bool
+               ) -> tuple[str | None, bool, dict[str, str]] | None:
+    """A fast path's arguments, in any order: each option of ``valued`` at most once
+    (``--opt V`` or ``--opt=V``), ``--json`` at most once and, with ``positional``, one
+    argument not starting with ``-``. Returns that argument, whether ``--json`` was given
+    and the options' values; None for anything else (or an empty ``--runs-dir``): the full
+    CLI answers then."""
+    found: dict[str, str] = {}
+    argument: str | None = None
     as_json = False
-    runs_dir: str | None = None
     rest = list(args)
     while rest:
         arg = rest.pop(0)
+        name, equals, value = arg.partition("=")
         if arg == "--json" and not as_json:
             as_json = True
-        elif arg in ("--status", "--runs-dir") and rest:
-            value = rest.pop(0)
-            if arg == "--status" and status is None:
-                status = value
-            elif arg == "--runs-dir" and runs_dir is None:
-                runs_dir = value
-            else:
-                return None
-        elif arg.startswith("--status=") and status is None:
-            status = arg.removeprefix("--status=")
-        elif arg.startswith("--runs-dir=") and runs_dir is None:
-            runs_dir = arg.removeprefix("--runs-dir=")
+        elif name in valued and name not in found and (equals or rest):
+            found[name] = value if equals else rest.pop(0)
+        elif positional and not arg.startswith("-") and argument is None:
+            argument = arg
         else:
             return None
-    if status not in ("queued", "running") or runs_dir == "":
+    if found.get("--runs-dir") == "":
         return None
-    return status, as_json, runs_dir
+    return argument, as_json, found
 
 
 def _setting(environ: Mapping[str, str], variable: str) -> str | None:
